@@ -119,7 +119,7 @@ def parse_openai(reply: Any) -> ParsedReply:
     return ParsedReply(calls, content.strip() if isinstance(content, str) else "")
 
 
-_FUNCTIONAL = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_.]*)\s*\((.*)\)\s*$", re.DOTALL)
+_FUNCTIONAL = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_.]*)\((.*)\)\s*$", re.DOTALL)
 _JSON_NAMES = {"true": True, "false": False, "null": None}
 
 
