@@ -1,0 +1,226 @@
+"""``hero_gym/WebShop-v0``: the WebShop shopping task as a multi-turn text environment.
+
+An episode: the agent gets an instruction ("i need a sulfate free shampoo ... price lower than 30.00
+dollars"), searches the shop, opens products, chooses options and buys one. ``click[buy now]`` ends
+the episode with the WebShop reward (see :mod:`hero_gym.envs.webshop.reward`); running out of turns
+(default 15) ends it with reward 0. Actions use the ``bracket`` parser: ``search[query]`` and
+``click[button]`` (button text, case-insensitive). A click on a button that is not on the page, or
+an empty search, is an error observation with ``info["action_error"]``; the page does not change.
+
+Observation modes: ``text`` (segments joined by ``" [SEP] "``), ``text_rich`` (buttons marked),
+``html`` (the page the HTTP server would serve).
+
+``info`` on every step: ``available_actions`` ({"has_search_bar", "clickables"}), ``page`` (page
+kind) and the core keys; at reset also ``task`` (the goal), ``task_id`` and ``task_index``; when the
+episode ends with a purchase also ``reward_info`` (the reward breakdown), ``success`` (reward == 1)
+and ``score`` (100 x reward).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hero_gym.core import MultiTurnEnv, StepResult, TextMessage
+from hero_gym.envs.webshop.catalog import Catalog, Goal, clean, get_catalog
+from hero_gym.envs.webshop.pages import SEARCH_STATE, PageState, Shop, render_html, render_text, render_text_rich
+from hero_gym.envs.webshop.reward import get_reward
+from hero_gym.tools import ToolCall, ToolSpec
+
+__all__ = ["WebShopEnv", "WebShopBase", "SEARCH_TOOL", "click_tool", "SYSTEM_PROMPT"]
+
+OBSERVATION_MODES = ("text", "text_rich", "html")
+
+SYSTEM_PROMPT = (
+    "You are shopping in an online store (WebShop) for a customer. Each observation is the current web "
+    "page. Answer with exactly one action per reply: search[your query] when the page has a search bar, "
+    "or click[button] with the text of a button on the page (for example click[b0abc12345] to open a "
+    "product, click[large] to choose an option, click[< prev], click[next >], click[back to search], "
+    "click[description]). Choose the options the instruction asks for, then click[buy now] to buy the "
+    "product; buying ends the episode."
+)
+
+SEARCH_TOOL = ToolSpec(
+    name="search",
+    description="Type a query into the search bar and run the search (only on the search page).",
+    parameters={"type": "object",
+                "properties": {"query": {"type": "string", "description": "search keywords"}},
+                "required": ["query"]},
+)
+
+
+def click_tool(clickables: list[str]) -> ToolSpec:
+    shown = ", ".join(clickables)
+    return ToolSpec(
+        name="click",
+        description=f"Click a button on the current page (its text, case-insensitive). Buttons here: {shown}.",
+        parameters={"type": "object",
+                    "properties": {"target": {"type": "string", "description": "the button text"}},
+                    "required": ["target"]},
+    )
+
+
+def _is_one(x: float) -> bool:
+    return abs(x - 1.0) < 1e-9
+
+
+class WebShopBase(MultiTurnEnv):
+    """What the text and browser modes share: goals, tools, action checks, reward bookkeeping."""
+
+    default_parser = "bracket"
+    allow_text_messages = False
+    default_max_turns = 15
+
+    def __init__(self, *, observation_mode: str = "text", num_products: int | None = None, catalog_seed: int = 0,
+                 split: str = "train", data_dir: str | None = None, human_goals: bool = False,
+                 catalog: Catalog | None = None, **kwargs: Any):
+        super().__init__(**kwargs)
+        if observation_mode not in OBSERVATION_MODES:
+            raise ValueError(f"observation_mode must be one of {OBSERVATION_MODES}, not {observation_mode!r}")
+        self.observation_mode = observation_mode
+        if catalog is None:
+            if num_products is None and data_dir is None:
+                num_products = 1000
+            catalog = get_catalog(num_products, catalog_seed, data_dir, human_goals)
+        self.catalog = catalog   # shared and read-only
+        self.shop = Shop(catalog)
+        self.split = split
+        catalog.split_goals(split)   # validate early
+        self.goal: Goal | None = None
+        self._available: dict[str, Any] = {"has_search_bar": True, "clickables": []}
+        self._tools_cache: tuple[Any, list[ToolSpec]] | None = None
+
+    # ------------------------------------------------------------------ goals
+    def _pick_goal(self, options: dict[str, Any]) -> tuple[Goal, int]:
+        if options.get("goal_id") is not None:
+            gid = int(options["goal_id"])
+            if not 0 <= gid < len(self.catalog.goals):
+                raise ValueError(f"goal_id must be in 0..{len(self.catalog.goals) - 1}, got {gid}")
+            return self.catalog.goals[gid], -1
+        split = options.get("split", self.split)
+        idxs = self.catalog.split_goals(split)
+        if not idxs:
+            raise ValueError(f"split {split!r} has no goals")
+        index = options.get("task_index")
+        if index is None:
+            index = int(self.np_random.integers(len(idxs)))
+        index = int(index)
+        if not 0 <= index < len(idxs):
+            raise ValueError(f"task_index must be in 0..{len(idxs) - 1}, got {index}")
+        return self.catalog.goals[idxs[index]], index
+
+    def step(self, action):
+        obs, reward, terminated, truncated, info = super().step(action)
+        # errors caught by the base class (parse, unknown tool) still describe the unchanged page
+        if "available_actions" not in info:
+            info.update(self._page_info())
+            info["page"] = self._page_kind()
+        return obs, reward, terminated, truncated, info
+
+    def _page_kind(self) -> str | None:
+        raise NotImplementedError
+
+    def num_tasks(self, split: str | None = None) -> int:
+        return len(self.catalog.split_goals(split or self.split))
+
+    def system_prompt(self) -> str:
+        return SYSTEM_PROMPT
+
+    # ------------------------------------------------------------------ tools
+    def tools(self) -> list[ToolSpec]:
+        key = (self._available["has_search_bar"], tuple(self._available["clickables"]))
+        if self._tools_cache is None or self._tools_cache[0] != key:
+            tools = [SEARCH_TOOL] if key[0] else []
+            if key[1]:
+                tools.append(click_tool(list(key[1])))
+            self._tools_cache = (key, tools)
+        return self._tools_cache[1]
+
+    def _check(self, action: ToolCall | TextMessage) -> tuple[str, str] | StepResult:
+        """Normalise a call to ``("search", query)`` / ``("click", target)`` or return an error result."""
+        if isinstance(action, TextMessage):   # not reachable with allow_text_messages=False
+            return self._error("no_action", "Reply with search[query] or click[button].")
+        if action.name == "search":
+            query = clean(action.arguments.get("query", ""))
+            if not query:
+                return self._error("invalid_arguments", "The search query is empty: write search[some keywords].")
+            return "search", query
+        target = clean(action.arguments.get("target", "")).lower()
+        if target not in self._available["clickables"]:
+            shown = ", ".join(self._available["clickables"])
+            return self._error("invalid_arguments",
+                               f"There is no button '{target}' on this page. Buttons here: {shown}.")
+        return "click", target
+
+    def _error(self, kind: str, message: str) -> StepResult:
+        return StepResult(observation=f"Error: {message}",
+                          info={"action_error": {"kind": kind, "message": message}, **self._page_info()})
+
+    def _page_info(self) -> dict[str, Any]:
+        return {"available_actions": {"has_search_bar": self._available["has_search_bar"],
+                                      "clickables": list(self._available["clickables"])}}
+
+    def _task_info(self, goal: Goal, index: int) -> dict[str, Any]:
+        return {"task": goal.to_dict(), "task_id": f"webshop-{goal.goal_id}", "task_index": index,
+                "instruction": goal.instruction}
+
+    def _purchase_info(self, reward: float, breakdown: dict[str, Any]) -> dict[str, Any]:
+        return {"reward_info": breakdown, "success": _is_one(reward), "score": 100.0 * reward}
+
+
+class WebShopEnv(WebShopBase):
+    """WebShop in-process (no server): the page state machine of :mod:`~hero_gym.envs.webshop.pages`.
+
+    Args:
+        observation_mode: ``"text"`` (default), ``"text_rich"`` or ``"html"``.
+        num_products: size of the generated catalog (default 1000); with ``data_dir`` it caps the
+            number of official products (default: all).
+        catalog_seed: seed of the generated catalog, goals, prices and splits.
+        split: ``"train"``, ``"eval"`` or ``"test"`` (goals drawn from it on reset).
+        data_dir: a folder with the official ``items_shuffle*.json`` / ``items_ins_v2*.json`` /
+            ``items_human_ins.json``; ``human_goals`` uses the human instructions.
+        max_turns: turn budget (default 15).
+    Options of ``reset``: ``task_index`` (index within the split), ``split``, or ``goal_id`` (a
+    catalog-wide goal id); without them the goal is drawn from the reset seed.
+    """
+
+    def __init__(self, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.state: PageState = SEARCH_STATE
+
+    def _page_kind(self) -> str | None:
+        return self.state.kind
+
+    def _set_state(self, state: PageState) -> None:
+        self.state = state
+        self._available = self.shop.available_actions(state)
+
+    def _render(self, reward: float | None = None) -> str:
+        assert self.goal is not None
+        segs = self.shop.segments(self.state, self.goal.instruction, reward)
+        if self.observation_mode == "text":
+            return render_text(segs)
+        if self.observation_mode == "text_rich":
+            return render_text_rich(segs)
+        return render_html(self.state, segs, "local", self.shop, reward)
+
+    def _reset(self, *, seed: int | None, options: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+        self.goal, index = self._pick_goal(options)
+        self._set_state(SEARCH_STATE)
+        return self._render(), {**self._task_info(self.goal, index), **self._page_info(), "page": "search"}
+
+    def _step(self, action: ToolCall | TextMessage) -> StepResult:
+        checked = self._check(action)
+        if isinstance(checked, StepResult):
+            checked.info["page"] = self.state.kind
+            return checked
+        kind, arg = checked
+        if kind == "search":
+            self._set_state(PageState("results", arg, 1))
+        else:
+            self._set_state(self.shop.transitions(self.state)[arg])
+        if self.state.kind == "done":
+            reward, breakdown = get_reward(self.goal, self.catalog.product(self.state.asin), dict(self.state.options))
+            self._available = {"has_search_bar": False, "clickables": []}
+            return StepResult(self._render(reward), reward=reward, terminated=True,
+                              info={**self._page_info(), "page": "done", **self._purchase_info(reward, breakdown)})
+        return StepResult(self._render(), info={**self._page_info(), "page": self.state.kind})

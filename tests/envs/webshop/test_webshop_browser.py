@@ -1,0 +1,198 @@
+"""hero_gym/WebShopBrowser-v0 in real headless Chromium: same observations and rewards as the text
+mode for the same action sequences; XSS; a crashed browser is reported and replaced.
+
+One browser and one server serve all sequences (module fixture). Skipped only when Chromium or
+chromedriver is not installed (``apt-get install chromium chromium-driver``).
+"""
+
+import os
+import signal
+import time
+
+import pytest
+
+import hero_gym
+from hero_gym.envs.webshop.browser import BrowserUnavailable, find_browser
+from hero_gym.envs.webshop.env import WebShopEnv
+from hero_gym.envs.webshop.expert import ExpertAgent, RandomAgent
+
+try:
+    find_browser()
+    _MISSING = None
+except BrowserUnavailable as e:
+    _MISSING = str(e)
+
+pytestmark = [pytest.mark.browser,
+              pytest.mark.skipif(_MISSING is not None, reason=f"Chromium/chromedriver not installed: {_MISSING}")]
+
+
+@pytest.fixture(scope="module")
+def envs():
+    from hero_gym.envs.webshop.browser import WebShopBrowserEnv
+
+    browser = WebShopBrowserEnv(split="test")
+    text = WebShopEnv(split="test")
+    yield browser, text
+    browser.close()
+    text.close()
+    assert browser.open_resources() == []
+
+
+def _key(out):
+    obs, r, term, trunc, info = out
+    return (obs, r, term, trunc, info["available_actions"], info["action_error"], info.get("page"),
+            info.get("success"))
+
+
+def _compare(browser, text, task_index, actions=None, agent=None, mode="text"):
+    """Run the same actions in both envs; return the number of steps compared."""
+    browser.observation_mode = text.observation_mode = mode
+    ob, ib = browser.reset(options={"task_index": task_index})
+    ot, it = text.reset(options={"task_index": task_index})
+    assert ob == ot and ib["available_actions"] == it["available_actions"]
+    assert ib["tools"] == it["tools"]
+    if agent is not None:
+        agent.reset(it)
+    steps, done, i = 0, False, 0
+    while not done:
+        if agent is not None:
+            action = agent.act(ot, it)
+        elif i < len(actions):
+            action = actions[i]
+        else:
+            break
+        i += 1
+        out_b, out_t = browser.step(action), text.step(action)
+        assert _key(out_b) == _key(out_t), (task_index, action)
+        assert out_b[4]["tools"] == out_t[4]["tools"]
+        if out_t[2]:
+            assert out_b[4]["reward_info"] == out_t[4]["reward_info"]
+        ot, it = out_t[0], out_t[4]
+        done = out_t[2] or out_t[3]
+        steps += 1
+    return steps
+
+
+HANDWRITTEN = [
+    ["search[shampoo]", "click[next >]", "click[next >]", "click[< prev]", "click[back to search]",
+     "search[red lipstick]", "click[back to search]"],
+    ["click[buy now]", "search[]", "hello", "search[coffee] search[tea]", "search[organic coffee beans]",
+     "click[nope]", "click[Next >]"],
+    ["search[<script>alert(1)</script>]", "click[back to search]", "search[\"quoted\" & <b>bold</b>]"],
+    ["search[wireless headphones]", "click[__first__]", "click[description]", "click[< prev]",
+     "click[features]", "click[back to search]"],
+    ["search[office chair modern]", "click[__first__]", "click[reviews]", "click[< prev]", "click[< prev]",
+     "click[__first__]", "click[buy now]"],
+    ["search[sneakers men size large]", "click[__first__]", "click[__option__]", "click[__option__]",
+     "click[buy now]"],
+]
+
+
+def _resolve(text, actions, task_index):
+    """Replace __first__ / __option__ with concrete buttons by dry-running the text env."""
+    text.observation_mode = "text"
+    text.reset(options={"task_index": task_index})
+    out_actions = []
+    info = {"available_actions": {"clickables": []}}
+    for a in actions:
+        cl = info["available_actions"]["clickables"]
+        if a == "click[__first__]":
+            a = f"click[{[c for c in cl if c not in ('back to search', '< prev', 'next >')][0]}]"
+        elif a == "click[__option__]":
+            opts = [c for c in cl if c not in ("back to search", "< prev", "description", "features", "reviews",
+                                               "buy now")]
+            a = f"click[{opts[-1] if opts else 'description'}]"
+        out_actions.append(a)
+        *_, term, trunc, info = text.step(a)
+        if term or trunc:
+            break
+    return out_actions
+
+
+def test_browser_matches_text_mode_on_many_sequences(envs):
+    browser, text = envs
+    sequences = 0
+    steps = 0
+    for k in range(8):                     # expert episodes (purchases with reward)
+        steps += _compare(browser, text, k, agent=ExpertAgent())
+        sequences += 1
+    for k in range(8):                     # random agents (wrong products, partial rewards, budget)
+        steps += _compare(browser, text, 20 + k, agent=RandomAgent(k))
+        sequences += 1
+    for k, actions in enumerate(HANDWRITTEN):
+        steps += _compare(browser, text, 40 + k, actions=_resolve(text, actions, 40 + k))
+        sequences += 1
+    for k in range(2):                     # text_rich mode too
+        steps += _compare(browser, text, 60 + k, agent=ExpertAgent(), mode="text_rich")
+        sequences += 1
+    assert sequences >= 20 and steps >= 100
+
+
+def test_browser_expert_gets_reward_one(envs):
+    browser, _ = envs
+    browser.observation_mode = "text"
+    agent = ExpertAgent()
+    obs, info = browser.reset(options={"task_index": 0})
+    agent.reset(info)
+    done = False
+    while not done:
+        obs, r, term, trunc, info = browser.step(agent.act(obs, info))
+        done = term or trunc
+    assert term and r == 1.0 and info["success"] and info["reward_info"]["reward"] == 1.0
+
+
+def test_xss_search_in_the_browser(envs):
+    from selenium.common.exceptions import NoAlertPresentException
+    from selenium.webdriver.common.by import By
+
+    browser, _ = envs
+    browser.observation_mode = "text"
+    browser.reset(options={"task_index": 1})
+    payload = "<script>alert(1)</script>"
+    obs, *_ , info = browser.step(f"search[{payload}]")
+    assert info["action_error"] is None and info["page"] == "results"
+    driver = browser._driver
+    with pytest.raises(NoAlertPresentException):
+        driver.switch_to.alert.text
+    assert driver.find_element(By.CLASS_NAME, "query").text == f"Results for: {payload}"
+    assert not driver.find_elements(By.TAG_NAME, "script")
+
+
+def test_crashed_browser_is_reported_and_restarted(envs):
+    browser, text = envs
+    browser.observation_mode = "text"
+    browser.reset(options={"task_index": 2})
+    pids = browser.browser_pids()
+    assert len(pids) >= 2
+    restarts = browser.browser_restarts
+    for pid in pids[1:]:                   # kill the browser processes (not chromedriver)
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    t = time.monotonic()
+    obs, r, term, trunc, info = browser.step("search[shampoo]")
+    assert time.monotonic() - t < 60
+    assert term and r == 0.0 and obs.startswith("Error: the browser failed") and info["browser_error"]
+    assert browser.open_resources() == ["webshop-server"]
+    # the next episode gets a fresh browser and works
+    assert _compare(browser, text, 3, agent=ExpertAgent()) >= 3
+    assert browser.browser_restarts == restarts + 1
+
+
+def test_browser_env_passes_check_env():
+    env = hero_gym.make("hero_gym/WebShopBrowser-v0", split="test")
+    hero_gym.check_env(env)
+    assert env.unwrapped.open_resources() == []
+
+
+def test_browser_html_mode_is_the_live_page(envs):
+    browser, _ = envs
+    browser.observation_mode = "html"
+    try:
+        obs, info = browser.reset(options={"task_index": 4})
+        assert 'id="search_input"' in obs and 'data-page="search"' in obs
+        obs, *_, info = browser.step("search[bluetooth speaker]")
+        assert 'data-page="results"' in obs and info["available_actions"]["clickables"][0] == "back to search"
+    finally:
+        browser.observation_mode = "text"
