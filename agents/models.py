@@ -19,7 +19,6 @@ import importlib.util
 import os
 import shutil
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -111,11 +110,13 @@ def _convert_default(target: Path) -> None:
     # The weights are de-quantised now: drop the GGUF marker so the cache loads as a plain checkpoint.
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
+    model.hf_quantizer = None
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
     try:
         model.save_pretrained(tmp, safe_serialization=True)
         tok.save_pretrained(tmp)
+        os.chmod(tmp, 0o755)
         if target.exists():  # another process won the race
             shutil.rmtree(tmp)
             return
@@ -148,6 +149,7 @@ def load_default_tokenizer() -> Any:
     tok_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{tok_dir.name}-", dir=tok_dir.parent))
     tok.save_pretrained(tmp)
+    os.chmod(tmp, 0o755)
     if not tok_dir.exists():
         os.replace(tmp, tok_dir)
     else:
@@ -170,12 +172,46 @@ def load_default_model(
     return load_model(str(target), device=device, dtype=dtype)
 
 
+def _local_only(name_or_path: str, kwargs: dict[str, Any]) -> str:
+    """Where to load ``name_or_path`` from without touching the network.
+
+    A local directory is returned as is. A hub id is resolved to its snapshot directory in the local HF cache
+    (transformers would otherwise spend ~20 s on connection retries for optional files even with
+    ``local_files_only=True``); a missing one raises ``FileNotFoundError``. Set ``HERO_GYM_ALLOW_DOWNLOADS=1``
+    or pass ``local_files_only=False`` to let transformers download instead.
+    """
+    if Path(name_or_path).exists():
+        return name_or_path
+    if "local_files_only" not in kwargs:
+        kwargs["local_files_only"] = os.environ.get("HERO_GYM_ALLOW_DOWNLOADS", "") != "1"
+    if not kwargs["local_files_only"]:
+        return name_or_path
+    from huggingface_hub import try_to_load_from_cache
+
+    hit = try_to_load_from_cache(name_or_path, "config.json", revision=kwargs.pop("revision", None))
+    if not isinstance(hit, str):
+        raise _not_cached(name_or_path, FileNotFoundError("no config.json in the HF cache"))
+    return str(Path(hit).parent)
+
+
+def _not_cached(name_or_path: str, err: Exception) -> FileNotFoundError:
+    return FileNotFoundError(
+        f"{name_or_path!r} is neither a local directory nor in the local Hugging Face cache ({err}). hero-gym does "
+        "not download at run time: put the model in the HF cache or a directory first, or set "
+        "HERO_GYM_ALLOW_DOWNLOADS=1."
+    )
+
+
 def load_tokenizer(name_or_path: str, **kwargs: Any) -> Any:
     """``AutoTokenizer.from_pretrained`` for a local path or a locally cached HF id; a pad token is ensured
     (the EOS token when the tokenizer has none)."""
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(name_or_path, **kwargs)
+    where = _local_only(name_or_path, kwargs)
+    try:
+        tok = AutoTokenizer.from_pretrained(where, **kwargs)
+    except OSError as e:
+        raise _not_cached(name_or_path, e) from e
     if tok.pad_token_id is None and tok.eos_token is not None:
         tok.pad_token = tok.eos_token
     return tok
@@ -190,9 +226,10 @@ def load_model(
     attn_implementation: str | None = None,
     **kwargs: Any,
 ) -> tuple[Any, Any]:
-    """Any causal LM as ``(model, tokenizer)``: a local directory, or a Hugging Face id that is already in
-    the local HF cache (this library never downloads at run time; set ``HF_HUB_OFFLINE=1`` to make that
-    explicit). The special name ``"default"`` (or ``"smollm2-135m-instruct"``) means
+    """Any causal LM as ``(model, tokenizer)``, in eval mode on ``device`` with ``dtype``: a local directory, or
+    a Hugging Face id that is already in the local HF cache (nothing is downloaded unless
+    ``HERO_GYM_ALLOW_DOWNLOADS=1`` or ``local_files_only=False`` is passed; a missing model raises
+    ``FileNotFoundError``). The special name ``"default"`` (or ``"smollm2-135m-instruct"``) means
     :func:`load_default_model`. Extra ``kwargs`` go to ``from_pretrained``.
     """
     if name_or_path in ("default", DEFAULT_MODEL_NAME):
@@ -200,14 +237,17 @@ def load_model(
     from transformers import AutoModelForCausalLM
 
     dev, dt = _resolve(device, dtype)
-    t0 = time.perf_counter()
     if attn_implementation is not None:
         kwargs["attn_implementation"] = attn_implementation
-    model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=dt, **kwargs)
+    where = _local_only(name_or_path, kwargs)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(where, dtype=dt, **kwargs)
+    except OSError as e:
+        raise _not_cached(name_or_path, e) from e
     model.to(dev)
     model.eval()
-    tok = tokenizer if tokenizer is not None else load_tokenizer(name_or_path)
-    model._hero_gym_load_seconds = time.perf_counter() - t0  # informational
+    tok = tokenizer if tokenizer is not None else load_tokenizer(
+        where, **({"local_files_only": kwargs["local_files_only"]} if "local_files_only" in kwargs else {}))
     return model, tok
 
 
@@ -221,13 +261,15 @@ def tiny_model(
     num_kv_heads: int = 2,
     max_position_embeddings: int = 4096,
     seed: int = 0,
+    initializer_range: float = 0.2,
     device: torch.device | str | None = None,
     dtype: torch.dtype | str | None = None,
 ) -> Any:
     """A randomly initialised ``LlamaForCausalLM`` sized for fast tests, sharing ``tokenizer``'s vocabulary.
 
-    Deterministic given ``seed``. Eager attention is used so that left-padded batches give the same
-    numbers as unpadded rows up to float rounding.
+    Deterministic given ``seed``. ``initializer_range`` is larger than the usual 0.02 so that the random
+    model's next-token distributions are peaked and greedy outputs differ between contexts. Eager attention
+    is used so that left-padded batches give the same numbers as unpadded rows up to float rounding.
     """
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -245,6 +287,7 @@ def tiny_model(
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,
+        initializer_range=initializer_range,
         attn_implementation="eager",
     )
     g = torch.random.fork_rng(devices=[])

@@ -19,6 +19,10 @@ same conversation with more messages must produce a string that starts with the 
 this on a probe conversation when it is built and on every real call, and raises
 :class:`TemplateNotPrefixPreserving` with the offending text otherwise.
 
+Each chunk is tokenised on its own (``encode(text, add_special_tokens=False)``). The context is therefore
+always exactly what the model saw; with byte-level BPE tokenizers (SmolLM, Llama 3, Qwen, GPT-2) whose chat
+templates put special tokens at message boundaries it also equals the tokenisation of a full render.
+
 The module is core: it imports neither torch nor transformers. The tokenizer is duck-typed: anything
 with ``apply_chat_template(messages, tokenize=False, add_generation_prompt=..., [tools=...])``,
 ``encode(text, add_special_tokens=False)`` and ``decode(ids, skip_special_tokens=...)`` works (a
@@ -118,8 +122,11 @@ class ChatRenderer:
         self.tools = list(tools) if tools else None
         self.tool_role = "tool"
         try:
-            self._render([{"role": "user", "content": _SENT_USER}, {"role": "assistant", "content": _SENT_ASSIST},
-                          {"role": "tool", "content": _SENT_TOOL}], False)
+            probe = self._render([{"role": "user", "content": _SENT_USER},
+                                  {"role": "assistant", "content": _SENT_ASSIST},
+                                  {"role": "tool", "content": _SENT_TOOL}], False)
+            if _SENT_TOOL not in probe:  # the template silently drops tool messages
+                self.tool_role = "user"
         except Exception:  # e.g. "Conversation roles must alternate", or an unknown role
             self.tool_role = "user"
         self._probe = [
@@ -282,7 +289,12 @@ class ChatRenderer:
         full = self._render([*self._probe, _as_dict(message)], False)
         if not full.startswith(base):
             raise _not_prefix("adding a message changes the rendering of the earlier ones", base, full)
-        return self.encode(full[len(base):])
+        delta = full[len(base):]
+        content = str(_as_dict(message).get("content") or "")
+        if content and content not in delta:
+            raise ValueError(f"The chat template does not render a {_as_dict(message).get('role')!r} message "
+                             "after an observation (its content is missing); use another role.")
+        return self.encode(delta)
 
     def note_block_ids(self, note_text: str, role: str = "user") -> list[int]:
         """``message_ids({"role": role, "content": note_text}) + generation_prompt_ids``: what
@@ -406,7 +418,7 @@ def tokenize_episode(episode: Any, tokenizer: Any, *, renderer: ChatRenderer | N
         ids = ids + act
         mask += [1] * len(act)
         if i + 1 < len(turns):
-            upto = n_head + 2 * i + 2
+            upto = n_head + 2 * i + 1  # history up to and including this assistant message
             cont = r.continuation_ids(msgs[:upto], msgs[upto:upto + 1],
                                       sampled_ids=act if r.end_of_turn_id is not None else [])
             ids += cont

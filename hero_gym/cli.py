@@ -129,6 +129,60 @@ def webshop_serve(
     serve(host=host, port=port, num_products=num_products, seed=seed)
 
 
+def _policy(model: str, device: str | None, adapter: Path | None = None) -> Any:
+    from hero_gym.agents import HFPolicy, load_named_model
+
+    base, tokenizer = load_named_model(model, device=device)
+    policy = HFPolicy(base, tokenizer, device=device)
+    if adapter is not None:
+        policy.load(adapter)
+    return policy
+
+
+@app.command()
+def train(
+    env_id: str = typer.Argument(..., help="a registered env id"),
+    method: str = typer.Option("hero", help="hero | envfb_sd | full_demo | grpo"),
+    budget: int = typer.Option(200, help="training budget in environment turns"),
+    model: str = typer.Option("smollm2", help="smollm2 (embedded default) | tiny | HF id or local path"),
+    device: Optional[str] = typer.Option(None, help="cpu | cuda (default: cuda if available)"),
+    out: Path = typer.Option(Path("runs/train"), help="checkpoints, episodes.jsonl, metrics.jsonl, adapter/"),
+    kwarg: Optional[list[str]] = typer.Option(None, "--kwarg", "-k", help="env constructor key=value"),
+    config: Optional[list[str]] = typer.Option(None, "--config", "-c", help="TrainConfig field=value"),
+) -> None:
+    """Train a policy with HERO or a baseline; resumes from OUT if it holds a checkpoint."""
+    from hero_gym.agents import TrainConfig
+    from hero_gym.agents import train as run_train
+
+    cfg = TrainConfig(method=method, env_id=env_id, env_kwargs=_parse_kv(kwarg), turn_budget=budget,
+                      checkpoint_dir=str(out / "checkpoint"), progress=True, **_parse_kv(config))
+    policy = _policy(model, device)
+    result = run_train(policy, cfg)
+    policy.save(out / "adapter")
+    console.print(f"updates {result.updates}, turns used {result.turns_used}, episodes {result.episodes}, "
+                  f"training success {result.train_success_rate:.3f}; adapter saved to {out / 'adapter'}")
+
+
+@app.command("eval")
+def eval_cmd(
+    env_id: str = typer.Argument(..., help="a registered env id"),
+    model: str = typer.Option("smollm2", help="smollm2 | tiny | HF id or local path"),
+    adapter: Optional[Path] = typer.Option(None, help="a trained adapter directory (from `hero-gym train`)"),
+    episodes: int = typer.Option(10, help="number of episodes (task indices 0..N-1)"),
+    device: Optional[str] = typer.Option(None),
+    kwarg: Optional[list[str]] = typer.Option(None, "--kwarg", "-k", help="env constructor key=value"),
+    out: Optional[Path] = typer.Option(None, help="write the episodes to this JSONL file"),
+) -> None:
+    """Evaluate a policy (greedy) and print success rate, mean reward and mean turns."""
+    from hero_gym.agents import evaluate
+
+    policy = _policy(model, device, adapter)
+    result = evaluate(policy, env_id, _parse_kv(kwarg), task_indices=list(range(episodes)), progress=True)
+    if out is not None:
+        hero_gym.save_jsonl(result.episodes, out)
+    console.print(json.dumps(result.summary(), indent=2))
+
+
 def _bench_main(argv: list[str]) -> None:
     root = Path(__file__).resolve().parent.parent / "benchmarks" / "run_all.py"
     if not root.exists():

@@ -1,0 +1,467 @@
+"""The transformers policy: batched token-level generation with sampling log-probs, LoRA or full fine-tuning.
+
+:class:`HFPolicy` works on token ids, never on text: contexts come in as ``list[list[int]]`` (built by
+:class:`hero_gym.chat.ChatRenderer`), and each :class:`Generation` returns the exact sampled ids and the
+log-prob each was sampled with. The rollout stores these ids; training re-scores them, it never
+re-tokenises text.
+
+Log-prob semantics (``Generation.logprobs``): the log-probability of the sampled token under the
+distribution it was actually drawn from, i.e. ``log_softmax(filter(logits / temperature))`` where
+``filter`` applies top-k and then top-p (nucleus) and renormalises. With ``temperature=1``, ``top_k=0``
+and ``top_p=1`` (the defaults) this equals the model's own log-prob, which is what
+:meth:`HFPolicy.token_logprobs` recomputes (use ``temperature`` there to match a tempered sampler).
+Greedy decoding (``temperature=0``) draws from a point mass, whose log-prob (0) is useless to a trainer,
+so for greedy the model's untempered log-prob ``log_softmax(logits)`` is reported instead.
+
+Generation is a plain KV-cached decoding loop over a left-padded batch with explicit position ids, so a
+context gives the same tokens alone or in a batch (up to float rounding). It stops a row at EOS, at the
+chat template's end-of-turn token (``<|im_end|>`` for ChatML), at any ``SamplingConfig.stop_token_ids`` or
+``stop`` string, or at ``max_new_tokens``; the stop token is included in ``token_ids``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+
+from hero_gym.agents.models import default_device
+
+__all__ = ["DEFAULT_LORA", "Generation", "HFPolicy", "SamplingConfig", "default_lora_config"]
+
+DEFAULT_LORA: dict[str, Any] = {
+    "r": 16,
+    "lora_alpha": 32,
+    "lora_dropout": 0.0,
+    "target_modules": "all-linear",
+    "bias": "none",
+    "task_type": "CAUSAL_LM",
+}
+"""Defaults of the LoRA adapter used for training when ``lora="default"`` (all linear layers except the
+output head, rank 16, alpha 32, no dropout)."""
+
+
+def default_lora_config(**overrides: Any) -> Any:
+    """A ``peft.LoraConfig`` with :data:`DEFAULT_LORA`, updated by ``overrides``."""
+    from peft import LoraConfig
+
+    return LoraConfig(**{**DEFAULT_LORA, **overrides})
+
+
+@dataclass
+class SamplingConfig:
+    """Sampling settings for :meth:`HFPolicy.generate`.
+
+    Attributes:
+        max_new_tokens: at most this many tokens per reply (the stop token included).
+        temperature: softmax temperature; ``0`` means greedy decoding.
+        top_p: nucleus sampling mass (``1.0`` = off).
+        top_k: keep the ``k`` most likely tokens (``0`` = off).
+        stop: stop strings; a row stops once its decoded reply contains one (the tokens up to and
+            including the one completing it are kept).
+        stop_token_ids: extra stop tokens, on top of EOS and the template's end-of-turn token.
+        seed: seeds the sampler for this call (``None``: torch's global RNG).
+    """
+
+    max_new_tokens: int = 256
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    stop: list[str] = field(default_factory=list)
+    stop_token_ids: list[int] = field(default_factory=list)
+    seed: int | None = None
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature <= 0.0
+
+
+@dataclass
+class Generation:
+    """One sampled reply.
+
+    Attributes:
+        token_ids: the sampled ids, including the stop token when one was sampled.
+        logprobs: per-token sampling log-probs, same length as ``token_ids`` (see module docstring).
+        text: the decoded reply without the trailing stop token and without special tokens.
+        finish_reason: ``"stop"`` (stop token or string) or ``"length"`` (``max_new_tokens`` reached).
+    """
+
+    token_ids: list[int]
+    logprobs: list[float]
+    text: str
+    finish_reason: Literal["stop", "length"]
+
+
+def _filter_logits(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
+    """Mask (to -inf) tokens outside top-k and the top-p nucleus; always keeps the argmax."""
+    if top_k and 0 < top_k < logits.shape[-1]:
+        kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if 0.0 < top_p < 1.0:
+        sorted_logits, idx = torch.sort(logits, dim=-1, descending=True)
+        probs = sorted_logits.softmax(-1)
+        # drop a token when the mass of the tokens strictly before it already reaches top_p
+        drop_sorted = (probs.cumsum(-1) - probs) >= top_p
+        drop_sorted[..., 0] = False
+        drop = torch.zeros_like(drop_sorted).scatter(-1, idx, drop_sorted)
+        logits = logits.masked_fill(drop, float("-inf"))
+    return logits
+
+
+def _forward(model: Any, keep: int, **kwargs: Any) -> Any:
+    """``model(**kwargs)`` computing only the last ``keep`` positions' logits when the model supports
+    ``logits_to_keep`` (most transformers causal LMs); full logits otherwise (callers slice the tail)."""
+    try:
+        return model(logits_to_keep=keep, **kwargs)
+    except TypeError as e:
+        if "logits_to_keep" not in str(e):
+            raise
+        return model(**kwargs)
+
+
+class HFPolicy:
+    """A causal LM as a policy over token ids.
+
+    Args:
+        model: a transformers causal LM (e.g. from :func:`hero_gym.agents.models.load_default_model`), or an
+            existing ``peft.PeftModel``.
+        tokenizer: its tokenizer (needs a pad or EOS token).
+        lora: ``"default"`` wraps the model with a fresh LoRA adapter (:data:`DEFAULT_LORA`), a
+            ``peft.LoraConfig`` uses that config, ``None`` means full fine-tuning (every weight trainable).
+            A model that is already a ``PeftModel`` is used as is.
+        device: where to run (default :func:`~hero_gym.agents.models.default_device`).
+        dtype: cast the model to this dtype (default: keep the model's dtype).
+        max_batch_size: at most this many rows per forward pass in :meth:`generate` / :meth:`token_logprobs`.
+        max_batch_tokens: at most this many padded tokens (rows x longest row) per forward pass; rows are
+            grouped by length so that short contexts are not padded to long ones. Bounds prefill memory.
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        lora: Any | None | Literal["default"] = "default",
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+        *,
+        max_batch_size: int = 64,
+        max_batch_tokens: int = 65536,
+    ):
+        self.tokenizer = tokenizer
+        self.device = torch.device(device) if device is not None else default_device()
+        model = model.to(self.device)
+        if dtype is not None:
+            model = model.to(dtype)
+        from peft import PeftModel, get_peft_model
+
+        if isinstance(model, PeftModel):
+            self.is_lora = True
+        elif lora is None:
+            self.is_lora = False
+            for p in model.parameters():
+                p.requires_grad_(True)
+        else:
+            cfg = default_lora_config() if isinstance(lora, str) and lora == "default" else lora
+            model = get_peft_model(model, cfg)
+            self.is_lora = True
+        self.model = model
+        self.model.eval()
+        self.max_batch_size = int(max_batch_size)
+        self.max_batch_tokens = int(max_batch_tokens)
+        self.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        if self.pad_token_id is None:
+            raise ValueError("the tokenizer needs a pad or EOS token")
+        self.stop_token_ids: set[int] = self._default_stop_ids()
+
+    # ------------------------------------------------------------------ construction helpers
+    @classmethod
+    def from_pretrained(
+        cls, name_or_path: str = "default", lora: Any = "default", device: Any = None, dtype: Any = None, **kwargs: Any
+    ) -> HFPolicy:
+        """Load ``name_or_path`` with :func:`~hero_gym.agents.models.load_model` (``"default"`` =
+        SmolLM2-135M-Instruct) and wrap it."""
+        from hero_gym.agents.models import load_model
+
+        model, tok = load_model(name_or_path, device=device, dtype=dtype)
+        return cls(model, tok, lora=lora, device=device, **kwargs)
+
+    def _default_stop_ids(self) -> set[int]:
+        ids: set[int] = set()
+
+        def add(x: Any) -> None:
+            if isinstance(x, int):
+                ids.add(x)
+            elif isinstance(x, (list, tuple)):
+                ids.update(int(i) for i in x if i is not None)
+
+        add(self.tokenizer.eos_token_id)
+        gen_cfg = getattr(self.base_model, "generation_config", None)
+        if gen_cfg is not None:
+            add(getattr(gen_cfg, "eos_token_id", None))
+        if getattr(self.tokenizer, "chat_template", None):
+            try:
+                from hero_gym.chat import ChatRenderer
+
+                eot = ChatRenderer(self.tokenizer, check=False).end_of_turn_id
+                if eot is not None:
+                    ids.add(int(eot))
+            except Exception:  # a template the renderer cannot probe: EOS only
+                pass
+        return ids
+
+    @property
+    def base_model(self) -> Any:
+        """The underlying transformers model (without the PEFT wrapper)."""
+        m = self.model
+        if hasattr(m, "get_base_model"):
+            return m.get_base_model()
+        return m
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
+    def trainable_parameters(self) -> list[torch.nn.Parameter]:
+        """Parameters the optimiser should update (the LoRA weights, or all weights for full fine-tuning)."""
+        return [p for p in self.model.parameters() if p.requires_grad]
+
+    @contextlib.contextmanager
+    def adapter_disabled(self) -> Iterator[None]:
+        """Run the base model (LoRA adapter off), e.g. for a "base" teacher or a reference KL.
+        Raises ``RuntimeError`` for full fine-tuning (there is no separate base)."""
+        if not self.is_lora:
+            raise RuntimeError("adapter_disabled() needs a LoRA policy (full fine-tuning has no separate base)")
+        with self.model.disable_adapter():
+            yield
+
+    # ------------------------------------------------------------------ generation
+    @torch.no_grad()
+    def generate(
+        self,
+        contexts: Sequence[Sequence[int]],
+        sampling: SamplingConfig | None = None,
+        *,
+        max_new_tokens: Sequence[int] | None = None,
+    ) -> list[Generation]:
+        """Sample one reply for every context, all rows decoded together (chunks of ``max_batch_size``).
+
+        Args:
+            contexts: token ids per row (e.g. a chat context ending with the generation prompt).
+            sampling: :class:`SamplingConfig` (default: temperature 1, 256 new tokens).
+            max_new_tokens: optional per-row caps (e.g. the room left in a context window), each at most
+                ``sampling.max_new_tokens``.
+        Returns one :class:`Generation` per context, in order.
+        """
+        sampling = sampling or SamplingConfig()
+        if not contexts:
+            return []
+        if any(len(c) == 0 for c in contexts):
+            raise ValueError("generate: empty context")
+        caps = [sampling.max_new_tokens] * len(contexts) if max_new_tokens is None else [
+            min(int(m), sampling.max_new_tokens) for m in max_new_tokens]
+        gen = None
+        if sampling.seed is not None:
+            gen = torch.Generator(device=self.device)
+            gen.manual_seed(int(sampling.seed))
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            out: list[Generation | None] = [None] * len(contexts)
+            for chunk in self._chunks([len(c) + caps[i] for i, c in enumerate(contexts)]):
+                gens = self._generate_chunk([contexts[i] for i in chunk], [caps[i] for i in chunk], sampling, gen)
+                for i, g in zip(chunk, gens):
+                    out[i] = g
+            return out  # type: ignore[return-value]
+        finally:
+            if was_training:
+                self.model.train()
+
+    def _generate_chunk(self, contexts: Sequence[Sequence[int]], caps: list[int], sc: SamplingConfig,
+                        gen: torch.Generator | None) -> list[Generation]:
+        b = len(contexts)
+        width = max(len(c) for c in contexts)
+        input_ids = torch.full((b, width), self.pad_token_id, dtype=torch.long)
+        attn = torch.zeros((b, width), dtype=torch.long)
+        for i, c in enumerate(contexts):
+            input_ids[i, width - len(c):] = torch.tensor(list(c), dtype=torch.long)
+            attn[i, width - len(c):] = 1
+        input_ids, attn = input_ids.to(self.device), attn.to(self.device)
+        pos = (attn.cumsum(-1) - 1).clamp(min=0)
+        stop_ids = torch.tensor(sorted(self.stop_token_ids | set(sc.stop_token_ids)) or [-1], device=self.device)
+        toks: list[list[int]] = [[] for _ in range(b)]
+        lps: list[list[float]] = [[] for _ in range(b)]
+        reason: list[str | None] = [None] * b
+        done = [caps[i] <= 0 for i in range(b)]
+        for i in range(b):
+            if done[i]:
+                reason[i] = "length"
+        out = _forward(self.model, 1, input_ids=input_ids, attention_mask=attn, position_ids=pos, use_cache=True)
+        past = out.past_key_values
+        logits = out.logits[:, -1, :].float()
+        last_pos = pos[:, -1:]
+        rows = list(range(b))  # position in the running batch -> original row
+        # finished rows are dropped from the running batch (and its KV cache) when the cache supports it
+        can_compact = hasattr(past, "batch_select_indices")
+        max_steps = max(caps) if caps else 0
+        for step in range(max_steps):
+            if all(done):
+                break
+            if sc.greedy:
+                logp = F.log_softmax(logits, dim=-1)
+                nxt = logp.argmax(-1)
+            else:
+                logp = F.log_softmax(_filter_logits(logits / sc.temperature, sc.top_k, sc.top_p), dim=-1)
+                nxt = torch.multinomial(logp.exp(), 1, generator=gen).squeeze(-1)
+            chosen = logp.gather(-1, nxt[:, None]).squeeze(-1)
+            is_stop = torch.isin(nxt, stop_ids)
+            nxt_l, chosen_l, stop_l = nxt.tolist(), chosen.tolist(), is_stop.tolist()
+            for j, i in enumerate(rows):
+                if done[i]:
+                    continue
+                toks[i].append(nxt_l[j])
+                lps[i].append(chosen_l[j])
+                if stop_l[j]:
+                    reason[i] = "stop"
+                elif sc.stop and self._hit_stop_string(toks[i], sc.stop):
+                    reason[i] = "stop"
+                elif len(toks[i]) >= caps[i]:
+                    reason[i] = "length"
+                if reason[i] is not None:
+                    done[i] = True
+            if all(done) or step == max_steps - 1:
+                break
+            keep = [j for j, i in enumerate(rows) if not done[i]]
+            if can_compact and len(keep) < len(rows):
+                idx = torch.tensor(keep, dtype=torch.long, device=self.device)
+                past.batch_select_indices(idx)
+                nxt, attn, last_pos = nxt[idx], attn[idx], last_pos[idx]
+                rows = [rows[j] for j in keep]
+            elif len(keep) < len(rows):  # keep feeding finished rows (ignored) with padding
+                finished = torch.tensor([done[i] for i in rows], device=self.device)
+                nxt = torch.where(finished, torch.full_like(nxt, self.pad_token_id), nxt)
+            attn = torch.cat([attn, torch.ones((attn.shape[0], 1), dtype=attn.dtype, device=self.device)], dim=1)
+            last_pos = last_pos + 1
+            out = self.model(input_ids=nxt[:, None], attention_mask=attn, position_ids=last_pos,
+                             past_key_values=past, use_cache=True)
+            past = out.past_key_values
+            logits = out.logits[:, -1, :].float()
+        results = []
+        for i in range(b):
+            ids = toks[i]
+            body = ids[:-1] if ids and reason[i] == "stop" and ids[-1] in self.stop_token_ids | set(sc.stop_token_ids) \
+                else ids
+            text = self.tokenizer.decode(body, skip_special_tokens=True)
+            results.append(Generation(token_ids=ids, logprobs=lps[i], text=text,
+                                      finish_reason="stop" if reason[i] == "stop" else "length"))
+        return results
+
+    def _chunks(self, lengths: Sequence[int]) -> list[list[int]]:
+        """Row indices grouped for batching: sorted by length, at most ``max_batch_size`` rows and
+        ``max_batch_tokens`` padded tokens per group (a single longer row still gets its own group)."""
+        order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+        chunks: list[list[int]] = []
+        cur: list[int] = []
+        for i in order:
+            width = max(lengths[i], max((lengths[j] for j in cur), default=0))
+            if cur and (len(cur) + 1 > self.max_batch_size or (len(cur) + 1) * width > self.max_batch_tokens):
+                chunks.append(cur)
+                cur = []
+            cur.append(i)
+        if cur:
+            chunks.append(cur)
+        return chunks
+
+    def _hit_stop_string(self, ids: list[int], stops: Sequence[str]) -> bool:
+        tail = self.tokenizer.decode(ids[-32:], skip_special_tokens=False)
+        return any(s and s in tail for s in stops)
+
+    # ------------------------------------------------------------------ scoring
+    def token_logprobs(
+        self,
+        contexts: Sequence[Sequence[int]],
+        targets: Sequence[Sequence[int]],
+        *,
+        temperature: float = 1.0,
+        requires_grad: bool = False,
+        model: Any | None = None,
+    ) -> list[torch.Tensor]:
+        """Log-probs of ``targets[i]`` given ``contexts[i]`` (teacher forcing), batched.
+
+        Returns one float32 tensor of ``len(targets[i])`` per row: ``log_softmax(logits / temperature)`` at
+        each target token. With ``requires_grad=False`` (default) runs under ``torch.no_grad``. Only the
+        target positions' logits are materialised (rows are left-padded so the targets line up at the end).
+        ``model`` overrides the module used (e.g. a teacher copy).
+        """
+        m = model if model is not None else self.model
+        ctx_mgr = contextlib.nullcontext() if requires_grad else torch.no_grad()
+        res: list[torch.Tensor]
+        with ctx_mgr:
+            res_by_row: dict[int, torch.Tensor] = {}
+            for chunk in self._chunks([len(c) + len(t) for c, t in zip(contexts, targets)]):
+                cs, ts = [contexts[i] for i in chunk], [targets[i] for i in chunk]
+                seqs = [list(c) + list(t) for c, t in zip(cs, ts)]
+                width = max(len(q) for q in seqs)
+                b = len(seqs)
+                ids = torch.full((b, width), self.pad_token_id, dtype=torch.long)
+                attn = torch.zeros((b, width), dtype=torch.long)
+                for i, q in enumerate(seqs):
+                    ids[i, width - len(q):] = torch.tensor(q, dtype=torch.long)
+                    attn[i, width - len(q):] = 1
+                ids, attn = ids.to(self.device), attn.to(self.device)
+                pos = (attn.cumsum(-1) - 1).clamp(min=0)
+                k = max(len(t) for t in ts) + 1
+                logits = _forward(m, k, input_ids=ids, attention_mask=attn, position_ids=pos).logits
+                logits = logits[:, -k:-1, :]  # position j predicts token j+1; targets end every row
+                for j, (row, t) in enumerate(zip(chunk, ts)):
+                    n = len(t)
+                    if n == 0:
+                        res_by_row[row] = torch.zeros(0, device=self.device)
+                        continue
+                    tgt = torch.tensor(list(t), dtype=torch.long, device=self.device)
+                    lg = logits[j, logits.shape[1] - n:, :].float() / temperature
+                    res_by_row[row] = lg.gather(-1, tgt[:, None]).squeeze(-1) - torch.logsumexp(lg, dim=-1)
+            res = [res_by_row[i] for i in range(len(contexts))]
+        return res
+
+    # ------------------------------------------------------------------ checkpoints
+    def save(self, path: str | Path) -> None:
+        """Save the trainable weights: the LoRA adapter (PEFT format) or, for full fine-tuning, the whole
+        model (safetensors), plus the tokenizer and a small ``hero_policy.json``."""
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        self.model.save_pretrained(str(path), safe_serialization=True)
+        self.tokenizer.save_pretrained(str(path))
+        (path / "hero_policy.json").write_text(json.dumps({"lora": self.is_lora}))
+
+    def load(self, path: str | Path) -> None:
+        """Load weights saved by :meth:`save` into this policy, in place (same architecture/adapter config)."""
+        from safetensors.torch import load_file
+
+        path = Path(path)
+        meta = json.loads((path / "hero_policy.json").read_text()) if (path / "hero_policy.json").exists() else {}
+        if meta.get("lora", self.is_lora) != self.is_lora:
+            raise ValueError(f"{path} holds a {'LoRA' if meta['lora'] else 'full'} checkpoint; this policy is "
+                             f"{'LoRA' if self.is_lora else 'full'}")
+        if self.is_lora:
+            from peft import set_peft_model_state_dict
+
+            state = load_file(str(path / "adapter_model.safetensors"), device=str(self.device))
+            result = set_peft_model_state_dict(self.model, state)
+            unexpected = getattr(result, "unexpected_keys", [])
+            if unexpected:
+                raise ValueError(f"adapter keys not in this model: {unexpected[:5]}")
+        else:
+            state: dict[str, torch.Tensor] = {}
+            for f in sorted(path.glob("*.safetensors")):
+                state.update(load_file(str(f), device=str(self.device)))
+            missing, unexpected = self.model.load_state_dict(state, strict=False)
+            missing = [k for k in missing if "lm_head" not in k]  # tied to the embeddings
+            if missing or unexpected:
+                raise ValueError(f"checkpoint mismatch: missing {missing[:5]}, unexpected {unexpected[:5]}")

@@ -1,0 +1,234 @@
+"""Teacher contexts: the privileged note each method shows the self-teacher, and the teacher weights.
+
+The methods differ *only* in the note placed just before turn ``t``'s action
+(see DESIGN.md, "Baselines differ only in the note"):
+
+=============  ==========================================================================
+``hero``       the hindsight diagnosis of turn ``t`` (plus the corrected target action when
+               the reflector's confidence is ``high``); turns without a diagnosis are masked
+``envfb_sd``   the raw observation that followed turn ``t`` (truncated)
+``full_demo``  a successful trajectory of the same task, from a sibling rollout of the batch
+               or a :class:`SuccessBuffer`; every turn masked when none exists
+``grpo``       no teacher (all ``None``)
+=============  ==========================================================================
+
+A note is a ``str`` or ``None`` (= this turn does not enter the distillation loss). The
+renderer (``hero_gym.chat.ChatRenderer.note_ids``) turns a note into the teacher context.
+
+Teacher *weights* (:class:`TeacherWeights`): ``live`` = the current student weights under
+stop-gradient; ``ema`` = an exponential moving average of the trainable (LoRA) parameters,
+swapped in for the teacher pass; ``base`` = the PEFT adapter disabled (the initial model).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Iterator, Sequence
+from typing import Any, Literal
+
+from hero_gym.records import Episode
+
+from .reflector import Reflection, TurnReflection
+
+Method = Literal["hero", "envfb_sd", "full_demo", "grpo"]
+TeacherKind = Literal["live", "ema", "base"]
+
+__all__ = [
+    "Method",
+    "TeacherKind",
+    "hero_note",
+    "envfb_note",
+    "demo_note",
+    "SuccessBuffer",
+    "build_notes",
+    "TeacherWeights",
+]
+
+HERO_HEADER = "Hindsight note on your next action (from a review of how this episode went):"
+ENVFB_HEADER = "Note: this is what the environment will return after your next action:"
+DEMO_HEADER = "Note: here is a successful way to solve this same task, for reference:"
+
+
+def _fmt_target(target: dict[str, Any]) -> str:
+    if set(target) == {"message"}:
+        return f"reply to the user: {target['message']}"
+    if "name" in target:
+        return json.dumps({"name": target["name"], "arguments": target.get("arguments", {})}, ensure_ascii=False)
+    return json.dumps(target, ensure_ascii=False)
+
+
+def hero_note(refl: TurnReflection | None, *, target_confidence: tuple[str, ...] = ("high",)) -> str | None:
+    """HERO note for one turn: the diagnosis, plus ``Better action: ...`` when the reflector gave a
+    target with a confidence in ``target_confidence`` (default: high only). ``None`` = masked."""
+    if refl is None or not refl.diagnosis.strip():
+        return None
+    note = f"{HERO_HEADER}\n{refl.diagnosis.strip()}"
+    if refl.next_action_target and refl.confidence in target_confidence:
+        note += f"\nBetter action: {_fmt_target(refl.next_action_target)}"
+    return note
+
+
+def envfb_note(observation: str, *, max_chars: int = 600) -> str:
+    """Environment-feedback SD note: the raw next observation, truncated to ``max_chars``."""
+    obs = observation if len(observation) <= max_chars else observation[:max_chars] + " …[truncated]"
+    return f"{ENVFB_HEADER}\n{obs}"
+
+
+def demo_note(demo: Episode, *, max_chars: int = 2000, max_obs_chars: int = 200) -> str:
+    """Full-demo note: a successful trajectory of the same task, as compact text (actions in full,
+    observations truncated to ``max_obs_chars``; the whole note to ``max_chars``)."""
+    lines = [DEMO_HEADER]
+    for i, t in enumerate(demo.turns):
+        obs = t.observation if len(t.observation) <= max_obs_chars else t.observation[:max_obs_chars] + " …"
+        lines.append(f"Step {i + 1}: {t.action_text.strip()}\n  -> {obs}")
+    text = "\n".join(lines)
+    return text if len(text) <= max_chars else text[:max_chars] + " …[truncated]"
+
+
+class SuccessBuffer:
+    """Per task, the most recent shortest successful episode seen so far (bounded by ``max_tasks``).
+
+    Used by the full-demo teacher when no sibling of the current batch succeeded. Serialisable
+    with :meth:`state_dict` / :meth:`load_state_dict` (stored in trainer checkpoints).
+    """
+
+    def __init__(self, max_tasks: int = 10_000):
+        self.max_tasks = max_tasks
+        self._by_task: dict[str, Episode] = {}
+
+    def __len__(self) -> int:
+        return len(self._by_task)
+
+    def add(self, episodes: Sequence[Episode]) -> None:
+        for ep in episodes:
+            if not ep.success or ep.task_id is None:
+                continue
+            cur = self._by_task.get(ep.task_id)
+            if cur is None or len(ep.turns) <= len(cur.turns):
+                self._by_task.pop(ep.task_id, None)
+                self._by_task[ep.task_id] = ep
+            while len(self._by_task) > self.max_tasks:
+                self._by_task.pop(next(iter(self._by_task)))
+
+    def get(self, task_id: str | None) -> Episode | None:
+        return self._by_task.get(task_id) if task_id is not None else None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"max_tasks": self.max_tasks, "episodes": [e.model_dump(mode="json") for e in self._by_task.values()]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.max_tasks = state.get("max_tasks", self.max_tasks)
+        self._by_task = {}
+        for d in state.get("episodes", []):
+            ep = Episode.model_validate(d)
+            self._by_task[ep.task_id] = ep  # type: ignore[index]
+
+
+def _pick_demo(ep: Episode, batch: Sequence[Episode], buffer: SuccessBuffer | None) -> Episode | None:
+    """A successful sibling of the same task (not ``ep`` itself if another exists; fewest turns),
+    else the buffer's, else ``ep`` itself when it succeeded, else ``None``."""
+    if ep.task_id is not None:
+        sibs = [o for o in batch if o.task_id == ep.task_id and o.success and o.episode_id != ep.episode_id]
+        if sibs:
+            return min(sibs, key=lambda o: len(o.turns))
+    found = buffer.get(ep.task_id) if buffer is not None else None
+    if found is not None and found.episode_id != ep.episode_id:
+        return found
+    return ep if ep.success else found
+
+
+def build_notes(
+    method: Method,
+    episodes: Sequence[Episode],
+    *,
+    reflections: Sequence[Reflection] | None = None,
+    success_buffer: SuccessBuffer | None = None,
+    envfb_max_chars: int = 600,
+    demo_max_chars: int = 2000,
+    target_confidence: tuple[str, ...] = ("high",),
+) -> list[list[str | None]]:
+    """Notes for every turn of every episode: ``notes[i][t]`` is the teacher note for episode ``i``,
+    turn ``t`` (``None`` = masked). ``reflections`` (aligned with ``episodes``) are required for
+    ``hero``. ``full_demo`` looks for successful siblings (same ``task_id``) in ``episodes`` first.
+    """
+    if method == "grpo":
+        return [[None] * len(ep.turns) for ep in episodes]
+    if method == "hero":
+        if reflections is None or len(reflections) != len(episodes):
+            raise ValueError("hero notes need one Reflection per episode")
+        return [[hero_note(r.get(t), target_confidence=target_confidence) for t in range(len(ep.turns))]
+                for ep, r in zip(episodes, reflections)]
+    if method == "envfb_sd":
+        return [[envfb_note(turn.observation, max_chars=envfb_max_chars) for turn in ep.turns] for ep in episodes]
+    if method == "full_demo":
+        out = []
+        for ep in episodes:
+            demo = _pick_demo(ep, episodes, success_buffer)
+            note = demo_note(demo, max_chars=demo_max_chars) if demo is not None else None
+            out.append([note] * len(ep.turns))
+        return out
+    raise ValueError(f"unknown method {method!r}")
+
+
+class TeacherWeights:
+    """Selects the weights the teacher pass runs with.
+
+    ``kind="live"``: the model as it is (the caller runs under ``torch.no_grad``).
+    ``kind="base"``: PEFT adapters disabled (``model.disable_adapter()``); for a model without
+    adapters this is the same as live.
+    ``kind="ema"``: ``theta_ema <- decay * theta_ema + (1 - decay) * theta`` over the trainable
+    parameters after each optimiser step (:meth:`update`); :meth:`active` swaps the EMA values in
+    and restores the live ones afterwards. Only trainable tensors are copied (LoRA: tiny).
+    """
+
+    def __init__(self, model: Any, kind: TeacherKind = "live", ema_decay: float = 0.9):
+        if kind not in ("live", "ema", "base"):
+            raise ValueError(f"unknown teacher kind {kind!r}")
+        self.model, self.kind, self.decay = model, kind, ema_decay
+        self.shadow: dict[str, Any] = {}
+        if kind == "ema":
+            self.shadow = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+    def update(self) -> None:
+        """Fold the current trainable weights into the EMA (no-op for live/base)."""
+        if self.kind != "ema":
+            return
+        import torch
+
+        with torch.no_grad():
+            for n, p in self.model.named_parameters():
+                if n in self.shadow:
+                    self.shadow[n].mul_(self.decay).add_(p.detach(), alpha=1.0 - self.decay)
+
+    @contextlib.contextmanager
+    def active(self) -> Iterator[Any]:
+        """Context in which ``self.model`` computes the teacher's logits."""
+        import torch
+
+        if self.kind == "base" and hasattr(self.model, "disable_adapter"):
+            with self.model.disable_adapter():
+                yield self.model
+        elif self.kind == "ema" and self.shadow:
+            params = dict(self.model.named_parameters())
+            saved = {n: params[n].detach().clone() for n in self.shadow}
+            with torch.no_grad():
+                for n, v in self.shadow.items():
+                    params[n].copy_(v)
+            try:
+                yield self.model
+            finally:
+                with torch.no_grad():
+                    for n, v in saved.items():
+                        params[n].copy_(v)
+        else:
+            yield self.model
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "decay": self.decay, "shadow": {k: v.clone() for k, v in self.shadow.items()}}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state.get("shadow"):
+            for k, v in state["shadow"].items():
+                if k in self.shadow:
+                    self.shadow[k].copy_(v)

@@ -1,0 +1,145 @@
+"""Packed teacher scoring and one-pass student scoring equal naive per-turn re-encoding."""
+import random
+
+import pytest
+import torch
+
+from hero_gym.agents.scoring import (
+    build_layout,
+    prefix_chains,
+    student_logits,
+    teacher_logits,
+    teacher_logits_naive,
+)
+from hero_gym.records import Episode, Turn
+
+GEN = [7, 8, 9]   # "generation prompt"
+
+
+def tiny(attn="eager", seed=0):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    cfg = LlamaConfig(vocab_size=101, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                      attn_implementation=attn)
+    torch.manual_seed(seed)
+    return LlamaForCausalLM(cfg).eval()
+
+
+def make_episode(rng, n_turns=5, break_at=None):
+    ctx = [rng.randrange(10, 100) for _ in range(15)] + GEN
+    turns = []
+    for t in range(n_turns):
+        act = [rng.randrange(10, 100) for _ in range(rng.randrange(1, 6))]
+        turns.append(Turn(index=t, action_text="a", observation="o", context_token_ids=list(ctx),
+                          action_token_ids=act, action_logprobs=[-1.0] * len(act)))
+        obs = [rng.randrange(10, 100) for _ in range(rng.randrange(2, 8))]
+        ctx = ctx + act + obs + GEN
+        if break_at is not None and t + 1 == break_at:
+            ctx = ctx[:5] + ctx[12:]   # an overflow trim: the next context no longer extends this one
+    return Episode(env_id="x", initial_observation="q", turns=turns)
+
+
+def teacher_ctx(rng, ep, masked=()):
+    out = []
+    for t, turn in enumerate(ep.turns):
+        if t in masked:
+            out.append(None)
+        else:
+            note = [rng.randrange(10, 100) for _ in range(rng.randrange(1, 9))]
+            out.append(turn.context_token_ids[: -len(GEN)] + note + GEN)
+    return out
+
+
+@pytest.mark.parametrize("attn", ["eager", "sdpa"])
+def test_packed_teacher_matches_naive(attn):
+    rng = random.Random(0)
+    model = tiny(attn)
+    eps = [make_episode(rng, 6), make_episode(rng, 4, break_at=2), make_episode(rng, 1)]
+    tctx = [teacher_ctx(rng, eps[0], masked={2}), teacher_ctx(rng, eps[1]), teacher_ctx(rng, eps[2])]
+    lay = build_layout(eps)
+    assert [len(prefix_chains(e)) for e in eps] == [1, 2, 1]
+    packed, m1 = teacher_logits(model, eps, tctx, lay)
+    naive, m2 = teacher_logits_naive(model, eps, tctx, lay)
+    assert torch.equal(m1, m2) and m1.sum() < lay.num_tokens
+    torch.testing.assert_close(packed, naive, atol=2e-5, rtol=1e-4)
+    # micro-batching over chains gives the same rows
+    part, _ = teacher_logits(model, eps, tctx, lay, chain_indices=[1, 2, 3])
+    n0 = sum(s.length for s in lay.spans if s.episode == 0)
+    torch.testing.assert_close(part, packed[n0:], atol=2e-5, rtol=1e-4)
+
+
+def test_student_one_pass_matches_per_turn():
+    rng = random.Random(1)
+    model = tiny()
+    eps = [make_episode(rng, 5), make_episode(rng, 3, break_at=1)]
+    logits, lay = student_logits(model, eps)
+    assert logits.shape == (lay.num_tokens, 101) and logits.requires_grad
+    for s in lay.spans:
+        turn = eps[s.episode].turns[s.turn]
+        seq = torch.tensor([turn.context_token_ids + turn.action_token_ids])
+        ref = model(input_ids=seq).logits[0, s.context_len - 1: s.context_len - 1 + s.length]
+        torch.testing.assert_close(logits[s.start:s.start + s.length], ref, atol=2e-5, rtol=1e-4)
+    assert lay.action_ids.tolist() == [a for e in eps for t in e.turns for a in t.action_token_ids]
+    assert torch.all(lay.behaviour_logprobs == -1.0)
+
+
+def test_turns_without_ids_are_skipped():
+    rng = random.Random(2)
+    ep = make_episode(rng, 3)
+    ep.turns[1].action_token_ids = None
+    lay = build_layout([ep])
+    assert [s.turn for s in lay.spans] == [0, 2]
+
+
+@pytest.mark.parametrize("attn", ["eager", "sdpa"])
+def test_kv_cache_prefix_reuse_matches_naive(attn):
+    from hero_gym.agents.scoring import teacher_logits_from_cache
+
+    rng = random.Random(3)
+    model = tiny(attn, seed=4)
+    eps = [make_episode(rng, 6), make_episode(rng, 4, break_at=2), make_episode(rng, 2)]
+    tctx = [teacher_ctx(rng, eps[0], masked={1}), teacher_ctx(rng, eps[1]), teacher_ctx(rng, eps[2], masked={0, 1})]
+    lay = build_layout(eps)
+    naive, m2 = teacher_logits_naive(model, eps, tctx, lay)
+    s_logits, _, cache = student_logits(model, eps, lay, return_cache=True)
+    cached, m1 = teacher_logits_from_cache(model, eps, tctx, lay, cache)
+    assert torch.equal(m1, m2) and not cached.requires_grad
+    torch.testing.assert_close(cached, naive, atol=2e-5, rtol=1e-4)
+    # the student's graph is intact: a loss on its logits still backpropagates
+    s_logits.sum().backward()
+    assert any(p.grad is not None for p in model.parameters())
+
+
+def test_hidden_logits_form_matches():
+    from hero_gym.agents.scoring import HiddenLogits, teacher_logits_from_cache
+
+    rng = random.Random(5)
+    model = tiny()
+    eps = [make_episode(rng, 3)]
+    tctx = [teacher_ctx(rng, eps[0])]
+    lay = build_layout(eps)
+    dense, _ = teacher_logits(model, eps, tctx, lay)
+    lazy, _ = teacher_logits(model, eps, tctx, lay, as_hidden=True)
+    assert isinstance(lazy, HiddenLogits) and lazy.shape == tuple(dense.shape)
+    torch.testing.assert_close(lazy[2:5], dense[2:5], atol=1e-5, rtol=1e-4)
+    _, _, cache = student_logits(model, eps, lay, return_cache=True)
+    lazy2, _ = teacher_logits_from_cache(model, eps, tctx, lay, cache, as_hidden=True)
+    torch.testing.assert_close(lazy2.dense(), dense, atol=2e-5, rtol=1e-4)
+
+
+def test_prefix_cache_with_teacher_weights_matches_naive():
+    from hero_gym.agents.scoring import teacher_logits_prefix_cache
+
+    rng = random.Random(6)
+    model = tiny("sdpa", seed=2)
+    eps = [make_episode(rng, 5), make_episode(rng, 3, break_at=1)]
+    tctx = [teacher_ctx(rng, eps[0], masked={3}), teacher_ctx(rng, eps[1])]
+    lay = build_layout(eps)
+    naive, m2 = teacher_logits_naive(model, eps, tctx, lay)
+    got, m1 = teacher_logits_prefix_cache(model, eps, tctx, lay)
+    assert torch.equal(m1, m2)
+    torch.testing.assert_close(got, naive, atol=2e-5, rtol=1e-4)
+    part, _ = teacher_logits_prefix_cache(model, eps, tctx, lay, chain_indices=[1, 2], as_hidden=True)
+    n0 = sum(s.length for s in lay.spans if s.episode == 0)
+    torch.testing.assert_close(part.dense(), naive[n0:], atol=2e-5, rtol=1e-4)

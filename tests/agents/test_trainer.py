@@ -1,0 +1,199 @@
+"""Trainer: HERO learning signal, resume without lost/duplicated episodes, end-to-end runs per method.
+
+Uses a tiny random Llama over the SmolLM2 tokenizer (``tiny_model``); the slow test uses SmolLM2-135M.
+"""
+import copy
+import json
+import os
+
+import pytest
+import torch
+
+import hero_gym
+from hero_gym.agents.models import load_default_tokenizer, tiny_model
+from hero_gym.agents.policy import HFPolicy
+from hero_gym.agents.reflector import FunctionReflector, TurnReflection
+from hero_gym.agents.scoring import build_layout, student_logits
+from hero_gym.agents.teachers import build_notes, hero_note
+from hero_gym.agents.trainer import EvalResult, TrainConfig, evaluate, train, update
+from hero_gym.chat import ChatRenderer
+from hero_gym.records import Episode, Turn, load_jsonl
+
+LOOKUP = "hero_gym/Lookup-v0"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """Tiny models are dominated by small ops: one intra-op thread is faster, and far faster on a busy CPU."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return load_default_tokenizer()
+
+
+# --------------------------------------------------------------------------- learning signal
+
+def _seq_logprob(model, ctx, act):
+    ep = Episode(env_id="x", initial_observation="", turns=[
+        Turn(index=0, action_text="", observation="", context_token_ids=ctx, action_token_ids=act)])
+    with torch.no_grad():
+        logits, lay = student_logits(model, [ep])
+    return torch.log_softmax(logits.float(), -1).gather(-1, lay.action_ids[:, None]).sum().item()
+
+
+@pytest.fixture(scope="module")
+def note_reader(tok):
+    """A tiny model briefly taught to follow HERO notes on one Lookup task (a stand-in for an instruction-
+    tuned model): with a note naming action X it emits X; with no note it is split between A and B."""
+    torch.manual_seed(0)
+    env = hero_gym.make(LOOKUP)
+    obs, info = env.reset(seed=0, options={"task_index": 0})
+    r = ChatRenderer(tok)
+    ctx = r.prompt_ids([{"role": "system", "content": info["system_prompt"]}, {"role": "user", "content": obs}])
+    item = obs.split()[-1].rstrip("?")
+    calls = {"A": {"name": "lookup", "arguments": {"key": item}}, "B": {"name": "answer", "arguments": {"code": "999"}}}
+    acts = {k: r.encode("<tool_call>" + json.dumps(c) + "</tool_call>") + [r.end_of_turn_id] for k, c in calls.items()}
+    refl = {k: TurnReflection(f"The right action here is {c['name']}.", "high", c) for k, c in calls.items()}
+    notes = {k: r.note_ids(ctx, hero_note(v)) for k, v in refl.items()}
+    data = [(ctx, acts["A"]), (ctx, acts["B"]), (notes["A"], acts["A"]), (notes["B"], acts["B"])]
+    eps = [Episode(env_id="w", initial_observation="", turns=[
+        Turn(index=0, action_text="", observation="", context_token_ids=c, action_token_ids=a)]) for c, a in data]
+    lay = build_layout(eps)
+    model = tiny_model(tok, seed=0)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(45):
+        logits, _ = student_logits(model, eps, lay)
+        loss = -torch.log_softmax(logits.float(), -1).gather(-1, lay.action_ids[:, None]).sum() / len(eps)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+    assert _seq_logprob(model, notes["A"], acts["A"]) > _seq_logprob(model, notes["B"], acts["A"]) + 2.0
+    return {"model": model, "ctx": ctx, "acts": acts, "refl": refl, "env": env, "renderer": r}
+
+
+def _hero_updates(tok, nr, named: str, n_updates=4):
+    model = copy.deepcopy(nr["model"])
+    policy = HFPolicy(model, tok, lora=None)
+    env, ctx = nr["env"], nr["ctx"]
+    episodes = []
+    for k in ("A", "B"):     # the student tried both actions (as sampled rollouts would)
+        env.reset(seed=0, options={"task_index": 0})
+        text = tok.decode(nr["acts"][k][:-1])
+        obs, rew, term, trunc, info = env.step(text)
+        lp = [float(x) for x in policy.token_logprobs([ctx], [nr["acts"][k]])[0]]
+        episodes.append(Episode(env_id=LOOKUP, task_id="lookup-0", initial_observation="", turns=[Turn(
+            index=0, action_text=text, parsed_action=info["parsed_action"], observation=obs, reward=rew,
+            terminated=term, context_token_ids=ctx, action_token_ids=nr["acts"][k], action_logprobs=lp)]))
+    reflector = FunctionReflector(lambda ep: {0: nr["refl"][named]})
+    cfg = TrainConfig(method="hero", lr=3e-3, is_clip=None)
+    opt = torch.optim.Adam(policy.trainable_parameters(), lr=cfg.lr)
+    before = _seq_logprob(model, ctx, nr["acts"]["A"])
+    for _ in range(n_updates):
+        notes = build_notes("hero", episodes, reflections=reflector.reflect(episodes))
+        stats = update(policy, opt, episodes, notes, cfg)
+        assert stats.scored_turns == 2 and stats.distill_tokens > 0
+    return before, _seq_logprob(model, ctx, nr["acts"]["A"])
+
+
+def test_hero_diagnosis_naming_right_action_raises_its_probability(tok, note_reader):
+    before, after = _hero_updates(tok, note_reader, "A")
+    assert after > before + 0.1, (before, after)
+
+
+def test_hero_diagnosis_naming_wrong_action_lowers_it(tok, note_reader):
+    before, after = _hero_updates(tok, note_reader, "B")
+    assert after < before - 0.1, (before, after)
+
+
+# --------------------------------------------------------------------------- resume
+
+def _cfg(tmp, **kw):
+    base = dict(method="hero", env_id=LOOKUP, turn_budget=12, tasks_per_update=2, group_size=1, max_turns=2,
+                max_new_tokens=8, lr=1e-3, checkpoint_dir=str(tmp), seed=3)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def _episode_keys(path):
+    return [(e.task_id, e.metadata["train_update"], tuple(tuple(t.action_token_ids) for t in e.turns))
+            for e in load_jsonl(path)]
+
+
+def test_resume_after_kill_no_lost_or_duplicated_episodes(tok, tmp_path):
+    torch.manual_seed(0)   # the LoRA init draws from the global RNG
+    full = train(HFPolicy(tiny_model(tok, seed=1), tok), _cfg(tmp_path / "full"))
+    assert full.updates >= 3 and full.turns_used == 12
+
+    run = tmp_path / "killed"
+    torch.manual_seed(0)
+    first = train(HFPolicy(tiny_model(tok, seed=1), tok), _cfg(run, max_updates=2))
+    assert first.updates == 2
+    # the process "dies" mid-iteration: one more episode was appended and a line torn
+    with open(run / "episodes.jsonl", "a") as f:
+        f.write(Episode(env_id=LOOKUP, initial_observation="uncommitted").model_dump_json() + "\n")
+        f.write('{"schema_version": 1, "episode_id": "tor')
+    # a fresh process: new model object (different random LoRA init), resumes from the checkpoint
+    torch.manual_seed(999)
+    resumed = train(HFPolicy(tiny_model(tok, seed=1), tok), _cfg(run))
+    assert resumed.resumed_from_update == 2
+    assert resumed.updates == full.updates and resumed.turns_used == full.turns_used
+    assert resumed.episodes == full.episodes == len(load_jsonl(run / "episodes.jsonl"))
+    keys_full, keys_run = _episode_keys(tmp_path / "full" / "episodes.jsonl"), _episode_keys(run / "episodes.jsonl")
+    assert len(set(e.episode_id for e in load_jsonl(run / "episodes.jsonl"))) == resumed.episodes
+    assert keys_run == keys_full       # same episodes, same order, nothing lost or repeated
+    assert [m["update"] for m in resumed.metrics] == list(range(1, full.updates + 1))
+
+
+# --------------------------------------------------------------------------- end to end
+
+@pytest.mark.parametrize("method", ["hero", "grpo", "envfb_sd", "full_demo"])
+def test_train_then_evaluate_each_method(tok, tmp_path, method):
+    policy = HFPolicy(tiny_model(tok, seed=2), tok)
+    cfg = TrainConfig(method=method, env_id=LOOKUP, env_kwargs={"num_items": 4}, turn_budget=8, tasks_per_update=2,
+                      group_size=2, max_turns=2, max_new_tokens=10, lr=1e-3, checkpoint_dir=str(tmp_path),
+                      grpo_weight=0.5 if method == "envfb_sd" else 0.0, kl_coef=0.05 if method == "grpo" else 0.0,
+                      teacher={"envfb_sd": "base", "full_demo": "ema"}.get(method, "live"))
+    res = train(policy, cfg)
+    assert res.updates >= 1 and res.turns_used == 8
+    assert (tmp_path / "checkpoint.pt").exists() and len(load_jsonl(tmp_path / "episodes.jsonl")) == res.episodes
+    m = res.metrics[-1]
+    assert m["action_tokens"] > 0
+    if method in ("hero", "envfb_sd"):
+        assert m["scored_turns"] > 0 and m["distill_loss"] is not None
+    ev = evaluate(policy, LOOKUP, {"num_items": 4}, task_indices=[0, 1], max_turns=2, max_new_tokens=10)
+    assert isinstance(ev, EvalResult) and len(ev.episodes) == 2
+    assert 0.0 <= ev.success_rate <= 1.0 and 1.0 <= ev.mean_turns <= 2.0
+
+
+def test_config_validation():
+    with pytest.raises(ValueError):
+        TrainConfig(method="ppo")
+    with pytest.raises(ValueError):
+        TrainConfig(grpo_weight=2.0)
+
+
+# --------------------------------------------------------------------------- slow: the real model
+
+@pytest.mark.slow
+@pytest.mark.parametrize("env_id", ["hero_gym/TauRetail-v0", "hero_gym/WebShop-v0"])
+@pytest.mark.parametrize("method", ["hero", "grpo", "envfb_sd", "full_demo"])
+def test_smollm2_train_and_evaluate(tmp_path, env_id, method):
+    from hero_gym.agents.models import load_default_model
+
+    if env_id not in hero_gym.list_envs():
+        pytest.skip(f"{env_id} not registered")
+    model, tokenizer = load_default_model()
+    policy = HFPolicy(model, tokenizer)
+    cfg = TrainConfig(method=method, env_id=env_id, turn_budget=8, tasks_per_update=1, group_size=2, max_turns=4,
+                      max_new_tokens=64, lr=1e-5, checkpoint_dir=str(tmp_path), task_indices=[0],
+                      micro_batch_episodes=1)
+    res = train(policy, cfg)
+    assert res.updates >= 1 and res.turns_used == 8
+    ev = evaluate(policy, env_id, task_indices=[0], max_turns=3, max_new_tokens=64)
+    assert len(ev.episodes) == 1 and ev.mean_turns >= 1
