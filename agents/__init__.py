@@ -13,6 +13,7 @@ from hero_gym.agents.models import (
     load_default_model,
     load_default_tokenizer,
     load_model,
+    load_named_model,
     load_tokenizer,
     tiny_model,
 )

@@ -38,6 +38,7 @@ __all__ = [
     "load_default_model",
     "load_default_tokenizer",
     "load_model",
+    "load_named_model",
     "load_tokenizer",
     "tiny_model",
 ]
@@ -295,3 +296,16 @@ def tiny_model(
         torch.manual_seed(seed)
         model = LlamaForCausalLM(cfg)
     return model.to(device=dev, dtype=dt).eval()
+
+
+def load_named_model(name: str = "smollm2", device: torch.device | str | None = None,
+                     dtype: torch.dtype | str | None = None) -> tuple[Any, Any]:
+    """Resolve the model names used by the CLI and the benchmarks: ``"smollm2"`` / ``"default"``
+    (the embedded SmolLM2-135M-Instruct), ``"tiny"`` (a random tiny Llama sharing SmolLM2's tokenizer,
+    for smoke runs), or any Hugging Face id / local path."""
+    if name in ("smollm2", "default", DEFAULT_MODEL_NAME):
+        return load_default_model(device=device, dtype=dtype)
+    if name == "tiny":
+        tokenizer = load_default_tokenizer()
+        return tiny_model(tokenizer, device=device, dtype=dtype), tokenizer
+    return load_model(name, device=device, dtype=dtype)

@@ -40,7 +40,7 @@ from typing import Any, Protocol
 from hero_gym.chat import ChatRenderer
 from hero_gym.records import Episode, Turn
 
-__all__ = ["Task", "TurnBudget", "collect", "default_tool_prompt"]
+__all__ = ["TOOL_PROMPTS", "Task", "TurnBudget", "collect", "compact_tool_prompt", "default_tool_prompt"]
 
 
 class Policy(Protocol):
@@ -128,6 +128,30 @@ def default_tool_prompt(tools: Sequence[dict[str, Any]], parser: str = "hermes")
                                  "parameters": fn.get("parameters", {})}, ensure_ascii=False))
     fmt = _FORMATS.get(parser, _FORMATS["hermes"])
     return "# Tools\nYou can use these tools:\n" + "\n".join(lines) + "\n\n" + fmt
+
+
+def compact_tool_prompt(tools: Sequence[dict[str, Any]], parser: str = "hermes") -> str:
+    """A short tool listing for small models and short contexts: one line per tool,
+    ``name(arg: type, opt?: type) - first sentence of the description``, then the call format.
+
+    On Tau-bench this is about a quarter of :func:`default_tool_prompt`'s tokens (the full JSON
+    schemas carry long per-argument descriptions)."""
+    if not tools:
+        return ""
+    lines = []
+    for t in tools:
+        fn = t.get("function", t)
+        params = fn.get("parameters", {}) or {}
+        required = set(params.get("required", []))
+        args = ", ".join(f"{name}{'' if name in required else '?'}: {spec.get('type', 'any')}"
+                         for name, spec in (params.get("properties") or {}).items())
+        desc = (fn.get("description") or "").strip().split(". ")[0].rstrip(".")
+        lines.append(f"- {fn.get('name')}({args})" + (f" - {desc}." if desc else ""))
+    fmt = _FORMATS.get(parser, _FORMATS["hermes"])
+    return "# Tools\nYou can use these tools:\n" + "\n".join(lines) + "\n\n" + fmt
+
+
+TOOL_PROMPTS = {"full": default_tool_prompt, "compact": compact_tool_prompt}
 
 
 # ---------------------------------------------------------------------- helpers

@@ -51,6 +51,7 @@ from .scoring import (
     teacher_logits_from_cache,
     teacher_logits_prefix_cache,
 )
+from .rollout import TOOL_PROMPTS
 from .teachers import Method, SuccessBuffer, TeacherKind, TeacherWeights, build_notes
 
 __all__ = [
@@ -105,13 +106,20 @@ class TrainConfig:
         reflector_max_new_tokens / reflector_retries: generation length and bounded retries of the
             LLM reflector.
         envfb_max_chars / demo_max_chars: note truncation for the baselines.
-        micro_batch_episodes: episodes per forward/backward (gradient accumulation).
+        micro_batch_episodes: episodes per forward/backward (gradient accumulation over the batch;
+            the loss normalisation is over the whole batch either way). 1 (default) means one
+            unpadded sequence per forward, so SDPA models run the causal kernel without a padding
+            mask and never materialise ``L x L`` attention weights (on CPU padded batches of long
+            episodes cost gigabytes of attention activations); raise it on GPUs for throughput.
         loss_chunk_tokens: action tokens per chunk of the vocabulary-sized loss computation.
         checkpoint_dir: where checkpoints and JSONL logs go (``None`` = no checkpoints, no resume).
         resume: continue from ``checkpoint_dir`` if it holds a checkpoint.
         seed: seeds task order, sampling and torch.
         max_updates: optional cap on the number of updates (besides the turn budget).
         progress: show a progress bar.
+        tool_prompt: how tools are described in the system message when the chat template takes no
+            ``tools``: ``"full"`` (every JSON schema) or ``"compact"`` (one line per tool; for small
+            models and short contexts, e.g. the CPU benchmark).
     """
 
     method: Method = "hero"
@@ -142,13 +150,14 @@ class TrainConfig:
     reflector_retries: int = 2
     envfb_max_chars: int = 600
     demo_max_chars: int = 2000
-    micro_batch_episodes: int = 8
+    micro_batch_episodes: int = 1
     loss_chunk_tokens: int = 256
     checkpoint_dir: str | None = None
     resume: bool = True
     seed: int = 0
     max_updates: int | None = None
     progress: bool = False
+    tool_prompt: Literal["full", "compact"] = "full"
 
     def __post_init__(self) -> None:
         if self.method not in ("hero", "envfb_sd", "full_demo", "grpo"):
@@ -589,7 +598,7 @@ def _train_loop(policy, config, envs, optimizer, teacher, buffer, reflector, bud
                                   seed=config.seed * 7919 + updates)
         spent_before = budget.spent
         episodes = collect(policy, envs, tasks=_tasks_for(updates, config), group_size=config.group_size,
-                           sampling=sampling, budget=budget,
+                           sampling=sampling, budget=budget, tool_prompt=TOOL_PROMPTS[config.tool_prompt],
                            max_context_tokens=getattr(model.config, "max_position_embeddings", None))
         t_collect = time.perf_counter() - t0
         if not episodes:
@@ -649,13 +658,14 @@ def evaluate(
     max_turns: int | None = None,
     max_context_tokens: int | None = None,
     progress: bool = False,
+    tool_prompt: Literal["full", "compact"] = "full",
 ) -> EvalResult:
     """Roll the policy out (greedy by default) and report success rate, mean reward and mean turns.
 
     Tasks: ``task_indices`` (``options={"task_index": i}``, with ``seeds[i]`` or ``i`` as reset seed),
     else ``seeds``, else ``range(n_episodes)`` as reset seeds. ``n_episodes`` with ``task_indices``
     or ``seeds`` truncates the list. ``max_turns`` overrides the env's per-episode turn cap.
-    No training budget is spent.
+    No training budget is spent. ``tool_prompt`` as in :class:`TrainConfig`.
     """
     from .policy import SamplingConfig
     from .rollout import Task, collect
@@ -678,7 +688,7 @@ def evaluate(
     if max_turns is not None:
         env_kwargs["max_turns"] = max_turns
     eps = collect(policy, env_id, tasks=tasks, sampling=sampling, env_kwargs=env_kwargs, num_envs=num_envs,
-                  max_context_tokens=max_context_tokens, progress=progress)
+                  max_context_tokens=max_context_tokens, progress=progress, tool_prompt=TOOL_PROMPTS[tool_prompt])
     n = max(1, len(eps))
     return EvalResult(success_rate=sum(e.success for e in eps) / n,
                       mean_reward=float(sum(e.total_reward for e in eps) / n),

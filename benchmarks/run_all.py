@@ -101,6 +101,7 @@ class Options:
     tasks_per_update: int = 2
     lr: float = 1e-4
     reflector: str = "rules"
+    tool_prompt: str = "compact"
     eval_temperature: float = 0.7
 
 
@@ -126,6 +127,9 @@ def parse_args(argv: list[str] | None = None) -> Options:
                     help="HERO's hindsight reflector: 'llm' (the policy reflects on its own episodes) or "
                          "'rules' (from the env's structured signals; the CPU default, as a 135M model "
                          "rarely writes usable reflection JSON)")
+    ap.add_argument("--tool-prompt", choices=["full", "compact"], default=None,
+                    help="tool descriptions in the system prompt: 'compact' (one line per tool; the CPU "
+                         "default, a quarter of the tokens on Tau-bench) or 'full' JSON schemas")
     ap.add_argument("--eval-temperature", type=float, default=None, help="sampling temperature of "
                     "evaluation trials when there are several per task (pass^k)")
     a = ap.parse_args(argv)
@@ -134,7 +138,7 @@ def parse_args(argv: list[str] | None = None) -> Options:
         o = Options(model="tiny", budgets=[4, 8], out="runs/quick", quick=True, max_new_tokens=24,
                     tasks_per_update=1, group_size=2)
     for name in ("model", "device", "backend", "data_dir", "envs", "methods", "budgets", "seeds", "out",
-                 "eval_tasks", "max_new_tokens", "group_size", "lr", "reflector", "eval_temperature"):
+                 "eval_tasks", "max_new_tokens", "group_size", "lr", "reflector", "eval_temperature", "tool_prompt"):
         v = getattr(a, name)
         if v is not None:
             setattr(o, name, v)
@@ -155,18 +159,9 @@ class ModelSource:
         self.tokenizer = None
 
     def _load(self) -> None:
-        from hero_gym.agents import load_default_model, load_default_tokenizer, load_model, tiny_model
+        from hero_gym.agents import load_named_model
 
-        if self.opts.model == "smollm2":
-            self._base, self.tokenizer = load_default_model(device=self.opts.device)
-        elif self.opts.model == "tiny":
-            import torch
-
-            torch.manual_seed(0)
-            self.tokenizer = load_default_tokenizer()
-            self._base = tiny_model(self.tokenizer)
-        else:
-            self._base, self.tokenizer = load_model(self.opts.model, device=self.opts.device)
+        self._base, self.tokenizer = load_named_model(self.opts.model, device=self.opts.device)
 
     def policy(self) -> Any:
         import copy
@@ -210,7 +205,7 @@ def run_cell(cell: Cell, setup: EnvSetup, source: ModelSource, opts: Options, ou
             max_turns=setup.max_turns, task_indices=list(range(setup.train_tasks)),
             tasks_per_update=opts.tasks_per_update, group_size=opts.group_size,
             max_new_tokens=opts.max_new_tokens, lr=opts.lr, checkpoint_dir=str(cdir / "train"),
-            reflector=opts.reflector,
+            reflector=opts.reflector, tool_prompt=opts.tool_prompt,
             seed=cell.seed, progress=False,
         )
         res = train(policy, cfg)
@@ -226,7 +221,8 @@ def run_cell(cell: Cell, setup: EnvSetup, source: ModelSource, opts: Options, ou
     seeds = [10_000 * (cell.seed + 1) + j for j in range(len(tasks))]
     ev = evaluate(policy, setup.env_id, setup.eval_kwargs, task_indices=tasks, seeds=seeds,
                   temperature=0.0 if setup.trials == 1 else opts.eval_temperature,
-                  max_turns=setup.max_turns, max_new_tokens=opts.max_new_tokens, num_envs=len(tasks))
+                  max_turns=setup.max_turns, max_new_tokens=opts.max_new_tokens, num_envs=len(tasks),
+                  tool_prompt=opts.tool_prompt)
     save_jsonl(ev.episodes, cdir / "eval_episodes.jsonl")
     result = {
         **asdict(cell), "env_id": setup.env_id,
