@@ -40,6 +40,7 @@ from hero_gym.agents.scoring import (
     teacher_logits,
     teacher_logits_from_cache,
     teacher_logits_naive,
+    teacher_logits_prefix_cache,
 )
 from hero_gym.agents.teachers import SuccessBuffer, TeacherWeights, build_notes, demo_note, envfb_note, hero_note
 from hero_gym.agents.trainer import EvalResult, TrainConfig, TrainResult, UpdateStats, evaluate, train, update

@@ -23,7 +23,16 @@ forward over ``teacher_context_t + action_t`` would (verified in ``tests/agents/
 at the cost of one pass over ``P + sum_t |block_t|`` tokens instead of
 ``sum_t (p_t + |block_t|)``.
 
-:func:`teacher_logits_naive` is the per-turn reference (and the benchmark baseline).
+**Teacher — KV-cache prefix reuse** (what the trainer uses): the same blocks are encoded against a
+KV cache of the shared prefix instead of re-encoding it in the packed row.
+:func:`teacher_logits_from_cache` takes the cache of the student's own forward (the live teacher has
+the student's weights, so the prefix costs nothing extra); :func:`teacher_logits_prefix_cache`
+first fills a cache over the prefix with the teacher's weights (EMA / base teachers). Both use the
+normal causal kernel for the prefix and a short query for the blocks, which is much faster on CPU
+than one long row with a dense 4-D mask.
+
+:func:`teacher_logits_naive` is the per-turn reference (and the benchmark baseline). All four give
+the same logits to float tolerance (``tests/agents/test_scoring.py``).
 """
 
 from __future__ import annotations

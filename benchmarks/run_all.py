@@ -57,7 +57,7 @@ def env_setups(quick: bool, data_dir: str | None) -> dict[str, EnvSetup]:
     Tau airline (whose official data has only a test split) trains on generated airline tasks;
     WebShop trains on the generated train goals and is evaluated on the test goals."""
     tau = {"data_dir": data_dir} if data_dir else {}
-    n_eval, n_train, trials, turns = (2, 4, 1, 4) if quick else (10, 40, 2, 8)
+    n_eval, n_train, trials, turns = (2, 4, 1, 4) if quick else (4, 40, 1, 5)
     ws = {"num_products": 200 if quick else 1000}
     return {
         "TauRetail": EnvSetup("TauRetail", "hero_gym/TauRetail-v0", {**tau, "split": "train"},
@@ -88,17 +88,19 @@ class Options:
     device: str | None = None
     backend: str = "hf"
     data_dir: str | None = None
-    envs: list[str] = field(default_factory=lambda: ["TauRetail", "TauAirline", "WebShop"])
+    envs: list[str] = field(default_factory=lambda: ["WebShop", "TauRetail"])
     methods: list[str] = field(default_factory=lambda: list(METHODS))
-    budgets: list[int] = field(default_factory=lambda: [16, 48])
+    budgets: list[int] = field(default_factory=lambda: [8, 16])
     seeds: list[int] = field(default_factory=lambda: [0])
     out: str = "runs/default"
     quick: bool = False
     speed: bool = False
     eval_tasks: int | None = None
-    max_new_tokens: int = 64
+    max_new_tokens: int = 40
     group_size: int = 2
-    tasks_per_update: int = 2
+    tasks_per_update: int = 1
+    trials: int | None = None
+    threads: int | None = None
     lr: float = 1e-4
     reflector: str = "rules"
     tool_prompt: str = "compact"
@@ -121,6 +123,10 @@ def parse_args(argv: list[str] | None = None) -> Options:
     ap.add_argument("--speed", action="store_true", help="also run env_speed.py and trainer_speed.py")
     ap.add_argument("--eval-tasks", type=int, default=None, help="held-out tasks per env (0 = all)")
     ap.add_argument("--max-new-tokens", type=int, default=None)
+    ap.add_argument("--trials", type=int, default=None, help="evaluation trials per held-out task "
+                    "(pass^k needs k <= trials; with more than one, trials sample at --eval-temperature)")
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's own; "
+                    "use 1 when other processes share the CPU, oversubscription is very slow)")
     ap.add_argument("--group-size", type=int, default=None)
     ap.add_argument("--lr", type=float, default=None)
     ap.add_argument("--reflector", choices=["rules", "llm"], default=None,
@@ -138,7 +144,7 @@ def parse_args(argv: list[str] | None = None) -> Options:
         o = Options(model="tiny", budgets=[4, 8], out="runs/quick", quick=True, max_new_tokens=24,
                     tasks_per_update=1, group_size=2)
     for name in ("model", "device", "backend", "data_dir", "envs", "methods", "budgets", "seeds", "out",
-                 "eval_tasks", "max_new_tokens", "group_size", "lr", "reflector", "eval_temperature", "tool_prompt"):
+                 "eval_tasks", "max_new_tokens", "group_size", "lr", "reflector", "eval_temperature", "tool_prompt", "trials", "threads"):
         v = getattr(a, name)
         if v is not None:
             setattr(o, name, v)
@@ -215,12 +221,13 @@ def run_cell(cell: Cell, setup: EnvSetup, source: ModelSource, opts: Options, ou
                                  "train_success": m.get("success_rate")} for m in res.metrics]}
     t_train = time.perf_counter() - t0
     n_eval = setup.eval_tasks if not opts.eval_tasks else opts.eval_tasks
+    trials = opts.trials or setup.trials
     # Each held-out task is played `trials` times (different reset seeds); pass^k needs k <= trials.
     # One trial is greedy; with more, every trial samples at --eval-temperature.
-    tasks = [i for i in range(n_eval) for _ in range(setup.trials)]
+    tasks = [i for i in range(n_eval) for _ in range(trials)]
     seeds = [10_000 * (cell.seed + 1) + j for j in range(len(tasks))]
     ev = evaluate(policy, setup.env_id, setup.eval_kwargs, task_indices=tasks, seeds=seeds,
-                  temperature=0.0 if setup.trials == 1 else opts.eval_temperature,
+                  temperature=0.0 if trials == 1 else opts.eval_temperature,
                   max_turns=setup.max_turns, max_new_tokens=opts.max_new_tokens, num_envs=len(tasks),
                   tool_prompt=opts.tool_prompt)
     save_jsonl(ev.episodes, cdir / "eval_episodes.jsonl")
@@ -379,6 +386,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     (out / "options.json").write_text(json.dumps(asdict(opts), indent=2))
     setups = env_setups(opts.quick, opts.data_dir)
     cells = plan(opts)
+    if opts.threads:
+        import torch
+
+        torch.set_num_threads(opts.threads)
     source = ModelSource(opts)
     results: list[dict[str, Any]] = []
     t0 = time.perf_counter()
