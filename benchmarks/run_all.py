@@ -141,8 +141,8 @@ def parse_args(argv: list[str] | None = None) -> Options:
     a = ap.parse_args(argv)
     o = Options()
     if a.quick:
-        o = Options(model="tiny", budgets=[4, 8], out="runs/quick", quick=True, max_new_tokens=24,
-                    tasks_per_update=1, group_size=2)
+        o = Options(model="tiny", envs=["TauRetail", "TauAirline", "WebShop"], budgets=[4, 8], out="runs/quick",
+                    quick=True, max_new_tokens=24, tasks_per_update=1, group_size=2)
     for name in ("model", "device", "backend", "data_dir", "envs", "methods", "budgets", "seeds", "out",
                  "eval_tasks", "max_new_tokens", "group_size", "lr", "reflector", "eval_temperature", "tool_prompt", "trials", "threads"):
         v = getattr(a, name)
