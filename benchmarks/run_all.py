@@ -95,6 +95,7 @@ class Options:
     out: str = "runs/default"
     quick: bool = False
     speed: bool = False
+    report_only: bool = False
     eval_tasks: int | None = None
     max_new_tokens: int = 40
     group_size: int = 2
@@ -121,6 +122,8 @@ def parse_args(argv: list[str] | None = None) -> Options:
     ap.add_argument("--out", default=None)
     ap.add_argument("--quick", action="store_true", help="tiny model, a handful of turns (a smoke test)")
     ap.add_argument("--speed", action="store_true", help="also run env_speed.py and trainer_speed.py")
+    ap.add_argument("--report-only", action="store_true", help="run nothing: rebuild the tables and plots "
+                    "from the cells already finished in --out")
     ap.add_argument("--eval-tasks", type=int, default=None, help="held-out tasks per env (0 = all)")
     ap.add_argument("--max-new-tokens", type=int, default=None)
     ap.add_argument("--trials", type=int, default=None, help="evaluation trials per held-out task "
@@ -149,6 +152,7 @@ def parse_args(argv: list[str] | None = None) -> Options:
         if v is not None:
             setattr(o, name, v)
     o.speed = a.speed
+    o.report_only = a.report_only
     unknown = [e for e in o.envs if e not in env_setups(o.quick, o.data_dir)]
     if unknown:
         ap.error(f"unknown env(s) {unknown}")
@@ -196,6 +200,22 @@ def pass_hat_k_from(episodes: list[Any], k: int) -> float | None:
     return pass_hat_k({t: v for t, v in by_task.items()}, k)
 
 
+def valid_action_rate(episodes: list[Any]) -> float | None:
+    """Share of evaluation turns whose action parsed and validated (no ``action_error``): the first
+    thing a small model has to learn, and visible long before task success is."""
+    turns = [t for ep in episodes for t in ep.turns]
+    return sum(t.action_error is None for t in turns) / len(turns) if turns else None
+
+
+def _backfill(result: dict[str, Any], cdir: Path) -> dict[str, Any]:
+    """Add metrics introduced after a cell was written (computed from its saved episodes)."""
+    if "valid_action_rate" not in result and (cdir / "eval_episodes.jsonl").exists():
+        from hero_gym.records import load_jsonl
+
+        result["valid_action_rate"] = valid_action_rate(load_jsonl(cdir / "eval_episodes.jsonl"))
+    return result
+
+
 def run_cell(cell: Cell, setup: EnvSetup, source: ModelSource, opts: Options, out: Path) -> dict[str, Any]:
     from hero_gym.agents.trainer import TrainConfig, evaluate, train
     from hero_gym.records import save_jsonl
@@ -234,7 +254,7 @@ def run_cell(cell: Cell, setup: EnvSetup, source: ModelSource, opts: Options, ou
     result = {
         **asdict(cell), "env_id": setup.env_id,
         "success_rate": ev.success_rate, "mean_reward": ev.mean_reward, "mean_turns": ev.mean_turns,
-        "n_eval_episodes": len(ev.episodes),
+        "n_eval_episodes": len(ev.episodes), "valid_action_rate": valid_action_rate(ev.episodes),
         "pass^1": pass_hat_k_from(ev.episodes, 1) if setup.env_id.startswith("hero_gym/Tau") else None,
         "pass^2": pass_hat_k_from(ev.episodes, 2) if setup.env_id.startswith("hero_gym/Tau") else None,
         "train_seconds": t_train, "wall_seconds": time.perf_counter() - t0, **train_info,
@@ -280,7 +300,8 @@ def aggregate(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
     rows = []
     for (env, method, budget), rs in sorted(groups.items()):
         row: dict[str, Any] = {"env": env, "method": method, "budget": budget, "seeds": len(rs)}
-        for metric in ("success_rate", "mean_reward", "mean_turns", "pass^1", "pass^2", "wall_seconds", "turns_used"):
+        for metric in ("success_rate", "mean_reward", "mean_turns", "valid_action_rate", "pass^1", "pass^2",
+                       "wall_seconds", "turns_used"):
             row[metric], row[metric + "_se"] = _mean_se([r.get(metric) for r in rs])
         rows.append(row)
     return rows
@@ -289,14 +310,16 @@ def aggregate(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def write_markdown(rows: list[dict], opts: Options, wall: float, path: Path) -> str:
     lines = [f"Model: `{opts.model}`, device: {opts.device or 'auto'}, budgets (training env turns): "
              f"{opts.budgets}, seeds: {opts.seeds}, wall time: {wall / 60:.1f} min.", "",
-             "| env | method | budget | success % | mean reward | mean turns | pass^1 | pass^2 | turns spent | wall s |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "| env | method | budget | success % | mean reward | mean turns | valid action % | pass^1 % | pass^2 % "
+             "| turns spent | wall s |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     order = {m: i for i, m in enumerate(METHODS)}
     for r in sorted(rows, key=lambda r: (r["env"], r["budget"], order.get(r["method"], 9))):
         lines.append(
             f"| {r['env']} | {METHOD_LABELS.get(r['method'], r['method'])} | {r['budget']} | "
             f"{_fmt(r['success_rate'], r['success_rate_se'], True)} | {_fmt(r['mean_reward'], r['mean_reward_se'])} | "
-            f"{_fmt(r['mean_turns'], r['mean_turns_se'])} | {_fmt(r['pass^1'], r['pass^1_se'], True)} | "
+            f"{_fmt(r['mean_turns'], r['mean_turns_se'])} | "
+            f"{_fmt(r['valid_action_rate'], r['valid_action_rate_se'], True)} | {_fmt(r['pass^1'], r['pass^1_se'], True)} | "
             f"{_fmt(r['pass^2'], r['pass^2_se'], True)} | {_fmt(r['turns_used'], float('nan'))} | "
             f"{_fmt(r['wall_seconds'], float('nan'))} |")
     text = "\n".join(lines) + "\n"
@@ -402,12 +425,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         for cell in cells:
             done = out / "cells" / cell.key / "result.json"
             if done.exists():
-                results.append(json.loads(done.read_text()))
+                results.append(_backfill(json.loads(done.read_text()), done.parent))
+            elif opts.report_only:
+                pass
             else:
                 progress.update(bar, description=f"{cell.key}")
                 results.append(run_cell(cell, setups[cell.env], source, opts, out))
             progress.advance(bar)
     wall = time.perf_counter() - t0
+    if opts.report_only:
+        wall = sum(r["wall_seconds"] for r in results)
+        missing = len(cells) - len(results)
+        print(f"report only: {len(results)} finished cells, {missing} not run")
+        if not results:
+            raise SystemExit("no finished cells in " + str(out))
     rows = aggregate(results)
     (out / "results.json").write_text(json.dumps({"options": asdict(opts), "cells": results, "summary": rows,
                                                    "wall_seconds": wall}, indent=2))
