@@ -476,6 +476,15 @@ def _append_jsonl(path: Path, rows: Sequence[dict[str, Any]]) -> None:
 # train / evaluate
 # ======================================================================================
 
+def _hand_over_adapter(policy: Any, rollout_policy: Any, ckpt_dir: Path | None) -> None:
+    """Save the trained adapter and point the rollout backend (vLLM) at it."""
+    import tempfile
+
+    target = (ckpt_dir if ckpt_dir is not None else Path(tempfile.mkdtemp(prefix="hero_gym_adapter_"))) / "rollout_adapter"
+    policy.save(target)
+    rollout_policy.set_lora(target)
+
+
 def _make_reflector(policy: Any, config: TrainConfig) -> Reflector:
     if config.reflector == "llm":
         return LLMReflector(policy, max_new_tokens=config.reflector_max_new_tokens,
@@ -505,6 +514,7 @@ def train(
     *,
     reflector: Reflector | None = None,
     optimizer: torch.optim.Optimizer | None = None,
+    rollout_policy: Any | None = None,
 ) -> TrainResult:
     """Train ``policy`` (an :class:`~hero_gym.agents.policy.HFPolicy`) with ``config.method`` until
     ``config.turn_budget`` environment turns are spent (or ``config.max_updates`` updates).
@@ -514,6 +524,11 @@ def train(
     :func:`update`, then appends the episodes to ``<checkpoint_dir>/episodes.jsonl`` and the stats to
     ``metrics.jsonl`` and atomically rewrites ``checkpoint.pt``. With ``config.resume`` and an
     existing checkpoint the run continues from it (logs truncated to the checkpoint first).
+
+    ``rollout_policy`` (e.g. a :class:`~hero_gym.agents.vllm_policy.VLLMPolicy` on the same base
+    model) generates the rollouts instead of ``policy``; ``policy`` is still the one trained. After
+    every update the trained LoRA adapter is saved (under ``checkpoint_dir``, else a temporary
+    folder) and handed to ``rollout_policy.set_lora``, so rollouts always use the current weights.
     """
     from .policy import SamplingConfig
     from .rollout import TurnBudget, collect
@@ -572,7 +587,7 @@ def train(
     try:
         metrics, updates, episodes_logged, successes = _train_loop(
             policy, config, envs, optimizer, teacher, buffer, reflector, budget, renderer, ckpt_dir, bar,
-            metrics, updates, episodes_logged, successes)
+            metrics, updates, episodes_logged, successes, rollout_policy)
     finally:
         for e in envs:
             e.close()
@@ -585,7 +600,7 @@ def train(
 
 
 def _train_loop(policy, config, envs, optimizer, teacher, buffer, reflector, budget, renderer, ckpt_dir, bar,
-                metrics, updates, episodes_logged, successes):
+                metrics, updates, episodes_logged, successes, rollout_policy=None):
     """The body of :func:`train` (split out so env instances are always closed)."""
     from .policy import SamplingConfig
     from .rollout import collect
@@ -597,7 +612,8 @@ def _train_loop(policy, config, envs, optimizer, teacher, buffer, reflector, bud
         sampling = SamplingConfig(max_new_tokens=config.max_new_tokens, temperature=config.temperature,
                                   seed=config.seed * 7919 + updates)
         spent_before = budget.spent
-        episodes = collect(policy, envs, tasks=_tasks_for(updates, config), group_size=config.group_size,
+        episodes = collect(rollout_policy or policy, envs, tasks=_tasks_for(updates, config),
+                           group_size=config.group_size,
                            sampling=sampling, budget=budget, tool_prompt=TOOL_PROMPTS[config.tool_prompt],
                            max_context_tokens=getattr(model.config, "max_position_embeddings", None))
         t_collect = time.perf_counter() - t0
@@ -615,6 +631,8 @@ def _train_loop(policy, config, envs, optimizer, teacher, buffer, reflector, bud
         # 3. one update
         stats = update(policy, optimizer, episodes, notes, config, teacher=teacher, renderer=renderer)
         updates += 1
+        if rollout_policy is not None:
+            _hand_over_adapter(policy, rollout_policy, ckpt_dir)
         successes += sum(ep.success for ep in episodes)
         # 4. logs + checkpoint (episodes first; the checkpoint commits them)
         row = {"update": updates, "turns_used": budget.spent, "episodes": episodes_logged + len(episodes),

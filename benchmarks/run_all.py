@@ -174,18 +174,24 @@ class ModelSource:
         self._base, self.tokenizer = load_named_model(self.opts.model, device=self.opts.device)
 
     def policy(self) -> Any:
+        """A fresh trainable HFPolicy (a copy of the base weights with a new LoRA adapter)."""
         import copy
 
         from hero_gym.agents import HFPolicy
 
         if self._base is None:
             self._load()
-        model = copy.deepcopy(self._base)
-        if self.opts.backend == "vllm":
-            from hero_gym.agents import VLLMPolicy
+        return HFPolicy(copy.deepcopy(self._base), self.tokenizer, device=self.opts.device)
 
-            return VLLMPolicy.from_hf(model, self.tokenizer)
-        return HFPolicy(model, self.tokenizer, device=self.opts.device)
+    def rollout_policy(self) -> Any | None:
+        """With ``--backend vllm``: a vLLM engine over the same base weights (GPU only; rollouts and
+        evaluation run there, training in the HF model, adapters handed over after every update)."""
+        if self.opts.backend != "vllm":
+            return None
+        from hero_gym.agents import VLLMPolicy, default_model_dir
+
+        path = default_model_dir() if self.opts.model in ("smollm2", "default") else self.opts.model
+        return VLLMPolicy(path, self.tokenizer)
 
 
 # ------------------------------------------------------------------------------------------ cells
@@ -224,6 +230,7 @@ def run_cell(cell: Cell, setup: EnvSetup, source: ModelSource, opts: Options, ou
     cdir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     policy = source.policy()
+    rollout = source.rollout_policy()
     train_info: dict[str, Any] = {"updates": 0, "turns_used": 0, "train_success_rate": None, "curve": []}
     if cell.method != "base":
         cfg = TrainConfig(
@@ -234,7 +241,7 @@ def run_cell(cell: Cell, setup: EnvSetup, source: ModelSource, opts: Options, ou
             reflector=opts.reflector, tool_prompt=opts.tool_prompt,
             seed=cell.seed, progress=False,
         )
-        res = train(policy, cfg)
+        res = train(policy, cfg, rollout_policy=rollout)
         train_info = {"updates": res.updates, "turns_used": res.turns_used,
                       "train_success_rate": res.train_success_rate,
                       "curve": [{"turns": m.get("turns_used"), "train_reward": m.get("mean_reward"),
@@ -246,7 +253,9 @@ def run_cell(cell: Cell, setup: EnvSetup, source: ModelSource, opts: Options, ou
     # One trial is greedy; with more, every trial samples at --eval-temperature.
     tasks = [i for i in range(n_eval) for _ in range(trials)]
     seeds = [10_000 * (cell.seed + 1) + j for j in range(len(tasks))]
-    ev = evaluate(policy, setup.env_id, setup.eval_kwargs, task_indices=tasks, seeds=seeds,
+    if rollout is not None and cell.method != "base":
+        rollout.set_lora(cdir / "train" / "rollout_adapter")
+    ev = evaluate(rollout or policy, setup.env_id, setup.eval_kwargs, task_indices=tasks, seeds=seeds,
                   temperature=0.0 if trials == 1 else opts.eval_temperature,
                   max_turns=setup.max_turns, max_new_tokens=opts.max_new_tokens, num_envs=len(tasks),
                   tool_prompt=opts.tool_prompt)

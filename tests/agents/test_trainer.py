@@ -171,6 +171,34 @@ def test_train_then_evaluate_each_method(tok, tmp_path, method):
     assert 0.0 <= ev.success_rate <= 1.0 and 1.0 <= ev.mean_turns <= 2.0
 
 
+class RecordingRollout:
+    """A stand-in rollout backend (the vLLM role) that delegates generation and records adapters."""
+
+    def __init__(self, inner):
+        self.inner, self.tokenizer, self.adapters, self.calls = inner, inner.tokenizer, [], 0
+
+    def generate(self, *args, **kwargs):
+        self.calls += 1
+        return self.inner.generate(*args, **kwargs)
+
+    def set_lora(self, path):
+        from pathlib import Path
+
+        assert (Path(path) / "adapter_config.json").exists()   # a real PEFT adapter was saved first
+        self.adapters.append(Path(path))
+
+
+def test_rollout_policy_generates_and_gets_the_adapter_after_every_update(tok, tmp_path):
+    policy = HFPolicy(tiny_model(tok, seed=3), tok)
+    rollout = RecordingRollout(policy)
+    cfg = TrainConfig(method="grpo", env_id=LOOKUP, env_kwargs={"num_items": 4}, turn_budget=8, tasks_per_update=1,
+                      group_size=2, max_turns=2, max_new_tokens=6, checkpoint_dir=str(tmp_path))
+    res = train(policy, cfg, rollout_policy=rollout)
+    assert rollout.calls >= res.updates >= 2
+    assert len(rollout.adapters) == res.updates
+    assert rollout.adapters[-1] == tmp_path / "rollout_adapter"
+
+
 def test_config_validation():
     with pytest.raises(ValueError):
         TrainConfig(method="ppo")
