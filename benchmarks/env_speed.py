@@ -29,19 +29,22 @@ def collect(only: str | None = None) -> list[dict]:
     return rows
 
 
-def print_table(rows: list[dict]) -> None:
-    from rich.console import Console
-    from rich.table import Table
+def _num(v: object) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.3g}" if v < 1000 else f"{v:,.0f}"
+    return str(v)
 
-    keys: list[str] = []
+
+def print_table(rows: list[dict]) -> None:
+    """One line per row: name, p50 / p95 (ms), the baseline and speed-up where measured, the target."""
+    width = max(len(r["benchmark"]) for r in rows)
+    print(f"{'benchmark':<{width}}  {'p50 ms':>9} {'p95 ms':>9} {'baseline p50':>12} {'speedup':>8} {'target ms':>9}  n")
     for r in rows:
-        keys += [k for k in r if k not in keys]
-    table = Table(title="Environment speed")
-    for k in keys:
-        table.add_column(k)
-    for r in rows:
-        table.add_row(*[f"{r[k]:.4g}" if isinstance(r.get(k), float) else str(r.get(k, "")) for k in keys])
-    Console().print(table)
+        p50 = f"{r['mb_per_env']:.3g} MB" if r.get("mb_per_env") is not None else _num(r.get("p50_ms"))
+        print(f"{r['benchmark']:<{width}}  {p50:>9} {_num(r.get('p95_ms')):>9} {_num(r.get('baseline_p50_ms')):>12} "
+              f"{_num(r.get('speedup')):>8} {_num(r.get('target_ms')):>9}  {r.get('n', '')}")
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
