@@ -169,7 +169,7 @@ def measure_memory(model_name: str, method: str, n_episodes: int, n_turns: int) 
     return {"method": method, "base_mb": base / 2**20, "peak_mb": peak[0] / 2**20, "delta_mb": (peak[0] - base) / 2**20}
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="default", help="'default' (SmolLM2-135M) or 'tiny'")
     ap.add_argument("--episodes", type=int, default=2)
@@ -177,7 +177,7 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=1)
     ap.add_argument("--_memory", choices=["hero", "grpo"], help=argparse.SUPPRESS)
     ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     if args._memory:
