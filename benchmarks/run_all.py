@@ -250,7 +250,13 @@ def run_cell(cell: Cell, setup: EnvSetup, source: ModelSource, opts: Options, ou
                       "curve": [{"turns": m.get("turns_used"), "train_reward": m.get("mean_reward"),
                                  "train_success": m.get("success_rate")} for m in res.metrics]}
     t_train = time.perf_counter() - t0
-    n_eval = setup.eval_tasks if not opts.eval_tasks else opts.eval_tasks
+    n_eval = setup.eval_tasks if opts.eval_tasks is None else opts.eval_tasks
+    if n_eval == 0:  # every held-out task
+        import hero_gym
+
+        probe = hero_gym.make(setup.env_id, **setup.eval_kwargs)
+        n_eval = probe.unwrapped.num_tasks() or setup.eval_tasks
+        probe.close()
     trials = opts.trials or setup.trials
     # Each held-out task is played `trials` times (different reset seeds); pass^k needs k <= trials.
     # One trial is greedy; with more, every trial samples at --eval-temperature.

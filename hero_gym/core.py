@@ -101,6 +101,11 @@ class MultiTurnEnv(gym.Env[str, str]):
         """The system prompt for the agent (e.g. the domain policy), or ``None``."""
         return None
 
+    def num_tasks(self) -> int | None:
+        """How many tasks ``reset(options={"task_index": i})`` accepts (``i`` in ``0..n-1``), or
+        ``None`` when tasks are not indexed."""
+        return None
+
     def _close(self) -> None:
         """Release resources (servers, browsers)."""
 

@@ -54,11 +54,13 @@ class LookupEnv(MultiTurnEnv):
             raise ValueError(f"num_items must be in 1..{len(ITEMS)}")
         rng = np.random.default_rng(table_seed)
         self.table = {item: f"{int(rng.integers(100, 1000))}" for item in ITEMS[:num_items]}
-        self.num_tasks = num_items
         self._item = ""
 
     def system_prompt(self) -> str:
         return SYSTEM_PROMPT
+
+    def num_tasks(self) -> int:
+        return len(self.table)
 
     def tools(self) -> list[ToolSpec]:
         return TOOLS
@@ -66,9 +68,9 @@ class LookupEnv(MultiTurnEnv):
     def _reset(self, *, seed: int | None, options: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         index = options.get("task_index")
         if index is None:
-            index = int(self.np_random.integers(self.num_tasks))
-        if not 0 <= int(index) < self.num_tasks:
-            raise ValueError(f"task_index must be in 0..{self.num_tasks - 1}, got {index}")
+            index = int(self.np_random.integers(self.num_tasks()))
+        if not 0 <= int(index) < self.num_tasks():
+            raise ValueError(f"task_index must be in 0..{self.num_tasks() - 1}, got {index}")
         self._item = list(self.table)[int(index)]
         return f"What is the code for {self._item}?", {"task_id": f"lookup-{index}", "task_index": int(index)}
 

@@ -90,6 +90,10 @@ class TauBenchEnv(MultiTurnEnv):
             raise ValueError(f"unknown split {split!r} for {self.domain} ({self.dataset.source} data); "
                              f"available: {sorted(self.dataset.tasks)}")
 
+    def num_tasks(self, split: str | None = None) -> int:
+        """Tasks in ``split`` (default: the env's split)."""
+        return len(self.tasks(split))
+
     def tasks(self, split: str | None = None) -> list:
         split = split or self.default_split
         self._check_split(split)

@@ -27,7 +27,7 @@ def test_register_custom_env():
     hero_gym.register("mylab/Custom-v0", "hero_gym.envs.example.lookup:LookupEnv", num_items=2)
     assert "mylab/Custom-v0" in hero_gym.list_envs()
     env = hero_gym.make("mylab/Custom-v0")
-    assert env.unwrapped.num_tasks == 2
+    assert env.unwrapped.num_tasks() == 2
     env.close()
 
 
