@@ -29,6 +29,19 @@ def _count_check(order: dict[str, Any], item_ids: list[str]) -> str | None:
     return None
 
 
+def _swap_price_difference(db: TauDB, order: dict[str, Any], item_ids: list[str],
+                           new_item_ids: list[str]) -> tuple[float | None, str | None]:
+    """The checks shared by exchanges and pending-order item changes, in v1's order (the requested
+    items are in the order, old and new lists have the same length, every new item is an available
+    variant of the same product), then the unrounded price difference."""
+    err = _count_check(order, item_ids)
+    if err:
+        return None, err
+    if len(item_ids) != len(new_item_ids):
+        return None, "Error: the number of items to be exchanged should match"
+    return _price_difference(db, order, item_ids, new_item_ids)
+
+
 def _price_difference(db: TauDB, order: dict[str, Any], item_ids: list[str],
                       new_item_ids: list[str]) -> tuple[float | None, str | None]:
     """Sum of (new price - old price), unrounded; the new item must be an available variant of the
@@ -125,12 +138,7 @@ def exchange_delivered_order_items(db: TauDB, order_id: str, item_ids: list[str]
         return "Error: order not found"
     if order["status"] != "delivered":
         return "Error: non-delivered order cannot be exchanged"
-    err = _count_check(order, item_ids)
-    if err:
-        return err
-    if len(item_ids) != len(new_item_ids):
-        return "Error: the number of items to be exchanged should match"
-    diff, err = _price_difference(db, order, item_ids, new_item_ids)
+    diff, err = _swap_price_difference(db, order, item_ids, new_item_ids)
     if err:
         return err
     diff = round(diff, 2)
@@ -168,12 +176,7 @@ def modify_pending_order_items(db: TauDB, order_id: str, item_ids: list[str], ne
         return "Error: order not found"
     if order["status"] != "pending":
         return "Error: non-pending order cannot be modified"
-    err = _count_check(order, item_ids)
-    if err:
-        return err
-    if len(item_ids) != len(new_item_ids):
-        return "Error: the number of items to be exchanged should match"
-    diff, err = _price_difference(db, order, item_ids, new_item_ids)
+    diff, err = _swap_price_difference(db, order, item_ids, new_item_ids)
     if err:
         return err
     methods = db.users[order["user_id"]]["payment_methods"]
