@@ -388,7 +388,9 @@ def plot(rows: list[dict], results: list[dict], out: Path) -> list[Path]:
                 ax.set_ylim(-2, 102)
             ax.grid(alpha=0.3)
         axes[0][0].legend(fontsize=8, loc="best")
-        fig.tight_layout()
+        fig.text(0.01, 0.005, "Methods with equal values draw on top of each other (HERO is drawn last).",
+                 fontsize=7, color="#555555")
+        fig.tight_layout(rect=(0, 0.03, 1, 1))
         fig.savefig(out / fname, dpi=120)
         plt.close(fig)
         written.append(out / fname)
