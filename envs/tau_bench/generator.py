@@ -221,6 +221,21 @@ def _retail_task(rng: random.Random, ds: Dataset, uid: str) -> dict[str, Any] | 
             texts.append(f"{it['name']} {_opts_text(it['options'])} to {_opts_text(changed)}")
         return olds, news, texts
 
+    def swap_items(order, tool, verb) -> bool:
+        """Gold calls + instruction for swapping 1-2 items of ``order`` for other variants (an exchange
+        of a delivered order or an item change of a pending one); False when no variant is available."""
+        oid = order["order_id"]
+        olds, news, texts = variant_swap(order, rng.randint(1, 2))
+        if not olds:
+            return False
+        pm = rng.choice(pms)
+        for pid in dict.fromkeys(next(it["product_id"] for it in order["items"] if it["item_id"] == o) for o in olds):
+            actions.append({"name": "get_product_details", "kwargs": {"product_id": pid}})
+        actions.append({"name": tool, "kwargs": {
+            "order_id": oid, "item_ids": olds, "new_item_ids": news, "payment_method_id": pm}})
+        sentences.append(f"For {oid}, {verb} {'; '.join(texts)}; via {pm}.")
+        return True
+
     for order in candidates[:n_intents]:
         oid = order["order_id"]
         actions.append({"name": "get_order_details", "kwargs": {"order_id": oid}})
@@ -244,15 +259,8 @@ def _retail_task(rng: random.Random, ds: Dataset, uid: str) -> dict[str, Any] | 
                 actions.append({"name": "modify_pending_order_payment", "kwargs": {"order_id": oid, "payment_method_id": pm}})
                 sentences.append(f"For {oid}, change payment to {pm}.")
             else:
-                olds, news, texts = variant_swap(order, rng.randint(1, 2))
-                if not olds:
+                if not swap_items(order, "modify_pending_order_items", "modify"):
                     return None
-                pm = rng.choice(pms)
-                for pid in dict.fromkeys(next(it["product_id"] for it in order["items"] if it["item_id"] == o) for o in olds):
-                    actions.append({"name": "get_product_details", "kwargs": {"product_id": pid}})
-                actions.append({"name": "modify_pending_order_items", "kwargs": {
-                    "order_id": oid, "item_ids": olds, "new_item_ids": news, "payment_method_id": pm}})
-                sentences.append(f"For {oid}, modify {'; '.join(texts)}; via {pm}.")
         else:
             kind = rng.choice(["return", "exchange"])
             if kind == "return":
@@ -266,15 +274,8 @@ def _retail_task(rng: random.Random, ds: Dataset, uid: str) -> dict[str, Any] | 
                     "order_id": oid, "item_ids": ids, "payment_method_id": pm}})
                 sentences.append(f"Return {oid} via {pm}: " + "; ".join(it["name"] for it in chosen) + "; ")
             else:
-                olds, news, texts = variant_swap(order, rng.randint(1, 2))
-                if not olds:
+                if not swap_items(order, "exchange_delivered_order_items", "exchange"):
                     return None
-                pm = rng.choice(pms)
-                for pid in dict.fromkeys(next(it["product_id"] for it in order["items"] if it["item_id"] == o) for o in olds):
-                    actions.append({"name": "get_product_details", "kwargs": {"product_id": pid}})
-                actions.append({"name": "exchange_delivered_order_items", "kwargs": {
-                    "order_id": oid, "item_ids": olds, "new_item_ids": news, "payment_method_id": pm}})
-                sentences.append(f"For {oid}, exchange {'; '.join(texts)}; via {pm}.")
     if not sentences or rng.random() < 0.1:
         a = _address(rng)
         actions.append({"name": "modify_user_address", "kwargs": {"user_id": uid, **a}})
