@@ -337,6 +337,20 @@ def _frozen_cache(cache: Any) -> Any:
         return DynamicCache(ddp_cache_data=[(k.detach(), v.detach()) for k, v, *_ in cache])
 
 
+def _masked_teacher_forward(model: Any, as_hidden: bool, allowed: torch.Tensor, keep: torch.Tensor,
+                            ids: torch.Tensor, pos: torch.Tensor, dtype: torch.dtype, dev: Any,
+                            past: Any = None) -> Any:
+    """One no-grad teacher forward with an explicit boolean attention pattern ``allowed``
+    (``[B, Q, K]``, turned into an additive 4-D mask), optionally on top of a KV cache ``past``;
+    returns the rows selected by ``keep``."""
+    mask4d = torch.zeros((allowed.shape[0], 1, *allowed.shape[1:]), dtype=dtype)
+    mask4d.masked_fill_(~allowed[:, None], _neg(dtype))
+    extra = {"past_key_values": past, "use_cache": True} if past is not None else {"use_cache": False}
+    with torch.no_grad():
+        return _forward_teacher(model, as_hidden, keep.to(dev), input_ids=ids.to(dev),
+                                attention_mask=mask4d.to(dev), position_ids=pos.to(dev), **extra)
+
+
 def teacher_logits_from_cache(
     model: Any,
     episodes: Sequence[Episode],
@@ -399,12 +413,7 @@ def teacher_logits_from_cache(
         for k in range(n, Q):
             allowed[r, k, past_len + k] = True
         keep[r, keep_idx] = True
-    mask4d = torch.zeros((B, 1, Q, past_len + Q), dtype=dtype)
-    mask4d.masked_fill_(~allowed[:, None], _neg(dtype))
-    with torch.no_grad():
-        kept = _forward_teacher(model, as_hidden, keep.to(dev), input_ids=ids_t.to(dev),
-                                attention_mask=mask4d.to(dev), position_ids=pos_t.to(dev), past_key_values=past,
-                                use_cache=True)
+    kept = _masked_teacher_forward(model, as_hidden, allowed, keep, ids_t, pos_t, dtype, dev, past=past)
     return _scatter_rows(kept, mask_out, n_tokens, dev), mask_out
 
 
@@ -493,11 +502,7 @@ def teacher_logits(
         for k in keep_idx:
             if k is not None:
                 keep[r, k] = True
-    mask4d = torch.zeros((B, 1, L, L), dtype=dtype)
-    mask4d.masked_fill_(~allowed[:, None], _neg(dtype))
-    with torch.no_grad():
-        kept = _forward_teacher(model, as_hidden, keep.to(dev), input_ids=ids_t.to(dev),
-                                attention_mask=mask4d.to(dev), position_ids=pos_t.to(dev), use_cache=False)
+    kept = _masked_teacher_forward(model, as_hidden, allowed, keep, ids_t, pos_t, dtype, dev)
     return _scatter_rows(kept, mask_out, n_tokens, dev), mask_out
 
 
