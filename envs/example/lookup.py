@@ -59,20 +59,16 @@ class LookupEnv(MultiTurnEnv):
     def system_prompt(self) -> str:
         return SYSTEM_PROMPT
 
-    def num_tasks(self) -> int:
+    def num_tasks(self, split: str | None = None) -> int:
         return len(self.table)
 
     def tools(self) -> list[ToolSpec]:
         return TOOLS
 
     def _reset(self, *, seed: int | None, options: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-        index = options.get("task_index")
-        if index is None:
-            index = int(self.np_random.integers(self.num_tasks()))
-        if not 0 <= int(index) < self.num_tasks():
-            raise ValueError(f"task_index must be in 0..{self.num_tasks() - 1}, got {index}")
-        self._item = list(self.table)[int(index)]
-        return f"What is the code for {self._item}?", {"task_id": f"lookup-{index}", "task_index": int(index)}
+        index = self.select_task(options)
+        self._item = list(self.table)[index]
+        return f"What is the code for {self._item}?", {"task_id": f"lookup-{index}", "task_index": index}
 
     def _step(self, action: ToolCall | TextMessage) -> StepResult:
         if isinstance(action, TextMessage):
@@ -86,4 +82,4 @@ class LookupEnv(MultiTurnEnv):
         code = str(action.arguments["code"]).strip()
         correct = code == self.table[self._item]
         return StepResult("Correct." if correct else "Wrong code.", reward=float(correct), terminated=True,
-                          info={"success": correct, "expected": self.table[self._item]})
+                          info={"expected": self.table[self._item]}, success=correct)

@@ -1,6 +1,6 @@
 """Tau-bench data: loading (official or generated), tasks, and the copy-on-write database.
 
-Speed design (issue 3, "Speed"):
+How it stays fast:
 
 * A :class:`Dataset` (tables + tasks + policy) is loaded **once per process** and shared,
   read-only, by every env instance (:func:`load_official` is cached by path).
@@ -16,6 +16,7 @@ Speed design (issue 3, "Speed"):
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections.abc import Iterator
@@ -246,8 +247,27 @@ class Dataset:
     tasks: dict[str, list[Task]]                  # split -> tasks
     policy: str                                   # the agent's system prompt (domain policy)
     tool_schemas: list[dict[str, Any]] | None = None  # OpenAI-style schemas (None -> our own)
+    path: str | None = None                       # the official data folder (None: generated)
     gold_cache: dict[str, Any] = field(default_factory=dict)   # task_id -> gold result
     canon_cache: dict[tuple[str, str], str | None] = field(default_factory=dict)
+    _fingerprint: str | None = field(default=None, repr=False)
+
+    def fingerprint(self) -> str:
+        """A short hash of the content (tables, tasks, policy, tool schemas): two datasets with the
+        same fingerprint give the same episodes. Computed once, on first use."""
+        if self._fingerprint is None:
+            content = {"domain": self.domain, "tables": self.tables, "policy": self.policy,
+                       "tool_schemas": self.tool_schemas,
+                       "tasks": {s: [t.to_dict() for t in ts] for s, ts in self.tasks.items()}}
+            blob = json.dumps(content, sort_keys=True, ensure_ascii=False, default=str).encode()
+            self._fingerprint = hashlib.sha256(blob).hexdigest()[:16]
+        return self._fingerprint
+
+    def describe(self) -> dict[str, Any]:
+        """Which data this is, for results: ``source`` (official/generated), ``path`` (the official
+        folder or ``None``), ``ident`` and ``fingerprint``."""
+        return {"domain": self.domain, "source": self.source, "path": self.path, "ident": self.ident,
+                "fingerprint": self.fingerprint()}
 
     def base_canonical(self, table: str, key: str) -> str | None:
         ck = (table, key)
@@ -264,15 +284,16 @@ class Dataset:
 
 
 def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> Path | None:
-    """The official data directory: the explicit argument, else ``$HERO_GYM_TAUBENCH_DIR``."""
+    """The official data directory asked for: the explicit argument, else ``$HERO_GYM_TAUBENCH_DIR``;
+    ``None`` when neither is set. The path is not checked (see :func:`official_available`)."""
     d = data_dir if data_dir is not None else os.environ.get(ENV_VAR)
-    if not d:
+    if d is None or not str(d).strip():
         return None
-    p = Path(d).expanduser().resolve()
-    return p if p.is_dir() else None
+    return Path(d).expanduser().resolve()
 
 
 def official_available(domain: str, data_dir: str | os.PathLike | None = None) -> bool:
+    """Whether the requested directory holds the official data of ``domain``."""
     p = resolve_data_dir(data_dir)
     return p is not None and (p / domain / "users.json").is_file()
 
@@ -285,10 +306,13 @@ def load_official(domain: str, data_dir: str | os.PathLike | None = None) -> Dat
     if domain not in DOMAIN_TABLES:
         raise ValueError(f"unknown domain {domain!r}; expected one of {sorted(DOMAIN_TABLES)}")
     root = resolve_data_dir(data_dir)
-    if root is None or not (root / domain).is_dir():
-        raise FileNotFoundError(
-            f"Tau-bench data for {domain!r} not found: pass data_dir=... or set ${ENV_VAR} "
-            f"(got {data_dir or os.environ.get(ENV_VAR)!r})")
+    if root is None:
+        raise FileNotFoundError(f"no Tau-bench data folder given: pass data_dir=... or set ${ENV_VAR}")
+    if not official_available(domain, root):
+        given = "data_dir" if data_dir is not None else f"${ENV_VAR}"
+        raise FileNotFoundError(f"{given}={str(root)!r} does not hold the Tau-bench {domain} data (no "
+                                f"{str(root / domain / 'users.json')!r}); point data_dir or ${ENV_VAR} "
+                                f"at the folder that holds {domain}/")
     key = (domain, str(root))
     if key in _OFFICIAL:
         return _OFFICIAL[key]
@@ -310,6 +334,6 @@ def load_official(domain: str, data_dir: str | os.PathLike | None = None) -> Dat
         with open(root / "tools_info.json") as f:
             schemas = json.load(f).get(domain)
     ds = Dataset(domain=domain, source="official", ident=str(ddir), tables=tables, tasks=tasks,
-                 policy=policy, tool_schemas=schemas)
+                 policy=policy, tool_schemas=schemas, path=str(root))
     _OFFICIAL[key] = ds
     return ds

@@ -7,7 +7,8 @@ The episode ends when the user says ``###STOP###``, on ``transfer_to_human_agent
 budget (truncated). The v1 reward is given at the end with a breakdown in ``info["reward_info"]``.
 
 Constructor options (all keyword):
-    data: ``"auto"`` (official if found, else generated), ``"official"`` or ``"generated"``.
+    data: ``"auto"`` (official when a data folder is given, else generated), ``"official"`` or
+        ``"generated"``. A given folder without the data is an error.
     data_dir: official data directory (default ``$HERO_GYM_TAUBENCH_DIR``).
     split: default split (official retail: train/test/dev, airline: test; generated: train/test).
     task_index: default task (else sampled from ``np_random`` on every reset).
@@ -19,17 +20,20 @@ Constructor options (all keyword):
     gen_seed / gen_users / gen_tasks: parameters of the generated data.
 
 ``reset(seed, options={"task_index": i, "split": s})`` overrides the defaults for one episode.
+``info`` at reset carries ``data`` (source, path, fingerprint of the data: see
+:meth:`~hero_gym.envs.tau_bench.data.Dataset.describe`); the step that ends the episode carries
+``reward_info`` (the v1 reward breakdown), ``end_reason`` and ``success`` (reward == 1).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from hero_gym.core import MultiTurnEnv, StepResult, TextMessage
+from hero_gym.core import MultiTurnEnv, StepResult, TextMessage, check_index
 from hero_gym.tools import ToolCall, ToolSpec
 
 from .common import TRANSFER_TOOL, Tool, run_tool
-from .data import Dataset, load_official, official_available
+from .data import Dataset, load_official, resolve_data_dir
 from .reward import OUTPUT_MODES, compute_reward, output_found
 from .tools_airline import AIRLINE_TOOL_MAP, AIRLINE_TOOLS
 from .tools_retail import RETAIL_TOOL_MAP, RETAIL_TOOLS
@@ -41,18 +45,26 @@ _SPEC_CACHE: dict[tuple[str, int], list[ToolSpec]] = {}
 
 def load_dataset(domain: str, data: str = "auto", data_dir: str | None = None, gen_seed: int = 0,
                  gen_users: int | None = None, gen_tasks: int | None = None) -> Dataset:
-    """The dataset an env uses (shared, cached per process)."""
+    """The dataset an env uses (shared, cached per process).
+
+    ``"auto"`` uses the official data when a folder is given (``data_dir`` or ``$HERO_GYM_TAUBENCH_DIR``)
+    and generated data when none is; a folder that was given but does not hold the data is an
+    error (``FileNotFoundError`` naming the path), never a silent fallback.
+    """
     if data not in ("auto", "official", "generated"):
         raise ValueError(f"data must be 'auto', 'official' or 'generated', got {data!r}")
-    if data == "official" or (data == "auto" and official_available(domain, data_dir)):
+    if data == "official" or (data == "auto" and resolve_data_dir(data_dir) is not None):
         return load_official(domain, data_dir)
     from .generator import generate_dataset
     return generate_dataset(domain, seed=gen_seed, n_users=gen_users, n_tasks=gen_tasks)
 
 
 class TauBenchEnv(MultiTurnEnv):
+    """The Tau-bench env of ``domain`` (see the module docstring for the options)."""
+
     domain: str = "retail"
     default_max_turns = 30
+    reset_options = frozenset({"task_index", "split"})
 
     def __init__(self, *, data: str = "auto", data_dir: str | None = None, split: str | None = None,
                  task_index: int | None = None, user: Any = "scripted", user_chat_fn: Any = None,
@@ -64,8 +76,10 @@ class TauBenchEnv(MultiTurnEnv):
             raise ValueError(f"outputs_mode must be one of {OUTPUT_MODES}, got {outputs_mode!r}")
         self.dataset = load_dataset(self.domain, data, data_dir, gen_seed, gen_users, gen_tasks)
         self.tool_list, self.tool_map = _TOOLS[self.domain]
-        self.default_split = split or ("test" if "test" in self.dataset.tasks else next(iter(self.dataset.tasks)))
-        self._check_split(self.default_split)
+        self.default_split = self.check_split(
+            split or ("test" if "test" in self.dataset.tasks else next(iter(self.dataset.tasks))))
+        if task_index is not None:
+            check_index(task_index, self.num_tasks(), "task_index", f" in split {self.default_split!r}")
         self.default_task_index = task_index
         self.user = make_user(user, user_chat_fn)
         self.outputs_mode = outputs_mode
@@ -85,19 +99,16 @@ class TauBenchEnv(MultiTurnEnv):
             _SPEC_CACHE[key] = [ToolSpec.from_openai(s) for s in schemas if s["function"]["name"] in self.tool_map]
         return _SPEC_CACHE[key]
 
-    def _check_split(self, split: str) -> None:
-        if split not in self.dataset.tasks:
-            raise ValueError(f"unknown split {split!r} for {self.domain} ({self.dataset.source} data); "
-                             f"available: {sorted(self.dataset.tasks)}")
+    def splits(self) -> list[str]:
+        return list(self.dataset.tasks)
 
     def num_tasks(self, split: str | None = None) -> int:
         """Tasks in ``split`` (default: the env's split)."""
         return len(self.tasks(split))
 
     def tasks(self, split: str | None = None) -> list:
-        split = split or self.default_split
-        self._check_split(split)
-        return self.dataset.tasks[split]
+        """The tasks of ``split`` (default: the env's split)."""
+        return self.dataset.tasks[self.check_split(split or self.default_split)]
 
     def tools(self) -> list[ToolSpec]:
         return self._specs
@@ -107,16 +118,10 @@ class TauBenchEnv(MultiTurnEnv):
 
     # ------------------------------------------------------------------ API hooks
     def _reset(self, *, seed: int | None, options: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-        split = options.get("split", self.default_split)
-        tasks = self.tasks(split)
-        idx = options.get("task_index", self.default_task_index)
-        if idx is None:
-            # v1 sampled with randint(0, len) (inclusive), which could run past the end; never here.
-            idx = int(self.np_random.integers(0, len(tasks)))
-        idx = int(idx)
-        if not 0 <= idx < len(tasks):
-            raise ValueError(f"task_index {idx} out of range for {self.domain}/{split} (0..{len(tasks) - 1})")
-        self.task = tasks[idx]
+        split = self.check_split(options.get("split", self.default_split))
+        # v1 sampled with randint(0, len) (inclusive), which could run past the end; never here.
+        idx = self.select_task(options, split=split, default=self.default_task_index)
+        self.task = self.dataset.tasks[split][idx]
         self.db.reset()                      # copy-on-write: drop the overlays, O(#tables)
         self.agent_messages = []
         self.executed_calls = []
@@ -126,7 +131,7 @@ class TauBenchEnv(MultiTurnEnv):
         user_seed = None if seed is None else int(seed)
         first = self.user.reset(self.task, ctx, seed=user_seed)
         info = {"task_id": self.task.task_id, "task_index": idx, "split": split,
-                "data_source": self.dataset.source, "domain": self.domain}
+                "data_source": self.dataset.source, "data": self.dataset.describe(), "domain": self.domain}
         return first, info
 
     def _goal_reached(self) -> bool:
@@ -145,32 +150,31 @@ class TauBenchEnv(MultiTurnEnv):
         self.reward_info = info
         return float(info["reward"]), info
 
+    def _end(self, res: StepResult, end_reason: str, truncated: bool = False) -> StepResult:
+        """Grade the episode into ``res`` (reward, ``reward_info``, ``end_reason``, success)."""
+        res.reward, rinfo = self._finish(truncated)
+        res.info = {**res.info, "reward_info": rinfo, "end_reason": end_reason}
+        res.success = res.reward >= 1.0 - 1e-6     # v1 counts a trial as solved when reward == 1
+        return res
+
     def _step(self, action: ToolCall | TextMessage) -> StepResult:
         base = {"task_id": self.task.task_id}
         if isinstance(action, TextMessage):
             self.agent_messages.append(action.content)
             reply = self.user.reply(action.content)
             reply = "" if reply is None else str(reply)
-            if STOP in reply:
-                reward, rinfo = self._finish()
-                return StepResult(reply, reward, True, {**base, "reward_info": rinfo, "end_reason": "user_stop"},
-                                  role="user")
-            return self._maybe_truncate(StepResult(reply, 0.0, False, base, role="user"))
+            res = StepResult(reply, 0.0, STOP in reply, base, role="user")
+            return self._end(res, "user_stop") if res.terminated else res
         tool: Tool | None = self.tool_map.get(action.name)
         obs = run_tool(self.tool_map, self.db, action.name, dict(action.arguments))
         self.executed_calls.append({"name": action.name, "arguments": dict(action.arguments),
                                     "ok": not obs.startswith(("Error", "Unknown action"))})
         if tool is not None and tool.name == TRANSFER_TOOL:
-            reward, rinfo = self._finish()
-            return StepResult(obs, reward, True, {**base, "reward_info": rinfo, "end_reason": "transfer"}, role="tool")
-        return self._maybe_truncate(StepResult(obs, 0.0, False, base, role="tool"))
+            return self._end(StepResult(obs, 0.0, True, base, role="tool"), "transfer")
+        return StepResult(obs, 0.0, False, base, role="tool")
 
-    def _maybe_truncate(self, res: StepResult) -> StepResult:
-        if self.turn >= self.max_turns:   # the base class will report truncated=True
-            reward, rinfo = self._finish(truncated=True)
-            res.reward = reward
-            res.info = {**res.info, "reward_info": rinfo, "end_reason": "max_turns"}
-        return res
+    def _on_truncation(self, result: StepResult) -> StepResult:
+        return self._end(result, "max_turns", truncated=True)
 
     # ------------------------------------------------------------------ extras
     def outputs_said(self) -> dict[str, bool]:

@@ -29,7 +29,7 @@ from urllib.parse import parse_qs, urlsplit
 from hero_gym.core import StepResult, TextMessage
 from hero_gym.envs.webshop.catalog import Catalog, clean
 from hero_gym.envs.webshop.env import WebShopBase
-from hero_gym.envs.webshop.pages import render_text, render_text_rich, state_from_url
+from hero_gym.envs.webshop.pages import state_from_url
 from hero_gym.envs.webshop.reward import get_reward
 from hero_gym.envs.webshop.server import ShopServer
 from hero_gym.tools import ToolCall
@@ -213,11 +213,8 @@ class WebShopBrowserEnv(WebShopBase):
                     clickables.append(low)
         self._available = {"has_search_bar": bool(dom["search"]), "clickables": clickables}
         self._dom = {**dom, "segs": segs}
-        if self.observation_mode == "text":
-            return render_text(segs)
-        if self.observation_mode == "text_rich":
-            return render_text_rich(segs)
-        return self._driver.page_source
+        text = self._render_text_mode(segs)
+        return text if text is not None else self._driver.page_source
 
     def _navigate(self, do) -> None:
         """Run ``do()`` (a click that submits or follows a link) and wait until the next document

@@ -10,21 +10,22 @@ an empty search, is an error observation with ``info["action_error"]``; the page
 Observation modes: ``text`` (segments joined by ``" [SEP] "``), ``text_rich`` (buttons marked),
 ``html`` (the page the HTTP server would serve).
 
-``info`` on every step: ``available_actions`` ({"has_search_bar", "clickables"}), ``page`` (page
-kind) and the core keys; at reset also ``task`` (the goal), ``task_id`` and ``task_index``; when the
-episode ends with a purchase also ``reward_info`` (the reward breakdown), ``success`` (reward == 1)
-and ``score`` (100 x reward).
+``info`` on every step, error steps included: ``available_actions`` ({"has_search_bar",
+"clickables"}), ``page`` (page kind) and the core keys (``success`` is reward == 1 on the purchase
+step); at reset also ``task`` (the goal), ``task_id`` and ``task_index``; when the episode ends with
+a purchase also ``reward_info`` (the reward breakdown) and ``score`` (100 x reward).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from hero_gym.core import MultiTurnEnv, StepResult, TextMessage
-from hero_gym.envs.webshop.catalog import Catalog, Goal, clean, get_catalog
-from hero_gym.envs.webshop.pages import SEARCH_STATE, PageState, Shop, render_html, render_text, render_text_rich
-from hero_gym.envs.webshop.reward import get_reward
+from hero_gym.core import MultiTurnEnv, StepResult, TextMessage, check_index
 from hero_gym.tools import ToolCall, ToolSpec
+
+from .catalog import Catalog, Goal, clean, get_catalog
+from .pages import SEARCH_STATE, PageState, Shop, render_html, render_text, render_text_rich
+from .reward import get_reward
 
 __all__ = ["WebShopEnv", "WebShopBase", "SEARCH_TOOL", "click_tool", "SYSTEM_PROMPT"]
 
@@ -69,6 +70,7 @@ class WebShopBase(MultiTurnEnv):
     default_parser = "bracket"
     allow_text_messages = False
     default_max_turns = 15
+    reset_options = frozenset({"task_index", "split", "goal_id"})
 
     def __init__(self, *, observation_mode: str = "text", num_products: int | None = None, catalog_seed: int = 0,
                  split: str = "train", data_dir: str | None = None, human_goals: bool = False,
@@ -83,44 +85,32 @@ class WebShopBase(MultiTurnEnv):
             catalog = get_catalog(num_products, catalog_seed, data_dir, human_goals)
         self.catalog = catalog   # shared and read-only
         self.shop = Shop(catalog)
-        self.split = split
-        catalog.split_goals(split)   # validate early
+        self.split = self.check_split(split)
         self.goal: Goal | None = None
         self._available: dict[str, Any] = {"has_search_bar": True, "clickables": []}
         self._tools_cache: tuple[Any, list[ToolSpec]] | None = None
 
     # ------------------------------------------------------------------ goals
     def _pick_goal(self, options: dict[str, Any]) -> tuple[Goal, int]:
+        """The episode's goal and its index in the split (-1 when picked by ``goal_id``)."""
         if options.get("goal_id") is not None:
-            gid = int(options["goal_id"])
-            if not 0 <= gid < len(self.catalog.goals):
-                raise ValueError(f"goal_id must be in 0..{len(self.catalog.goals) - 1}, got {gid}")
+            gid = check_index(options["goal_id"], len(self.catalog.goals), "goal_id", " (catalog-wide)")
             return self.catalog.goals[gid], -1
-        split = options.get("split", self.split)
-        idxs = self.catalog.split_goals(split)
-        if not idxs:
-            raise ValueError(f"split {split!r} has no goals")
-        index = options.get("task_index")
-        if index is None:
-            index = int(self.np_random.integers(len(idxs)))
-        index = int(index)
-        if not 0 <= index < len(idxs):
-            raise ValueError(f"task_index must be in 0..{len(idxs) - 1}, got {index}")
-        return self.catalog.goals[idxs[index]], index
+        split = self.check_split(options.get("split", self.split))
+        index = self.select_task(options, split=split)
+        return self.catalog.goals[self.catalog.split_goals(split)[index]], index
 
-    def step(self, action):
-        obs, reward, terminated, truncated, info = super().step(action)
-        # errors caught by the base class (parse, unknown tool) still describe the unchanged page
-        if "available_actions" not in info:
-            info.update(self._page_info())
-            info["page"] = self._page_kind()
-        return obs, reward, terminated, truncated, info
+    def _extra_info(self) -> dict[str, Any]:
+        return {**self._page_info(), "page": self._page_kind()}
 
     def _page_kind(self) -> str | None:
         raise NotImplementedError
 
     def num_tasks(self, split: str | None = None) -> int:
         return len(self.catalog.split_goals(split or self.split))
+
+    def splits(self) -> list[str]:
+        return list(self.catalog.splits)
 
     def system_prompt(self) -> str:
         return SYSTEM_PROMPT
@@ -153,7 +143,7 @@ class WebShopBase(MultiTurnEnv):
 
     def _error(self, kind: str, message: str) -> StepResult:
         return StepResult(observation=f"Error: {message}",
-                          info={"action_error": {"kind": kind, "message": message}, **self._page_info()})
+                          info={"action_error": {"kind": kind, "message": message}})
 
     def _page_info(self) -> dict[str, Any]:
         return {"available_actions": {"has_search_bar": self._available["has_search_bar"],
@@ -165,6 +155,15 @@ class WebShopBase(MultiTurnEnv):
 
     def _purchase_info(self, reward: float, breakdown: dict[str, Any]) -> dict[str, Any]:
         return {"reward_info": breakdown, "success": _is_one(reward), "score": 100.0 * reward}
+
+    def _render_text_mode(self, segments: list[tuple[str, str]]) -> str | None:
+        """The observation of the page ``segments`` in the text modes; ``None`` in ``html`` mode
+        (the in-process env renders the page itself, the browser env reads it from the browser)."""
+        if self.observation_mode == "text":
+            return render_text(segments)
+        if self.observation_mode == "text_rich":
+            return render_text_rich(segments)
+        return None
 
 
 class WebShopEnv(WebShopBase):
@@ -197,21 +196,17 @@ class WebShopEnv(WebShopBase):
     def _render(self, reward: float | None = None) -> str:
         assert self.goal is not None
         segs = self.shop.segments(self.state, self.goal.instruction, reward)
-        if self.observation_mode == "text":
-            return render_text(segs)
-        if self.observation_mode == "text_rich":
-            return render_text_rich(segs)
-        return render_html(self.state, segs, "local", self.shop, reward)
+        text = self._render_text_mode(segs)
+        return text if text is not None else render_html(self.state, segs, "local", self.shop, reward)
 
     def _reset(self, *, seed: int | None, options: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         self.goal, index = self._pick_goal(options)
         self._set_state(SEARCH_STATE)
-        return self._render(), {**self._task_info(self.goal, index), **self._page_info(), "page": "search"}
+        return self._render(), self._task_info(self.goal, index)
 
     def _step(self, action: ToolCall | TextMessage) -> StepResult:
         checked = self._check(action)
         if isinstance(checked, StepResult):
-            checked.info["page"] = self.state.kind
             return checked
         kind, arg = checked
         if kind == "search":
@@ -222,5 +217,5 @@ class WebShopEnv(WebShopBase):
             reward, breakdown = get_reward(self.goal, self.catalog.product(self.state.asin), dict(self.state.options))
             self._available = {"has_search_bar": False, "clickables": []}
             return StepResult(self._render(reward), reward=reward, terminated=True,
-                              info={**self._page_info(), "page": "done", **self._purchase_info(reward, breakdown)})
-        return StepResult(self._render(), info={**self._page_info(), "page": self.state.kind})
+                              info=self._purchase_info(reward, breakdown), success=_is_one(reward))
+        return StepResult(self._render())

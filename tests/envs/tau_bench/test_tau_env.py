@@ -1,6 +1,7 @@
 """The Gymnasium envs: reset/step semantics, malformed actions, termination, check_env."""
 
 import json
+from pathlib import Path
 
 import gymnasium as gym
 import pytest
@@ -172,14 +173,41 @@ def test_check_env(cls, data):
     hero_gym.check_env(cls(data=data))
 
 
-def test_auto_falls_back_to_generated(monkeypatch, tmp_path):
-    monkeypatch.setenv("HERO_GYM_TAUBENCH_DIR", str(tmp_path))
+def test_auto_uses_generated_data_only_when_no_folder_is_given(monkeypatch):
+    monkeypatch.delenv("HERO_GYM_TAUBENCH_DIR", raising=False)
     env = TauAirlineEnv()
     assert env.dataset.source == "generated"
     _, info = env.reset(seed=0)
     assert info["data_source"] == "generated" and info["task_id"].startswith("gen-airline")
-    with pytest.raises(FileNotFoundError):
+    assert info["data"]["source"] == "generated" and info["data"]["path"] is None
+    assert info["data"]["fingerprint"] == TauAirlineEnv(data="generated").dataset.fingerprint()
+    assert info["data"]["fingerprint"] != TauAirlineEnv(data="generated", gen_seed=1).dataset.fingerprint()
+    with pytest.raises(FileNotFoundError, match="HERO_GYM_TAUBENCH_DIR"):
         TauAirlineEnv(data="official")
+
+
+@pytest.mark.parametrize("how", ["data_dir", "env_var"])
+def test_a_wrong_data_folder_is_an_error_naming_the_path(monkeypatch, tmp_path, how):
+    wrong = tmp_path / "not-taubench"
+    kwargs = {}
+    if how == "data_dir":
+        monkeypatch.delenv("HERO_GYM_TAUBENCH_DIR", raising=False)
+        kwargs["data_dir"] = str(wrong)
+    else:
+        monkeypatch.setenv("HERO_GYM_TAUBENCH_DIR", str(wrong))
+    for data in ("auto", "official"):
+        with pytest.raises(FileNotFoundError, match=str(wrong)):
+            TauRetailEnv(data=data, **kwargs)
+    assert TauRetailEnv(data="generated", **kwargs).dataset.source == "generated"
+
+
+@needs_official
+def test_official_results_record_the_data_folder():
+    from _tau_common import DATA_DIR
+    _, info = TauRetailEnv(data_dir=DATA_DIR).reset(seed=0, options={"task_index": 0})
+    assert info["data"]["source"] == "official"
+    assert info["data"]["path"] == str(Path(DATA_DIR).resolve())
+    assert len(info["data"]["fingerprint"]) == 16
 
 
 def test_import_does_not_pull_torch():
