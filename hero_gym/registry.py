@@ -1,6 +1,7 @@
 """Registration of environments under Gymnasium's registry.
 
-Shipped envs live in the ``hero_gym/`` namespace with versioned ids (``hero_gym/TauRetail-v0``).
+Shipped envs live in the ``hero_gym/`` namespace with versioned ids (``hero_gym/TauRetail-v0``);
+``hero_gym.envs`` registers them (``import hero_gym`` does it), so this module knows no env.
 :func:`make` is ``gymnasium.make``; ``gymnasium.make("hero_gym/TauRetail-v0")`` works as soon
 as ``hero_gym`` is imported (or use ``gymnasium.make("hero_gym:hero_gym/TauRetail-v0")``).
 
@@ -80,12 +81,3 @@ def make(id: str, **kwargs: Any) -> gym.Env:
     """Create a registered env (``gymnasium.make``); ``kwargs`` override the registered defaults."""
     load_plugins()
     return gym.make(id, **kwargs)
-
-
-def register_builtin_envs() -> None:
-    """Register the shipped envs (lazily: the env modules are imported only by ``make``)."""
-    register(f"{NAMESPACE}/Lookup-v0", "hero_gym.envs.example.lookup:LookupEnv")
-    register(f"{NAMESPACE}/TauRetail-v0", "hero_gym.envs.tau_bench.env:TauRetailEnv")
-    register(f"{NAMESPACE}/TauAirline-v0", "hero_gym.envs.tau_bench.env:TauAirlineEnv")
-    register(f"{NAMESPACE}/WebShop-v0", "hero_gym.envs.webshop.env:WebShopEnv")
-    register(f"{NAMESPACE}/WebShopBrowser-v0", "hero_gym.envs.webshop.browser:WebShopBrowserEnv")

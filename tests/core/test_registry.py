@@ -71,3 +71,24 @@ def test_broken_plugin_warns_instead_of_breaking(tmp_path):
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert "could not load env plugin 'broken'" in out.stderr
+
+
+def test_the_core_names_no_env_module_and_registration_is_lazy():
+    from pathlib import Path
+    core = Path(hero_gym.__file__).parent
+    for path in core.glob("*.py"):
+        if path.name == "cli.py":   # its webshop-serve command starts that env's server
+            continue
+        text = path.read_text()
+        for module in ("tau_bench", "webshop", "example.lookup"):
+            assert module not in text, f"{path.name} names the env module {module}"
+    code = ("import sys, hero_gym; assert 'hero_gym/TauRetail-v0' in hero_gym.list_envs(); "
+            "assert not [m for m in sys.modules if m.startswith(('hero_gym.envs.tau_bench', 'hero_gym.envs.webshop'))]")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+
+
+def test_shipped_registration_is_idempotent():
+    from hero_gym.envs import SHIPPED_ENVS, register_envs
+    register_envs()
+    assert set(SHIPPED_ENVS) <= set(hero_gym.list_envs())
