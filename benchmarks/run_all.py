@@ -199,7 +199,7 @@ class ModelSource:
 
 # ------------------------------------------------------------------------------------------ cells
 def pass_hat_k_from(episodes: list[Any], k: int) -> float | None:
-    from hero_gym.envs.tau_bench.metrics import pass_hat_k
+    from hero_gym.metrics import pass_hat_k
 
     by_task: dict[str, list[bool]] = {}
     for ep in episodes:

@@ -8,17 +8,16 @@ Usage::
 
 Modules: ``data`` (loading, copy-on-write DB), ``tools_retail`` / ``tools_airline`` (v1 tool
 semantics), ``reward`` (v1 reward, cached gold results), ``users`` (scripted and LLM users),
-``generator`` (generated data), ``metrics`` (pass^k), ``gold`` (a gold-playing reference agent),
+``generator`` (generated data), ``gold`` (a gold-playing reference agent),
 ``env`` (the Gymnasium envs).
 """
 
 from .data import ENV_VAR, Dataset, Task, TauDB, load_official, official_available
-from .metrics import pass_hat_k, pass_hat_k_table
 from .users import LLMUser, ScriptedUser, UserContext
 
 __all__ = [
     "ENV_VAR", "Dataset", "Task", "TauDB", "load_official", "official_available",
-    "pass_hat_k", "pass_hat_k_table", "LLMUser", "ScriptedUser", "UserContext",
+    "LLMUser", "ScriptedUser", "UserContext",
     "TauRetailEnv", "TauAirlineEnv",
 ]
 
