@@ -90,30 +90,7 @@ class Task:
 
 # ---------------------------------------------------------------------- tool prompt
 
-_FORMATS: dict[str, str] = {
-    "hermes": (
-        "To call a tool, reply with one tool call in exactly this format:\n"
-        "<tool_call>\n{\"name\": \"<tool name>\", \"arguments\": {<arguments as a JSON object>}}\n</tool_call>\n"
-        "Make at most one tool call per reply. A reply without a tool call is sent to the user as a message."
-    ),
-    "json": (
-        "To call a tool, reply with only a JSON object: {\"name\": \"<tool name>\", \"arguments\": {...}}. "
-        "A reply that is not such an object is sent to the user as a message."
-    ),
-    "openai": (
-        "To call a tool, reply with only a JSON object: {\"tool_calls\": [{\"function\": {\"name\": \"<tool "
-        "name>\", \"arguments\": \"<arguments as a JSON string>\"}}]}. Make at most one call per reply."
-    ),
-    "functional": (
-        "To call a tool, reply with one call written like a Python function call with keyword arguments, "
-        "e.g. tool_name(arg=\"value\", n=3). Make at most one call per reply."
-    ),
-    "bracket": (
-        "Reply with exactly one action: search[<query>] to search, or click[<button or item>] to click a "
-        "button or item shown on the page."
-    ),
-}
-_FORMATS["auto"] = _FORMATS["hermes"]
+from hero_gym.parsers import CALL_FORMATS as _FORMATS  # noqa: E402  (the call-format hints live with the parsers)
 
 
 def default_tool_prompt(tools: Sequence[dict[str, Any]], parser: str = "hermes") -> str:

@@ -218,3 +218,39 @@ def parse_reply(reply: str | dict, parser: str = "hermes") -> ParsedReply:
         raise
     except Exception as e:  # a parser bug must still reach the model as a parse error, not a crash
         raise ToolCallError("parse", f"Could not parse the reply ({e.__class__.__name__}).") from None
+
+
+# ---------------------------------------------------------------------- call-format hints
+# What to tell a model so that its replies parse: one instruction per parser, next to the parsers
+# that read them (agents and other frameworks put it in the system prompt; no torch needed).
+CALL_FORMATS: dict[str, str] = {
+    "hermes": (
+        "To call a tool, reply with one tool call in exactly this format:\n"
+        "<tool_call>\n{\"name\": \"<tool name>\", \"arguments\": {<arguments as a JSON object>}}\n</tool_call>\n"
+        "Make at most one tool call per reply. A reply without a tool call is sent to the user as a message."
+    ),
+    "json": (
+        "To call a tool, reply with only a JSON object: {\"name\": \"<tool name>\", \"arguments\": {...}}. "
+        "A reply that is not such an object is sent to the user as a message."
+    ),
+    "openai": (
+        "To call a tool, reply with only a JSON object: {\"tool_calls\": [{\"function\": {\"name\": \"<tool "
+        "name>\", \"arguments\": \"<arguments as a JSON string>\"}}]}. Make at most one call per reply."
+    ),
+    "functional": (
+        "To call a tool, reply with one call written like a Python function call with keyword arguments, "
+        "e.g. tool_name(arg=\"value\", n=3). Make at most one call per reply."
+    ),
+    "bracket": (
+        "Reply with exactly one action: search[<query>] to search, or click[<button or item>] to click a "
+        "button or item shown on the page."
+    ),
+}
+CALL_FORMATS["auto"] = CALL_FORMATS["hermes"]   # auto reads hermes first
+
+
+def call_format_hint(parser: str) -> str:
+    """The instruction that makes a model write calls the ``parser`` reads (``ValueError`` for an
+    unknown parser name)."""
+    get_parser(parser)
+    return CALL_FORMATS[parser]
