@@ -8,7 +8,7 @@ Usage::
 
 Modules: ``data`` (loading, copy-on-write DB), ``tools_retail`` / ``tools_airline`` (v1 tool
 semantics), ``reward`` (v1 reward, cached gold results), ``users`` (scripted and LLM users),
-``generator`` (generated data), ``gold`` (a gold-playing reference agent),
+``generator`` (generated data), ``gold_expert`` (an expert that plays the gold actions),
 ``env`` (the Gymnasium envs).
 """
 

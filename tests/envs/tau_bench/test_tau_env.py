@@ -213,6 +213,6 @@ def test_official_results_record_the_data_folder():
 def test_import_does_not_pull_torch():
     import subprocess
     import sys
-    code = ("import sys, hero_gym.envs.tau_bench.env, hero_gym.envs.tau_bench.gold; "
+    code = ("import sys, hero_gym.envs.tau_bench.env, hero_gym.envs.tau_bench.gold_expert; "
             "assert 'torch' not in sys.modules and 'transformers' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True)

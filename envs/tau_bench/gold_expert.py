@@ -1,4 +1,4 @@
-"""A reference agent that plays a task's gold calls through the env, talking to the user.
+"""An expert that plays a task's gold actions through the env, talking to the user like an agent would.
 
 It asks the user to identify themselves, makes the gold read calls, announces every gold write
 and asks for confirmation before making it, then tells the user the required outputs and asks
@@ -67,6 +67,7 @@ def play_gold(env: Any, seed: int | None = 0, options: dict | None = None, max_f
         n += 1
         send(TextMessage("Is there anything else I can help you with?"))
     rinfo = last_info.get("reward_info") or {}
-    return {"task_id": task.task_id, "reward": reward, "done": done, "turns": base.turn,
+    return {"task_id": task.task_id, "reward": reward, "success": bool(last_info.get("success")), "done": done,
+            "turns": base.turn,
             "end_reason": last_info.get("end_reason"), "identity_given": identity_given,
             "reward_info": rinfo, "transcript": transcript}
