@@ -2,7 +2,7 @@
 
     python benchmarks/env_speed.py [--only tau|webshop] [--json out.json]
 
-Each domain's module (``speed_tau.py``, ``speed_webshop.py``) measures its own rows, including the
+Each domain's module (``tau_speed.py``, ``webshop_speed.py``) measures its own rows, including the
 straightforward baseline it is compared with, in the same run.
 """
 
@@ -19,13 +19,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 def collect(only: str | None = None) -> list[dict]:
     rows: list[dict] = []
     if only in (None, "tau"):
-        import speed_tau
+        import tau_speed
 
-        rows += [{"domain": "tau", **r} for r in speed_tau.main_rows()]
+        rows += [{"domain": "tau", **r} for r in tau_speed.main_rows()]
     if only in (None, "webshop"):
-        import speed_webshop
+        import webshop_speed
 
-        rows += [{"domain": "webshop", **r} for r in speed_webshop.main_rows()]
+        rows += [{"domain": "webshop", **r} for r in webshop_speed.main_rows()]
     return rows
 
 

@@ -5,8 +5,8 @@ from pathlib import Path
 
 
 def _load():
-    path = Path(__file__).resolve().parents[3] / "benchmarks" / "speed_tau.py"
-    spec = importlib.util.spec_from_file_location("speed_tau", path)
+    path = Path(__file__).resolve().parents[3] / "benchmarks" / "tau_speed.py"
+    spec = importlib.util.spec_from_file_location("tau_speed", path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod

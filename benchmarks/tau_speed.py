@@ -3,9 +3,9 @@ reward, next to a straightforward implementation (deep-copy the database on rese
 gold actions on a fresh deep copy and hash both whole databases for the reward), measured in the
 same run on the same data.
 
-Uses the official retail data when ``$HERO_GYM_TAUBENCH_DIR`` is set (the issue's setting), else
-generated retail data (the rows say which). ``main_rows()`` returns the rows; run this file to
-print them. Targets (issue 3): reset <= 1 ms, read step <= 0.1 ms, reward <= 5 ms, and >= 20x
+Uses the official retail data when ``$HERO_GYM_TAUBENCH_DIR`` is set, else generated retail data
+(the rows say which). ``main_rows()`` returns the rows; run this file to print them.
+Targets: reset <= 1 ms, read step <= 0.1 ms, reward <= 5 ms, and >= 20x
 faster than the straightforward version on reset + reward.
 """
 

@@ -2,8 +2,8 @@
 step latency, memory per extra env instance, and (if Chromium is installed) browser step latency.
 
 ``main_rows()`` returns rows ``{"benchmark", "p50_ms", "p95_ms", ...}``; ``benchmarks/env_speed.py``
-collects them. Run alone: ``python benchmarks/speed_webshop.py [--quick] [--no-browser]``.
-Targets (issue 4, 10k products): search p50 <= 5 ms, text step p50 <= 2 ms, <= 5 MB per extra env.
+collects them. Run alone: ``python benchmarks/webshop_speed.py [--quick] [--no-browser]``.
+Targets (10k products): search p50 <= 5 ms, text step p50 <= 2 ms, <= 5 MB per extra env.
 """
 
 from __future__ import annotations
@@ -17,7 +17,35 @@ import tracemalloc
 
 from hero_gym.envs.webshop.catalog import _CACHE, generate_catalog
 from hero_gym.envs.webshop.env import WebShopEnv
-from hero_gym.envs.webshop.expert import ExpertAgent, RandomAgent
+from hero_gym.envs.webshop.expert import ExpertAgent, RandomAgent, run_episode
+
+
+class _Timed:
+    """Wraps an env and records ``(action, seconds)`` for every ``step`` (resets are timed apart)."""
+
+    def __init__(self, env) -> None:
+        self.env, self.steps, self.resets = env, [], []
+
+    def reset(self, **kwargs):
+        t = time.perf_counter()
+        out = self.env.reset(**kwargs)
+        self.resets.append(time.perf_counter() - t)
+        return out
+
+    def step(self, action):
+        t = time.perf_counter()
+        out = self.env.step(action)
+        self.steps.append((action, time.perf_counter() - t))
+        return out
+
+
+def _play(env, episodes: int, task_index=lambda k: k) -> _Timed:
+    """Alternate expert and random episodes through the expert module's ``run_episode``, timed."""
+    timed = _Timed(env)
+    for k in range(episodes):
+        agent = ExpertAgent() if k % 2 == 0 else RandomAgent(k)
+        run_episode(timed, agent, options={"task_index": task_index(k)})
+    return timed
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -57,21 +85,9 @@ def _search_rows(cat, label: str, n_queries: int) -> dict:
 
 def _step_rows(cat, label: str, episodes: int) -> list[dict]:
     env = WebShopEnv(catalog=cat, split="test")
-    step_all, step_click = [], []
-    for k in range(episodes):
-        agent = ExpertAgent() if k % 2 == 0 else RandomAgent(k)
-        obs, info = env.reset(options={"task_index": k % env.num_tasks()})
-        agent.reset(info)
-        done = False
-        while not done:
-            action = agent.act(obs, info)
-            t = time.perf_counter()
-            obs, r, term, trunc, info = env.step(action)
-            dt = time.perf_counter() - t
-            step_all.append(dt)
-            if action.startswith("click["):
-                step_click.append(dt)
-            done = term or trunc
+    timed = _play(env, episodes, task_index=lambda k: k % env.num_tasks())
+    step_all = [dt for _, dt in timed.steps]
+    step_click = [dt for action, dt in timed.steps if action.startswith("click[")]
     return [_row(f"webshop text step, all actions incl. uncached searches ({label})", step_all),
             _row(f"webshop text step, clicks ({label})", step_click)]
 
@@ -107,23 +123,11 @@ def _browser_rows(episodes: int) -> list[dict]:
         start = time.perf_counter() - t
     except BrowserUnavailable as e:
         return [{"benchmark": "webshop browser step", "p50_ms": None, "p95_ms": None, "skipped": str(e)}]
-    steps, resets = [], []
     try:
-        for k in range(episodes):
-            agent = ExpertAgent() if k % 2 == 0 else RandomAgent(k)
-            t = time.perf_counter()
-            obs, info = env.reset(options={"task_index": k})
-            resets.append(time.perf_counter() - t)
-            agent.reset(info)
-            done = False
-            while not done:
-                action = agent.act(obs, info)
-                t = time.perf_counter()
-                obs, r, term, trunc, info = env.step(action)
-                steps.append(time.perf_counter() - t)
-                done = term or trunc
+        timed = _play(env, episodes)
     finally:
         env.close()
+    steps, resets = [dt for _, dt in timed.steps], timed.resets
     return [_row("webshop browser start (Chromium + server, 1k catalog)", [start]),
             _row("webshop browser reset (1k catalog)", resets),
             _row("webshop browser step (headless Chromium, 1k catalog)", steps)]
