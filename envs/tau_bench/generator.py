@@ -111,6 +111,38 @@ def _unique(rng: random.Random, make, used: set) -> str:
             return x
 
 
+def _new_person(rng: random.Random, used: set) -> tuple[str, str, str]:
+    """A first name, last name and unique user id (``first_last_1234``)."""
+    first, last = rng.choice(FIRST), rng.choice(LAST)
+    return first, last, _unique(rng, lambda: f"{first.lower()}_{last.lower()}_{_digits(rng, 4)}", used)
+
+
+def _payment_methods(rng: random.Random, kinds: list[str], used: set, details) -> dict[str, Any]:
+    """Payment methods of the given kinds, keyed by a unique id (``credit_card_1234567``);
+    ``details(kind)`` draws the fields that sit between ``source`` and ``id``."""
+    pms: dict[str, Any] = {}
+    for kind in kinds:
+        pmid = _unique(rng, lambda: f"{kind}_{_digits(rng, 7)}", used)
+        pms[pmid] = {"source": kind, **details(kind), "id": pmid}
+    return pms
+
+
+def _card(rng: random.Random) -> dict[str, str]:
+    return {"brand": rng.choice(["visa", "mastercard"]), "last_four": _digits(rng, 4)}
+
+
+def _retail_payment(rng: random.Random, kind: str) -> dict[str, Any]:
+    if kind == "gift_card":
+        return {"balance": rng.choice([0, rng.randint(1, 300)])}
+    return _card(rng) if kind == "credit_card" else {}
+
+
+def _airline_payment(rng: random.Random, kind: str) -> dict[str, Any]:
+    if kind == "credit_card":
+        return _card(rng)
+    return {"amount": rng.choice([100, 150, 250, rng.randint(10, 400)])}
+
+
 def _replay_ok(ds: Dataset, tools, actions: list[dict]) -> bool:
     """All writes succeed and the final database differs from the base."""
     db = ds.new_db()
@@ -140,19 +172,9 @@ def _gen_retail_db(rng: random.Random, n_users: int) -> dict[str, dict[str, Any]
     orders: dict[str, Any] = {}
     plist = list(products.values())
     for _ in range(n_users):
-        first, last = rng.choice(FIRST), rng.choice(LAST)
-        uid = _unique(rng, lambda: f"{first.lower()}_{last.lower()}_{_digits(rng, 4)}", used)
-        pms: dict[str, Any] = {}
+        first, last, uid = _new_person(rng, used)
         kinds = rng.sample(["gift_card", "credit_card", "paypal"], rng.randint(1, 3))
-        for kind in kinds:
-            pmid = _unique(rng, lambda: f"{kind}_{_digits(rng, 7)}", used)
-            if kind == "gift_card":
-                pms[pmid] = {"source": "gift_card", "balance": rng.choice([0, rng.randint(1, 300)]), "id": pmid}
-            elif kind == "credit_card":
-                pms[pmid] = {"source": "credit_card", "brand": rng.choice(["visa", "mastercard"]),
-                             "last_four": _digits(rng, 4), "id": pmid}
-            else:
-                pms[pmid] = {"source": "paypal", "id": pmid}
+        pms = _payment_methods(rng, kinds, used, lambda kind: _retail_payment(rng, kind))
         addr = _address(rng)
         user = {"name": {"first_name": first, "last_name": last}, "address": addr,
                 "email": f"{first.lower()}.{last.lower()}{_digits(rng, 4)}@example.com",
@@ -325,16 +347,9 @@ def _gen_airline_db(rng: random.Random, n_users: int) -> dict[str, dict[str, Any
     reservations: dict[str, Any] = {}
     flist = list(flights.values())
     for _ in range(n_users):
-        first, last = rng.choice(FIRST), rng.choice(LAST)
-        uid = _unique(rng, lambda: f"{first.lower()}_{last.lower()}_{_digits(rng, 4)}", used)
-        pms: dict[str, Any] = {}
-        for kind in ["credit_card"] + rng.sample(["gift_card", "certificate"], rng.randint(0, 2)):
-            pmid = _unique(rng, lambda: f"{kind}_{_digits(rng, 7)}", used)
-            if kind == "credit_card":
-                pms[pmid] = {"source": "credit_card", "brand": rng.choice(["visa", "mastercard"]),
-                             "last_four": _digits(rng, 4), "id": pmid}
-            else:
-                pms[pmid] = {"source": kind, "amount": rng.choice([100, 150, 250, rng.randint(10, 400)]), "id": pmid}
+        first, last, uid = _new_person(rng, used)
+        kinds = ["credit_card"] + rng.sample(["gift_card", "certificate"], rng.randint(0, 2))
+        pms = _payment_methods(rng, kinds, used, lambda kind: _airline_payment(rng, kind))
         dob = f"{rng.randint(1950, 2000)}-{rng.randint(1, 12):02d}-{rng.randint(1, 28):02d}"
         user = {"name": {"first_name": first, "last_name": last}, "address": _address(rng),
                 "email": f"{first.lower()}.{last.lower()}{_digits(rng, 4)}@example.com", "dob": dob,
