@@ -4,7 +4,7 @@ An :class:`Episode` holds everything needed to train on or audit a rollout: the 
 the first observation, the tools, and one :class:`Turn` per agent action with the raw reply,
 the parsed call, the observation, reward and flags, and — when a model produced the action —
 the exact context token ids it saw, the sampled token ids and their log-probs. Training reads
-these ids back instead of re-tokenising text (see DESIGN.md, "train on exactly what was sampled").
+these ids back instead of re-tokenising text, so training uses exactly what was sampled.
 
 JSONL: one episode per line, each carrying ``schema_version``; loading checks the version.
 Floats are written with ``repr`` precision by the JSON encoder, so a round trip is lossless.

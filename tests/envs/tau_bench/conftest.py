@@ -1,5 +1,5 @@
 """Shared fixtures for the Tau-bench tests. Official-data tests need $HERO_GYM_TAUBENCH_DIR
-(CI sets it to ../shared/taubench); without it they skip with a clear reason."""
+(CI sets it when the data is available); without it they skip with a clear reason."""
 
 import pytest
 
