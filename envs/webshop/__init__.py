@@ -9,6 +9,6 @@ index per process (:func:`~hero_gym.envs.webshop.catalog.get_catalog`).
 Heavy modules (flask, selenium, bm25s) are imported lazily.
 """
 
-from hero_gym.envs.webshop.catalog import Catalog, Goal, Product, generate_catalog, get_catalog, load_official
+from .catalog import Catalog, Goal, Product, generate_catalog, get_catalog, load_official
 
 __all__ = ["Catalog", "Goal", "Product", "generate_catalog", "get_catalog", "load_official"]

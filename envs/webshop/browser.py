@@ -27,11 +27,11 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from hero_gym.core import StepResult, TextMessage
-from hero_gym.envs.webshop.catalog import Catalog, clean
-from hero_gym.envs.webshop.env import WebShopBase
-from hero_gym.envs.webshop.pages import state_from_url
-from hero_gym.envs.webshop.reward import get_reward
-from hero_gym.envs.webshop.server import ShopServer
+from .catalog import Catalog, clean
+from .env import WebShopBase
+from .pages import state_from_url
+from .reward import get_reward
+from .server import ShopServer
 from hero_gym.tools import ToolCall
 
 __all__ = ["WebShopBrowserEnv", "BrowserUnavailable", "find_browser", "acquire_server", "release_server"]

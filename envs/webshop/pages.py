@@ -27,7 +27,7 @@ import html
 from dataclasses import dataclass, replace
 from urllib.parse import quote, urlencode
 
-from hero_gym.envs.webshop.search import PER_PAGE
+from .search import PER_PAGE
 
 __all__ = ["PageState", "Shop", "SEARCH_STATE", "render_text", "render_text_rich", "render_html",
            "state_to_url", "state_from_url", "SUB_PAGES"]

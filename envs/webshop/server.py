@@ -27,9 +27,9 @@ import threading
 import uuid
 from typing import Any
 
-from hero_gym.envs.webshop.catalog import Catalog, get_catalog
-from hero_gym.envs.webshop.pages import PageState, Shop, render_html, state_from_url
-from hero_gym.envs.webshop.reward import get_reward
+from .catalog import Catalog, get_catalog
+from .pages import PageState, Shop, render_html, state_from_url
+from .reward import get_reward
 
 __all__ = ["create_app", "ShopServer", "serve"]
 
