@@ -32,8 +32,12 @@ def check_env(env: gym.Env, *, seed: int = 0, options: dict[str, Any] | None = N
     2. The same seed gives the same first observation; ``info`` carries the tools, turn and budget.
     3. A call of an unknown tool and random garbage text give an observation, never an exception;
        the unknown tool is reported in ``info["action_error"]`` and costs a turn.
-    4. The turn budget truncates: with ``max_turns=2``, two bad actions end in ``truncated``.
-    5. ``close()`` releases resources: afterwards ``open_resources()`` is empty (if the env has it).
+    4. The turn budget truncates: with ``max_turns=2``, two bad actions end in ``truncated``;
+       every step's ``info`` reports ``success``; stepping the ended episode raises ``RuntimeError``.
+    5. Bad ``reset`` options raise ``ValueError``: an unknown option key and, when the env has
+       indexed tasks, a ``task_index`` one past the last.
+    6. ``close()`` releases resources: afterwards ``open_resources()`` is empty (if the env has it),
+       and ``step()`` raises ``RuntimeError``.
 
     ``options`` are passed to every ``reset`` (e.g. a task index).
     """
@@ -74,10 +78,13 @@ def check_env(env: gym.Env, *, seed: int = 0, options: dict[str, Any] | None = N
     try:
         base.max_turns = 2
         base.reset(seed=seed, options=options)
-        ended = [base.step(ToolCall(name="__no_such_tool__", arguments={}))[2:4] for _ in range(2)]
+        steps = [base.step(ToolCall(name="__no_such_tool__", arguments={})) for _ in range(2)]
+        ended = [out[2:4] for out in steps]
         if ended[0] != (False, False) or ended[1] != (False, True):
             _fail(f"with max_turns=2, two bad actions must give (terminated, truncated) = "
                   f"(False, False) then (False, True); got {ended}")
+        if any(not isinstance(out[4].get("success"), bool) for out in steps):
+            _fail("every step's info must report 'success' (a bool)")
         try:
             base.step("more")
         except RuntimeError:
@@ -87,7 +94,27 @@ def check_env(env: gym.Env, *, seed: int = 0, options: dict[str, Any] | None = N
     finally:
         base.max_turns = saved
 
+    _expect_value_error(base, seed, {**(options or {}), "__no_such_option__": 1}, "an unknown option key")
+    n = base.num_tasks()
+    if n is not None:
+        _expect_value_error(base, seed, {**(options or {}), "task_index": n}, f"task_index={n} (out of range)")
+
+    base.reset(seed=seed, options=options)
     env.close()
     left = base.open_resources() if hasattr(base, "open_resources") else []
     if left:
         _fail(f"close() left resources open: {left}")
+    try:
+        base.step("more")
+    except RuntimeError:
+        pass
+    else:
+        _fail("step() after close() must raise RuntimeError")
+
+
+def _expect_value_error(env: MultiTurnEnv, seed: int, options: dict[str, Any], what: str) -> None:
+    try:
+        env.reset(seed=seed, options=options)
+    except ValueError:
+        return
+    _fail(f"reset() with {what} must raise ValueError")

@@ -37,10 +37,31 @@ class ObservationNotStr(LookupEnv):
         return StepResult(observation=123)  # type: ignore[arg-type]
 
 
+class IgnoresOptions(LookupEnv):
+    reset_options = frozenset({"task_index", "__no_such_option__"})
+
+
+class WrapsTaskIndex(LookupEnv):
+    def _reset(self, *, seed, options):
+        if "task_index" in options:
+            options["task_index"] %= self.num_tasks()
+        return super()._reset(seed=seed, options=options)
+
+
+class NoSuccess(LookupEnv):
+    def step(self, action):
+        obs, r, term, trunc, info = super().step(action)
+        info.pop("success")
+        return obs, r, term, trunc, info
+
+
 @pytest.mark.parametrize("cls,fragment", [
     (Nondeterministic, "different first observations"),
     (NoTruncation, "max_turns=2"),
     (LeaksServer, "left resources open"),
+    (IgnoresOptions, "unknown option key"),
+    (WrapsTaskIndex, "out of range"),
+    (NoSuccess, "success"),
 ])
 def test_broken_envs_are_caught(cls, fragment):
     with pytest.raises(EnvCheckError, match=fragment):

@@ -216,3 +216,20 @@ def test_import_does_not_pull_torch():
     code = ("import sys, hero_gym.envs.tau_bench.env, hero_gym.envs.tau_bench.gold_expert; "
             "assert 'torch' not in sys.modules and 'transformers' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_a_malformed_last_action_is_graded_like_any_other_truncated_step():
+    env = TauRetailEnv(data="generated", max_turns=2, reward_on_truncation=True)
+    env.reset(seed=0, options={"task_index": 0})
+    env.step(ToolCall(name="think", arguments={"thought": "a"}))
+    obs, r, term, trunc, info = env.step("<tool_call>{not json</tool_call>")
+    assert trunc and not term and info["action_error"]["kind"] == "parse"
+    assert info["end_reason"] == "max_turns" and info["reward_info"]["truncated"] is True
+    assert r == info["reward_info"]["reward"] and info["success"] is (r == 1.0)
+
+
+def test_success_is_reported_by_the_env():
+    env = TauRetailEnv(data="generated")
+    env.reset(seed=0, options={"task_index": 2})
+    *_, info = env.step(ToolCall(name="transfer_to_human_agents", arguments={"summary": "x"}))
+    assert info["success"] is (info["reward_info"]["reward"] == 1.0)
