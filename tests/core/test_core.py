@@ -281,3 +281,15 @@ def test_extra_info_on_every_step_and_truncation_hook_on_the_last():
     env.step("<tool_call>{oops</tool_call>")
     *_, trunc, info = env.step("<tool_call>{oops</tool_call>")               # the hook runs on error steps too
     assert trunc and info["graded"]
+
+
+def test_no_shipped_env_overrides_step_or_reset():
+    import importlib
+
+    from hero_gym.core import MultiTurnEnv
+    from hero_gym.envs import SHIPPED_ENVS
+    for env_id, target in SHIPPED_ENVS.items():
+        module, cls_name = target.split(":")
+        cls = getattr(importlib.import_module(f"hero_gym.envs.{module}"), cls_name)
+        assert issubclass(cls, MultiTurnEnv)
+        assert cls.step is MultiTurnEnv.step and cls.reset is MultiTurnEnv.reset, env_id
