@@ -3,7 +3,8 @@
 Each parser maps a reply to a :class:`ParsedReply` (the calls found and the prose around them).
 A reply with no call at all is not an error here (it may be a message to a user); a reply that
 *tries* to make a call and gets it wrong raises :class:`~hero_gym.tools.ToolCallError` with
-``kind="parse"``. No other exception ever leaves :func:`parse_reply`, whatever the input.
+``kind="parse"`` (``kind="too_long"`` for a reply over the length cap, see below). No other
+exception ever leaves :func:`parse_reply`, whatever the input.
 
 Formats (select by name):
 
@@ -16,18 +17,30 @@ Formats (select by name):
 ``functional``  ``name(arg=value, ...)`` with Python/JSON literal values, keyword arguments only.
 ``bracket``     WebShop actions ``search[query]`` and ``click[target]``.
 ``auto``        tries hermes, openai, json, functional, then bracket.
+
+Limits: a text reply longer than :data:`MAX_REPLY_CHARS` (65,536 characters by default; per call
+``parse_reply(..., max_chars=n)``, ``0`` for no limit) is rejected before any parsing with a
+:class:`~hero_gym.tools.ToolCallError` of kind ``"too_long"``. Every parser runs in time linear in
+the length of the reply (no backtracking regular expression is applied to unbounded input), so a
+runaway generation costs milliseconds, not seconds.
 """
 
 from __future__ import annotations
 
 import ast
 import json
+import keyword
 import re
+import string
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from hero_gym.tools import ToolCall, ToolCallError
+
+MAX_REPLY_CHARS = 65_536
+"""Default cap on the length of a text reply (characters); change it here for the whole process, or
+pass ``max_chars`` to :func:`parse_reply`. ``0`` disables the cap."""
 
 
 @dataclass
@@ -133,18 +146,91 @@ def _literal(node: ast.AST) -> Any:
     return ast.literal_eval(node)
 
 
+_KEYWORD_ARG = re.compile(r"\b(?:" + "|".join(sorted(keyword.kwlist)) + r")\s*=")
+
+
+def _keyword_arg_spans(args: str) -> list[tuple[int, int]]:
+    """Spans of argument names in ``args`` (the text between a call's parentheses) that are Python
+    keywords (``from=``, ``as=``). One left-to-right pass: string literals (any quote style, with
+    escapes) and nested brackets are skipped, so a keyword inside a value is never touched."""
+    spans: list[tuple[int, int]] = []
+    i, n, depth, expect_name = 0, len(args), 0, True
+    while i < n:
+        c = args[i]
+        if c in "\"'":
+            quote = args[i:i + 3] if args[i:i + 3] in ('"""', "'''") else c
+            i += len(quote)
+            while i < n and not args.startswith(quote, i):
+                i += 2 if args[i] == "\\" else 1
+            i += len(quote)
+            expect_name = False
+        elif c in "([{":
+            depth, expect_name, i = depth + 1, False, i + 1
+        elif c in ")]}":
+            depth, expect_name, i = depth - 1, False, i + 1
+        elif c == ",":
+            expect_name, i = depth == 0, i + 1
+        elif c.isspace():
+            i += 1
+        elif expect_name and (c.isalpha() or c == "_"):
+            j = i + 1
+            while j < n and (args[j].isalnum() or args[j] == "_"):
+                j += 1
+            k = j
+            while k < n and args[k].isspace():
+                k += 1
+            if keyword.iskeyword(args[i:j]) and args.startswith("=", k) and not args.startswith("==", k):
+                spans.append((i, j))
+            expect_name, i = False, j
+        else:
+            expect_name, i = False, i + 1
+    return spans
+
+
+def _rename_keyword_args(args: str) -> tuple[str, dict[str, str]]:
+    """``args`` with keyword argument names replaced by placeholders, and placeholder -> name."""
+    prefix = "hero_kw_"
+    while prefix in args:   # placeholders must not clash with anything in the reply
+        prefix += "x"
+    out, names, last = [], {}, 0
+    for k, (a, b) in enumerate(_keyword_arg_spans(args)):
+        placeholder = f"{prefix}{k}"
+        names[placeholder] = args[a:b]
+        out += [args[last:a], placeholder]
+        last = b
+    out.append(args[last:])
+    return "".join(out), names
+
+
+def _parse_call(args: str) -> tuple[ast.Call | None, dict[str, str]]:
+    """Parse ``_(<args>)``; tool names and argument names that are Python keywords are allowed.
+    Returns the call node (``None`` if the text is not a single call) and the renamed arguments."""
+    try:
+        tree = ast.parse(f"_({args})", mode="eval")
+        names: dict[str, str] = {}
+    except SyntaxError:
+        if not _KEYWORD_ARG.search(args):
+            raise
+        renamed, names = _rename_keyword_args(args)
+        if not names:
+            raise
+        tree = ast.parse(f"_({renamed})", mode="eval")
+    return (tree.body if isinstance(tree.body, ast.Call) else None), names
+
+
 def parse_functional(reply: Any) -> ParsedReply:
+    """``name(arg=value, ...)``. Any identifier is a valid tool or argument name, Python keywords
+    included (``as(x=1)``, ``get(from="A")``); values are Python/JSON literals."""
     text = _strip_fence(_as_text(reply).strip()).strip().rstrip(";")
     m = _FUNCTIONAL.match(text)
     if not m:
         return ParsedReply([], _as_text(reply).strip())
     name = m.group(1)
     try:
-        tree = ast.parse(text, mode="eval")
+        call, renamed = _parse_call(m.group(2))
     except (SyntaxError, ValueError, RecursionError, MemoryError) as e:
         raise ToolCallError("parse", f"Could not parse the call {name}(...): {e.__class__.__name__}.") from None
-    call = tree.body
-    if not isinstance(call, ast.Call):
+    if call is None:
         raise ToolCallError("parse", f"Expected a single call like {name}(arg=value).")
     if call.args:
         raise ToolCallError("parse", f"Call {name}(...) with keyword arguments only, e.g. {name}(arg=value).")
@@ -152,27 +238,47 @@ def parse_functional(reply: Any) -> ParsedReply:
     for kw in call.keywords:
         if kw.arg is None:
             raise ToolCallError("parse", f"Call {name}(...) with explicit keyword arguments (no **).")
+        arg = renamed.get(kw.arg, kw.arg)
         try:
-            args[kw.arg] = _literal(kw.value)
+            args[arg] = _literal(kw.value)
         except (ValueError, TypeError, SyntaxError, RecursionError, MemoryError):
             raise ToolCallError(
-                "parse", f"Argument '{kw.arg}' of {name}(...) must be a literal (string, number, list, ...)."
+                "parse", f"Argument '{arg}' of {name}(...) must be a literal (string, number, list, ...)."
             ) from None
     return ParsedReply([ToolCall(name=name, arguments=args)], "")
 
 
-_BRACKET = re.compile(r"([A-Za-z_]+)\[([^\[\]]*)\]")
+_BRACKET = re.compile(r"\[([^\[\]]*)\]")
 _BRACKET_ARG = {"search": "query", "click": "target"}
+_NAME_CHARS = frozenset(string.ascii_letters + "_")
+
+
+def _name_before(text: str, end: int) -> int:
+    """Start of the run of ``[A-Za-z_]`` characters that ends at ``end`` (``end`` if there is none)."""
+    start = end
+    while start > 0 and text[start - 1] in _NAME_CHARS:
+        start -= 1
+    return start
 
 
 def parse_bracket(reply: Any) -> ParsedReply:
-    """WebShop actions. Argument names: ``search`` -> ``query``, ``click`` -> ``target``, else ``value``."""
+    """WebShop actions. Argument names: ``search`` -> ``query``, ``click`` -> ``target``, else ``value``.
+
+    An action is a name of ASCII letters or ``_`` followed by ``[argument]`` (no brackets inside).
+    Linear time: each ``[...]`` is found by one forward scan and its name by a backward scan that
+    stops at the first non-letter (a name is never scanned twice: a ``]`` ends every match)."""
     text = _as_text(reply)
-    calls = []
+    calls, prose, last = [], [], 0
     for m in _BRACKET.finditer(text):
-        name = m.group(1).strip().lower()
-        calls.append(ToolCall(name=name, arguments={_BRACKET_ARG.get(name, "value"): m.group(2).strip()}))
-    return ParsedReply(calls, " ".join(_BRACKET.sub(" ", text).split()))
+        start = _name_before(text, m.start())
+        if start == m.start():
+            continue
+        name = text[start:m.start()].lower()
+        calls.append(ToolCall(name=name, arguments={_BRACKET_ARG.get(name, "value"): m.group(1).strip()}))
+        prose += [text[last:start], " "]
+        last = m.end()
+    prose.append(text[last:])
+    return ParsedReply(calls, " ".join("".join(prose).split()))
 
 
 def parse_auto(reply: Any) -> ParsedReply:
@@ -209,9 +315,27 @@ def get_parser(name: str) -> Parser:
         raise ValueError(f"Unknown parser {name!r}; choose one of {sorted(PARSERS)}") from None
 
 
-def parse_reply(reply: str | dict, parser: str = "hermes") -> ParsedReply:
-    """Parse a raw reply; raises only :class:`ToolCallError` (``kind="parse"``) on malformed input."""
+def check_reply_length(reply: Any, max_chars: int | None = None) -> None:
+    """Raise :class:`ToolCallError` (kind ``"too_long"``) if ``reply`` is text longer than
+    ``max_chars`` (default :data:`MAX_REPLY_CHARS`; ``0`` means no limit). Constant time."""
+    limit = MAX_REPLY_CHARS if max_chars is None else max_chars
+    if not isinstance(limit, int) or isinstance(limit, bool) or limit < 0:
+        raise ValueError(f"max_chars must be a non-negative int (0 = no limit), got {limit!r}")
+    if limit and isinstance(reply, str) and len(reply) > limit:
+        raise ToolCallError(
+            "too_long",
+            f"The reply is {len(reply):,} characters long, over the limit of {limit:,}; it was not parsed. "
+            "Reply with one short action.",
+        )
+
+
+def parse_reply(reply: str | dict, parser: str = "hermes", *, max_chars: int | None = None) -> ParsedReply:
+    """Parse a raw reply; raises only :class:`ToolCallError`: kind ``"too_long"`` for a text reply
+    over ``max_chars`` characters (default :data:`MAX_REPLY_CHARS`, ``0`` = no limit; checked before
+    any parsing), kind ``"parse"`` on malformed input. ``ValueError`` only for a bad ``parser`` name
+    or ``max_chars`` (programming errors, not model output)."""
     fn = get_parser(parser)
+    check_reply_length(reply, max_chars)
     try:
         return fn(reply)
     except ToolCallError:

@@ -16,7 +16,7 @@ from typing import Any, Literal
 import jsonschema
 from pydantic import BaseModel, Field, TypeAdapter
 
-ErrorKind = Literal["parse", "no_action", "unknown_tool", "invalid_arguments", "too_many_calls"]
+ErrorKind = Literal["parse", "too_long", "no_action", "unknown_tool", "invalid_arguments", "too_many_calls"]
 
 
 class ToolCallError(Exception):

@@ -12,8 +12,16 @@ read from the done page (``data-reward``); its breakdown is recomputed from the 
 Browser: Debian ``chromium`` and ``chromium-driver`` (``/usr/bin/chromium``,
 ``/usr/bin/chromedriver``; override with ``chromium_path`` / ``chromedriver_path`` or the
 ``HERO_GYM_CHROMIUM`` / ``HERO_GYM_CHROMEDRIVER`` variables), headless with a fresh profile
-directory. A browser that crashes or stops answering (page-load and command time-outs) ends the
-episode with an error observation and ``info["browser_error"]``; the next ``reset`` starts a new one.
+directory.
+
+Faults: every WebDriver call is bounded (page loads and scripts by ``timeout``, each HTTP command
+to chromedriver by ``timeout + 10`` s, the wait for a navigation by ``timeout``), so a crashed or
+hung browser never blocks a step. When a step's browser work fails, the env kills chromedriver and
+every browser process at once (no graceful quit, which a hung browser would stall), starts a fresh
+browser, reopens the page the agent was on (the page state is in the URL), and reports the step as
+failed: an ``Error:`` observation, ``info["action_error"] = {"kind": "browser", ...}`` and
+``info["browser_error"]``; the episode goes on and the agent may retry. Only if the restart fails
+too does the episode end (``terminated``, reward 0); the next ``reset`` tries again.
 """
 
 from __future__ import annotations
@@ -150,17 +158,23 @@ class WebShopBrowserEnv(WebShopBase):
         driver.set_script_timeout(self.timeout)
         self._driver = driver
 
-    def _stop_browser(self) -> None:
+    def _stop_browser(self, graceful: bool = True) -> None:
+        """Stop chromedriver and the browser. ``graceful`` first asks chromedriver to quit (bounded by
+        the command time-out); in any case every process of the tree still alive is then killed, so
+        no browser outlives its env. ``graceful=False`` (after a fault) kills at once."""
+        pids = self.browser_pids()
         driver, self._driver = self._driver, None
-        if driver is not None:
+        if driver is not None and graceful:
             try:
                 driver.quit()
-            except Exception:
-                # the browser is already gone: make sure chromedriver is too
-                try:
-                    driver.service.stop()
-                except Exception:
-                    pass
+            except Exception:   # noqa: BLE001 - the browser is already gone; killed below
+                pass
+        _kill(pids)
+        if driver is not None:
+            try:
+                driver.service.stop()   # the process is dead by now: this only closes its pipes
+            except Exception:   # noqa: BLE001
+                pass
         if self._profile_dir:
             shutil.rmtree(self._profile_dir, ignore_errors=True)
             self._profile_dir = None
@@ -244,12 +258,31 @@ class WebShopBrowserEnv(WebShopBase):
             time.sleep(0.005)
 
     def _failure(self, err: Exception) -> StepResult:
+        """The browser failed during a step: kill it, start a new one on the page the agent was on
+        and report the step as failed; end the episode only if that fails too."""
         msg = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
-        self._stop_browser()
+        last_url = self._dom.get("url")
+        self._stop_browser(graceful=False)
         self._available = {"has_search_bar": False, "clickables": []}
-        return StepResult(observation=f"Error: the browser failed ({msg}). The episode ends; reset to start "
-                                      "a new browser.", terminated=True,
-                          info={"browser_error": msg, "page": None, **self._page_info()})
+        try:
+            if not last_url:
+                raise RuntimeError("no page to return to")
+            self._start_browser()
+            self.browser_restarts += 1
+            self._driver.get(last_url)
+            self._read()
+        except Exception as again:   # noqa: BLE001 - cannot recover: end the episode cleanly
+            self._stop_browser(graceful=False)
+            self._available = {"has_search_bar": False, "clickables": []}
+            why = f"{type(again).__name__}: {str(again).splitlines()[0] if str(again) else ''}"
+            return StepResult(observation=f"Error: the browser failed ({msg}) and could not be restarted ({why}). "
+                                          "The episode ends; reset to start a new browser.", terminated=True,
+                              info={"browser_error": msg, "page": None, **self._page_info()})
+        message = (f"the browser failed ({msg}) and was restarted on the same page; the action was not "
+                   "carried out: try it again.")
+        return StepResult(observation=f"Error: {message}",
+                          info={"browser_error": msg, "action_error": {"kind": "browser", "message": message},
+                                "page": self._dom.get("page"), **self._page_info()})
 
     # ------------------------------------------------------------------ episode
     def _reset(self, *, seed: int | None, options: dict[str, Any]) -> tuple[str, dict[str, Any]]:
@@ -310,6 +343,23 @@ class WebShopBrowserEnv(WebShopBase):
             return StepResult(obs, reward=reward, terminated=True,
                               info={**self._page_info(), "page": "done", **self._purchase_info(reward, breakdown)})
         return StepResult(obs, info={**self._page_info(), "page": page})
+
+
+def _kill(pids: list[int]) -> None:
+    """SIGKILL the given processes (also stopped ones); already gone is fine."""
+    if not pids:
+        return
+    import psutil
+
+    procs = []
+    for pid in pids:
+        try:
+            p = psutil.Process(pid)
+            p.kill()
+            procs.append(p)
+        except psutil.Error:
+            pass
+    psutil.wait_procs(procs, timeout=5)
 
 
 class _Args:

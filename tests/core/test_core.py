@@ -49,7 +49,7 @@ def test_successful_episode(env):
     (hermes("lookup", key=["a"]), "invalid_arguments"),
     (hermes("lookup", key="a") + hermes("answer", code="1"), "too_many_calls"),
     ("   ", "no_action"),
-    ("x" * 1_000_000 + "<tool_call>{", "parse"),
+    ("x" * 1_000_000 + "<tool_call>{", "too_long"),   # over the reply cap: rejected unparsed
 ])
 def test_malformed_actions_are_error_observations_that_cost_a_turn(env, action, kind):
     env.reset(options={"task_index": 1})

@@ -1,5 +1,6 @@
 """hero_gym/WebShopBrowser-v0 in real headless Chromium: same observations and rewards as the text
-mode for the same action sequences; XSS; a crashed browser is reported and replaced.
+mode for the same action sequences; XSS; a killed or hung browser (or chromedriver) makes the step
+fail within the time-outs, and the env carries on in a new browser on the same page.
 
 One browser and one server serve all sequences (module fixture). Skipped only when Chromium or
 chromedriver is not installed (``apt-get install chromium chromium-driver``).
@@ -158,26 +159,93 @@ def test_xss_search_in_the_browser(envs):
     assert not driver.find_elements(By.TAG_NAME, "script")
 
 
-def test_crashed_browser_is_reported_and_restarted(envs):
+def _alive(pids):
+    import psutil
+
+    out = []
+    for pid in pids:
+        try:
+            if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+                out.append(pid)
+        except psutil.Error:
+            pass
+    return out
+
+
+def test_killed_browser_is_restarted_on_the_same_page_and_the_step_fails(envs):
     browser, text = envs
-    browser.observation_mode = "text"
+    browser.observation_mode = text.observation_mode = "text"
     browser.reset(options={"task_index": 2})
+    text.reset(options={"task_index": 2})
+    before = browser.step("search[shampoo]")
+    assert _key(before) == _key(text.step("search[shampoo]"))
     pids = browser.browser_pids()
     assert len(pids) >= 2
     restarts = browser.browser_restarts
-    for pid in pids[1:]:                   # kill the browser processes (not chromedriver)
+    for pid in pids[1:]:                   # kill the browser processes (not chromedriver) mid-episode
         try:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
     t = time.monotonic()
-    obs, r, term, trunc, info = browser.step("search[shampoo]")
+    obs, r, term, trunc, info = browser.step("click[next >]")
     assert time.monotonic() - t < 60
-    assert term and r == 0.0 and obs.startswith("Error: the browser failed") and info["browser_error"]
-    assert browser.open_resources() == ["webshop-server"]
-    # the next episode gets a fresh browser and works
+    assert obs.startswith("Error: the browser failed") and "restarted on the same page" in obs
+    assert not term and r == 0.0 and info["browser_error"]
+    assert info["action_error"]["kind"] == "browser" and info["page"] == "results"
+    assert info["available_actions"] == before[4]["available_actions"]   # the page the agent was on
+    assert browser.browser_restarts == restarts + 1
+    assert _alive(pids) == [] and set(browser.browser_pids()).isdisjoint(pids)
+    assert browser.open_resources() == ["chromium", "webshop-server"]
+    # the retried action works and agrees with the text env; later episodes need no new restart
+    assert _key(browser.step("click[next >]")) == _key(text.step("click[next >]"))
     assert _compare(browser, text, 3, agent=ExpertAgent()) >= 3
     assert browser.browser_restarts == restarts + 1
+
+
+def test_hung_browser_times_out_and_is_replaced():
+    """A browser (and then chromedriver) that stops answering (SIGSTOP): the step returns within the
+    command time-outs, the frozen processes are killed, the episode goes on in a new browser."""
+    from hero_gym.envs.webshop.browser import WebShopBrowserEnv
+
+    env = WebShopBrowserEnv(split="test", num_products=100, timeout=3)
+    try:
+        env.reset(options={"task_index": 0})
+        env.step("search[shampoo]")
+        for frozen in ("browser", "chromedriver"):
+            pids = env.browser_pids()
+            for pid in (pids[1:] if frozen == "browser" else pids):
+                os.kill(pid, signal.SIGSTOP)
+            t = time.monotonic()
+            obs, r, term, trunc, info = env.step("click[back to search]")
+            assert time.monotonic() - t < 3 + 10 + 30, frozen   # command time-out + a browser start
+            assert not term and info["action_error"]["kind"] == "browser", frozen
+            assert "Timeout" in info["browser_error"] or "timed out" in info["browser_error"], info["browser_error"]
+            assert _alive(pids) == [], frozen
+        obs, *_, info = env.step("click[back to search]")
+        assert info["action_error"] is None and info["page"] == "search"
+    finally:
+        env.close()
+    assert env.open_resources() == [] and env.browser_pids() == []
+
+
+def test_browser_that_cannot_restart_ends_the_episode_cleanly():
+    from hero_gym.envs.webshop.browser import BrowserUnavailable, WebShopBrowserEnv
+
+    env = WebShopBrowserEnv(split="test", num_products=100, timeout=5)
+    try:
+        env.reset(options={"task_index": 0})
+        pids = env.browser_pids()
+        env.chromium_path = "/nonexistent/chromium"      # the restart will fail
+        os.kill(pids[1], signal.SIGKILL)
+        obs, r, term, trunc, info = env.step("search[shampoo]")
+        assert term and r == 0.0 and "could not be restarted" in obs and info["browser_error"]
+        assert _alive(pids) == [] and env.open_resources() == ["webshop-server"]
+        with pytest.raises(BrowserUnavailable):
+            env.reset(options={"task_index": 0})
+    finally:
+        env.close()
+    assert env.open_resources() == []
 
 
 def test_browser_env_passes_check_env():

@@ -1,8 +1,10 @@
-"""The HTTP shop: real requests on 127.0.0.1, sessions in the URL, escaping, same pages as the env."""
+"""The HTTP shop: real requests on 127.0.0.1, sessions in the URL, escaping, same pages as the env;
+session isolation and expiry, the loopback default and the warning for any other address."""
 
 import html
 import re
 import threading
+import time
 import urllib.error
 import urllib.request
 from html.parser import HTMLParser
@@ -12,7 +14,7 @@ import pytest
 
 from hero_gym.envs.webshop.catalog import get_catalog
 from hero_gym.envs.webshop.env import WebShopEnv
-from hero_gym.envs.webshop.server import ShopServer
+from hero_gym.envs.webshop.server import SessionStore, ShopServer, _warn_if_exposed, is_loopback
 
 
 class Segs(HTMLParser):
@@ -169,3 +171,92 @@ def test_serve_runs_standalone():
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+# ---------------------------------------------------------------- sessions: isolation and expiry
+class FakeClock:
+    def __init__(self):
+        self.t = 1000.0
+
+    def __call__(self):
+        return self.t
+
+
+def test_session_store_expires_idle_sessions_and_keeps_used_ones():
+    clock = FakeClock()
+    store = SessionStore(ttl=60, clock=clock)
+    store.start("a", 1)
+    store.start("b", 2)
+    clock.t += 40
+    assert store.get("a") == {"goal_id": 1, "purchase": None}   # using "a" refreshes it
+    clock.t += 30                                                # b idle 70 s, a idle 30 s
+    assert store.get("b") is None and "b" not in store
+    assert store.get("a")["goal_id"] == 1 and len(store) == 1 and store.expired == 1
+    clock.t += 61
+    assert len(store) == 0 and store.expired == 2
+
+
+def test_session_store_is_bounded_least_recently_used_first():
+    store = SessionStore(ttl=1e9, max_sessions=3, clock=FakeClock())
+    for k in range(3):
+        store.start(f"s{k}", k)
+    store.get("s0")                       # s1 is now the least recently used
+    store.start("s3", 3)
+    assert "s1" not in store and all(f"s{k}" in store for k in (0, 2, 3)) and len(store) == 3
+
+
+@pytest.mark.parametrize("kwargs", [{"ttl": 0}, {"ttl": -5}, {"max_sessions": 0}])
+def test_session_store_rejects_bad_limits(kwargs):
+    with pytest.raises(ValueError, match="ttl|max_sessions"):
+        SessionStore(**kwargs)
+
+
+def test_sessions_are_isolated(server):
+    """Interleaved sessions on different goals: each page shows its own instruction, a purchase is
+    recorded only in its own session, restarting one leaves the other as it was."""
+    cat = get_catalog(1000, 0)
+    ga, gb = cat.goals[cat.splits["test"][0]], cat.goals[cat.splits["test"][1]]
+    assert ga.instruction != gb.instruction
+    get(f"{server.url}/iso-a/start?goal={ga.goal_id}")
+    get(f"{server.url}/iso-b/start?goal={gb.goal_id}")
+    asin = ga.asin
+    for sid, goal, other in (("iso-a", ga, gb), ("iso-b", gb, ga), ("iso-a", ga, gb)):
+        _, body = get(f"{server.url}/{sid}/results?q={quote(goal.instruction)}&page=1")
+        text = html.unescape(body)
+        assert goal.instruction in text and other.instruction not in text
+    status, body = get(f"{server.url}/iso-a/buy/{asin}?q=x&page=1")
+    assert status == 200 and "data-reward=" in body
+    sessions = server.app.config["WEBSHOP_SESSIONS"]
+    assert sessions.get("iso-a")["purchase"] is not None and sessions.get("iso-b")["purchase"] is None
+    get(f"{server.url}/iso-a/start?goal={gb.goal_id}")       # restart a on b's goal
+    assert sessions.get("iso-a") == {"goal_id": gb.goal_id, "purchase": None}
+    assert sessions.get("iso-b")["goal_id"] == gb.goal_id
+    _, body = get(f"{server.url}/iso-b/")
+    assert gb.instruction in html.unescape(body)
+
+
+def test_idle_sessions_expire_on_a_live_server():
+    with ShopServer(get_catalog(100, 1), session_ttl=0.5) as s:
+        assert get(f"{s.url}/old/start?goal=0")[0] == 200
+        get(f"{s.url}/busy/start?goal=1")
+        for _ in range(4):                 # "busy" is used every 0.2 s, "old" never again
+            time.sleep(0.2)
+            assert get(f"{s.url}/busy/")[0] == 200
+        status, body = get(f"{s.url}/old/")
+        assert status == 404 and "expired session" in body
+        assert "old" not in s.app.config["WEBSHOP_SESSIONS"]
+        assert get(f"{s.url}/old/start?goal=0")[0] == 200   # it can be started again
+
+
+# ---------------------------------------------------------------- binding
+def test_loopback_detection():
+    assert all(is_loopback(h) for h in ("127.0.0.1", "127.1.2.3", "::1", "localhost"))
+    assert not any(is_loopback(h) for h in ("0.0.0.0", "::", "10.0.0.5", "example.com", ""))
+
+
+def test_binding_elsewhere_prints_a_warning(capsys):
+    _warn_if_exposed("127.0.0.1")
+    assert capsys.readouterr().err == ""
+    _warn_if_exposed("0.0.0.0")
+    err = capsys.readouterr().err
+    assert "WARNING" in err and "0.0.0.0" in err and "127.0.0.1" in err and "no authentication" in err
