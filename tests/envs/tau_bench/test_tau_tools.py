@@ -230,3 +230,23 @@ def test_airline_v1_quirks(airline_ds):
     # the cabin is not validated on bookings without segments either
     out = json.loads(run("book_reservation", cabin="first", payment_methods=[], **{**book, "flights": []}))
     assert out["cabin"] == "first" and out["flights"] == []
+
+
+def test_airline_onestop_follows_v1(airline_ds):
+    """v1: the second leg's date is ``2024-05-{day + 1}`` when the first leg arrives '+1', and the
+    second leg's status/seats/prices are copied from the *first* date's entry (hand-read from
+    v1's search_onestop_flight; prices below are the official data's)."""
+    from hero_gym.envs.tau_bench.tools_airline import v1_next_day
+    assert v1_next_day("2024-05-09") == "2024-05-10"
+    assert v1_next_day("2024-05-01") == "2024-05-2"          # no zero padding: matches no flight
+    db = airline_ds.new_db()
+    legs = json.loads(run_tool(AIRLINE_TOOL_MAP, db, "search_onestop_flight",
+                               {"origin": "LGA", "destination": "SFO", "date": "2024-05-20"}))
+    pair = next(p for p in legs if p[0]["flight_number"] == "HAT002" and p[1]["flight_number"] == "HAT009")
+    assert pair[0]["date"] == "2024-05-20" and pair[1]["date"] == "2024-05-21"
+    # HAT009's prices on 2024-05-20 (not 05-21, where business is 419)
+    assert pair[1]["prices"] == {"basic_economy": 57, "economy": 175, "business": 461}
+    # a '+1' first leg on 2024-05-01 never connects (v1 looks up "2024-05-2")
+    early = json.loads(run_tool(AIRLINE_TOOL_MAP, db, "search_onestop_flight",
+                                {"origin": "LGA", "destination": "SFO", "date": "2024-05-01"}))
+    assert all("+1" not in a["scheduled_arrival_time_est"] for a, _ in early)
