@@ -103,6 +103,12 @@ class MultiTurnEnv(gym.Env[str, str]):
     default_parser: str = "hermes"
     allow_text_messages: bool = True
     reset_options: ClassVar[frozenset[str]] = frozenset({"task_index"})
+    #: Check each call against :meth:`tools` (name, required arguments, JSON-schema types) before
+    #: ``_step``. An env that reproduces an original benchmark's own handling of bad arguments
+    #: sets it to False and reports unknown tools and bad arguments from ``_step`` itself.
+    validate_calls: bool = True
+    #: Whether an empty (whitespace-only) message is an action; when False it is an error step.
+    allow_empty_messages: bool = False
 
     def __init__(self, *, max_turns: int | None = None, parser: str | None = None,
                  render_mode: str | None = None):
@@ -265,7 +271,7 @@ class MultiTurnEnv(gym.Env[str, str]):
         if isinstance(action, TextMessage):
             return self._check_message(action)
         if isinstance(action, ToolCall):
-            return validate_call(action, self.tools())
+            return validate_call(action, self.tools()) if self.validate_calls else action
         if isinstance(action, Mapping):
             message_keys = ("tool_calls", "content", "role")
             parsed = parse_reply(dict(action), "openai" if any(k in action for k in message_keys) else "json")
@@ -277,14 +283,14 @@ class MultiTurnEnv(gym.Env[str, str]):
                 f"This environment takes one tool call per turn; the reply had {len(parsed.calls)}.",
             )
         if parsed.calls:
-            return validate_call(parsed.calls[0], self.tools())
+            return validate_call(parsed.calls[0], self.tools()) if self.validate_calls else parsed.calls[0]
         return self._check_message(TextMessage(parsed.text))
 
     def _check_message(self, message: TextMessage) -> TextMessage:
         if not self.allow_text_messages:
             names = ", ".join(t.name for t in self.tools()) or "(none)"
             raise ToolCallError("no_action", f"No valid action found in the reply. Available actions: {names}.")
-        if not message.content.strip():
+        if not message.content.strip() and not self.allow_empty_messages:
             raise ToolCallError("no_action", "The reply was empty: send a message or call a tool.")
         return message
 

@@ -32,7 +32,7 @@ from typing import Any
 from hero_gym.core import MultiTurnEnv, StepResult, TextMessage, check_index
 from hero_gym.tools import ToolCall, ToolSpec
 
-from .common import TRANSFER_TOOL, Tool, run_tool
+from .common import TRANSFER_TOOL, Tool, call_error, run_tool
 from .data import Dataset, load_official, resolve_data_dir
 from .reward import OUTPUT_MODES, compute_reward, output_found
 from .tools_airline import AIRLINE_TOOL_MAP, AIRLINE_TOOLS
@@ -65,6 +65,10 @@ class TauBenchEnv(MultiTurnEnv):
     domain: str = "retail"
     default_max_turns = 30
     reset_options = frozenset({"task_index", "split"})
+    # v1 fidelity: calls reach the tools unchecked (bad arguments give the tool's Python error,
+    # unknown tools "Unknown action <name>"), and an empty message is a turn to the user.
+    validate_calls = False
+    allow_empty_messages = True
 
     def __init__(self, *, data: str = "auto", data_dir: str | None = None, split: str | None = None,
                  task_index: int | None = None, user: Any = "scripted", user_chat_fn: Any = None,
@@ -166,7 +170,9 @@ class TauBenchEnv(MultiTurnEnv):
             res = StepResult(reply, 0.0, STOP in reply, base, role="user")
             return self._end(res, "user_stop") if res.terminated else res
         tool: Tool | None = self.tool_map.get(action.name)
-        obs = run_tool(self.tool_map, self.db, action.name, dict(action.arguments))
+        obs = run_tool(self.tool_map, self.db, action.name, dict(action.arguments), self.domain)
+        if (malformed := call_error(self.tool_map, action.name, action.arguments)) is not None:
+            base["action_error"] = malformed
         self.executed_calls.append({"name": action.name, "arguments": dict(action.arguments),
                                     "ok": not obs.startswith(("Error", "Unknown action"))})
         if tool is not None and tool.name == TRANSFER_TOOL:

@@ -1,26 +1,41 @@
 """Airline tools (14) with Tau-bench v1 semantics.
 
-Written from the tool schemas, the airline policy and the conformance recordings. Facts kept from
-v1 (checked by the conformance tests): new reservations get the id ``HATHAT`` (then ``HATHAU``,
-``HATHAV`` if taken) and ``created_at`` = the policy's "current time" 2024-05-15T15:00:00; a
-certificate used for a booking is removed from the profile, gift cards are debited; seats are not
-decremented; extra bags cost $50, insurance $30 per passenger; ``send_certificate`` uses the id
-``certificate_3221322``; cancelling appends negative refund entries and marks the reservation
-``cancelled`` without touching balances. Like v1, the update tools do not enforce the policy
-rules the policy says "the API does not check".
+Written from the tool schemas, the airline policy, the conformance recordings and v1's tool code
+(facts only). Kept from v1, including its quirks:
+
+* New reservations get the id ``HATHAT``, else ``HATHAU``, else ``HATHAV``; a fourth booking in an
+  episode reuses ``HATHAV`` and overwrites that reservation (and lists it again on the user).
+  ``created_at`` is the policy's "current time" 2024-05-15T15:00:00.
+* The booked (and the updated) flight segments are the agent's segment objects, copied, with
+  ``price``, ``origin`` and ``destination`` set; other keys the agent put there stay.
+* A certificate used for a booking is removed from the profile, gift cards are debited; seats are
+  not decremented; extra bags cost $50, insurance $30 per passenger.
+* ``send_certificate`` adds ``certificate_3221322``, then ``certificate_3221323``, then
+  ``certificate_3221324``; with all three present it adds nothing and returns nothing (``"None"``).
+* ``get_reservation_details`` with an unknown id says ``Error: user not found`` (v1's text).
+* The cabin is not checked against the enum: an unknown cabin fails only where a price or a seat
+  count is looked up (``Error: 'first'``), and passes when nothing needs pricing.
+* ``search_onestop_flight`` computes the second leg's date as v1 does (``2024-05-{day + 1}``, so
+  ``2024-05-09`` -> ``2024-05-10`` but ``2024-05-01`` -> ``2024-05-2``, which matches no flight),
+  accepts a connection whose arrival equals the departure, and fills the second leg's status,
+  seats and prices from the *first* day's entry (raising ``KeyError`` when the second flight has
+  none).
+* ``update_reservation_flights`` does not update the reservation's ``cabin``; cancelling appends
+  negative refund entries and marks the reservation ``cancelled`` without touching balances. Like
+  v1, the update tools do not enforce the rules the policy says "the API does not check".
 """
 
 from __future__ import annotations
 
-import datetime as _dt
+import copy
 from typing import Any
 
-from .common import COMMON_TOOLS, Tool, arr, dumps, fn_schema, s
+from .common import COMMON_TOOLS, Tool, arr, dumps, fn_schema, get_user_details, has, s
 from .data import TauDB, fast_copy
 
 NEW_RESERVATION_IDS = ("HATHAT", "HATHAU", "HATHAV")
 CREATED_AT = "2024-05-15T15:00:00"
-CERTIFICATE_IDS = ("certificate_3221322", "certificate_9350346", "certificate_7230346")
+CERTIFICATE_IDS = ("certificate_3221322", "certificate_3221323", "certificate_3221324")
 BAG_FEE = 50
 INSURANCE_FEE = 30
 CABINS = ("basic_economy", "economy", "business")
@@ -39,32 +54,36 @@ def _without_dates(flight: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in flight.items() if k != "dates"}
 
 
-def _check_flight(db: TauDB, flight_number: Any, date: Any, cabin: str, n_passengers: int) -> tuple[Any, str | None]:
-    flight = db.flights.get(flight_number)
-    if flight is None:
-        return None, f"Error: flight {flight_number} not found"
-    day = flight["dates"].get(date) if isinstance(date, str) else None
-    if day is None:
-        return None, f"Error: flight {flight_number} not found on date {date}"
+def _price_segment(db: TauDB, segment: dict[str, Any], cabin: Any, passengers: Any) -> str | None:
+    """Check one requested segment and fill its ``price``/``origin``/``destination`` in place;
+    returns v1's error text, or ``None``. Lookups happen in v1's order, so a missing key or an
+    unknown cabin raises the same ``KeyError`` as in v1."""
+    number = segment["flight_number"]
+    if not has(db.flights, number):
+        return f"Error: flight {number} not found"
+    flight = db.flights[number]
+    if segment["date"] not in flight["dates"]:
+        return f"Error: flight {number} not found on date {segment['date']}"
+    day = flight["dates"][segment["date"]]
     if day["status"] != "available":
-        return None, f"Error: flight {flight_number} not available on date {date}"
-    if day["available_seats"][cabin] < n_passengers:
-        return None, f"Error: not enough seats on flight {flight_number}"
-    return flight, None
+        return f"Error: flight {number} not available on date {segment['date']}"
+    if day["available_seats"][cabin] < len(passengers):
+        return f"Error: not enough seats on flight {number}"
+    segment["price"] = day["prices"][cabin]
+    segment["origin"] = flight["origin"]
+    segment["destination"] = flight["destination"]
+    return None
 
 
 # ------------------------------------------------------------------------------- reads
-def get_user_details(db: TauDB, user_id: str) -> str:
-    user = db.users.get(user_id)
-    return dumps(user) if user is not None else "Error: user not found"
-
-
 def get_reservation_details(db: TauDB, reservation_id: str) -> str:
-    res = db.reservations.get(reservation_id)
-    return dumps(res) if res is not None else "Error: reservation not found"
+    if has(db.reservations, reservation_id):
+        return dumps(db.reservations[reservation_id])
+    return "Error: user not found"   # sic: v1's text for an unknown reservation
 
 
 def list_all_airports(db: TauDB) -> str:
+    """v1's fixed list on the official data; on other data, the airports its flights use."""
     airports = getattr(db, "airports", None)
     if airports is None:
         codes = set()
@@ -83,46 +102,39 @@ def search_direct_flight(db: TauDB, origin: str, destination: str, date: str) ->
     results = []
     for f in db.flights.values():
         if f["origin"] == origin and f["destination"] == destination:
-            day = f["dates"].get(date) if isinstance(date, str) else None
-            if day is not None and day["status"] == "available":
-                results.append({**_without_dates(f), **day})
+            if date in f["dates"] and f["dates"][date]["status"] == "available":
+                results.append({**_without_dates(f), **f["dates"][date]})
     return dumps(results)
 
 
-def _next_day(date: str) -> str:
-    try:
-        return (_dt.date.fromisoformat(date) + _dt.timedelta(days=1)).isoformat()
-    except ValueError:
-        return date
+def v1_next_day(date: str) -> str:
+    """v1's second-leg date: the day number plus one, pasted into May 2024 without zero padding."""
+    return f"2024-05-{int(date[-2:]) + 1}"
 
 
 def search_onestop_flight(db: TauDB, origin: str, destination: str, date: str) -> str:
-    """Pairs [leg1, leg2] with leg1 origin -> X on ``date`` and leg2 X -> destination departing after
-    leg1 arrives (on the next day when leg1 arrives '+1'), both 'available'. Each leg carries its
-    ``date``. (v1 computed the next day by string arithmetic on the day number, which breaks for
-    days 01-08; we use real date arithmetic. On the official data no flight is bookable on those
-    days, so the outputs are the same; it only matters for other data.)"""
-    if not isinstance(date, str):
-        return dumps([])
-    results = []
+    """Pairs [leg1, leg2]: leg1 origin -> X on ``date``, leg2 X -> destination on ``date`` (or v1's
+    next day when leg1 arrives '+1'), leg1's arrival not after leg2's departure (string
+    comparison), both 'available' on their dates. Each leg carries its ``date``; leg2's status,
+    seats and prices are those of ``date`` (v1's behaviour, see the module docstring)."""
     flights = list(db.flights.values())
+    results = []
     for f1 in flights:
-        if f1["origin"] != origin or f1["destination"] == destination:
+        if f1["origin"] != origin:
             continue
-        d1 = f1["dates"].get(date)
-        if d1 is None or d1["status"] != "available":
-            continue
-        date2 = _next_day(date) if "+1" in f1["scheduled_arrival_time_est"] else date
         for f2 in flights:
-            if f2["origin"] != f1["destination"] or f2["destination"] != destination:
+            if f2["destination"] != destination or f1["destination"] != f2["origin"]:
                 continue
-            d2 = f2["dates"].get(date2)
-            if d2 is None or d2["status"] != "available":
+            date2 = v1_next_day(date) if "+1" in f1["scheduled_arrival_time_est"] else date
+            if f1["scheduled_arrival_time_est"] > f2["scheduled_departure_time_est"]:
                 continue
-            if f1["scheduled_arrival_time_est"] < f2["scheduled_departure_time_est"]:
-                leg1 = {**_without_dates(f1), **d1, "date": date}
-                leg2 = {**_without_dates(f2), **d2, "date": date2}
-                results.append([leg1, leg2])
+            if date not in f1["dates"] or date2 not in f2["dates"]:
+                continue
+            if f1["dates"][date]["status"] != "available" or f2["dates"][date2]["status"] != "available":
+                continue
+            leg1 = {**_without_dates(f1), **f1["dates"][date], "date": date}
+            leg2 = {**_without_dates(f2), **f2["dates"][date], "date": date2}
+            results.append([leg1, leg2])
     return dumps(results)
 
 
@@ -131,32 +143,24 @@ def book_reservation(db: TauDB, user_id: str, origin: str, destination: str, fli
                      flights: list[dict[str, Any]], passengers: list[dict[str, Any]],
                      payment_methods: list[dict[str, Any]], total_baggages: int, nonfree_baggages: int,
                      insurance: str) -> str:
-    user = db.users.get(user_id)
-    if user is None:
+    if not has(db.users, user_id):
         return "Error: user not found"
-    reservation_id = next((r for r in NEW_RESERVATION_IDS if r not in db.reservations), None)
-    if reservation_id is None:
-        return "Error: too many new reservations"
-    if cabin not in CABINS:
-        return f"Error: invalid cabin {cabin}"
-    n = len(passengers)
-    booked = []
+    user = db.users[user_id]
+    reservation_id = next((r for r in NEW_RESERVATION_IDS[:-1] if r not in db.reservations),
+                          NEW_RESERVATION_IDS[-1])
+    booked = copy.deepcopy(flights)
     total_price = 0
-    for fl in flights:
-        fn, date = fl.get("flight_number"), fl.get("date")
-        data, err = _check_flight(db, fn, date, cabin, n)
+    for segment in booked:
+        err = _price_segment(db, segment, cabin, passengers)
         if err:
             return err
-        price = data["dates"][date]["prices"][cabin]
-        booked.append({"flight_number": fn, "date": date, "price": price,
-                       "origin": data["origin"], "destination": data["destination"]})
-        total_price += price * n
+        total_price += segment["price"] * len(passengers)
     if insurance == "yes":
-        total_price += INSURANCE_FEE * n
+        total_price += INSURANCE_FEE * len(passengers)
     total_price += BAG_FEE * nonfree_baggages
     methods = user["payment_methods"]
     for pm in payment_methods:
-        pid, amount = pm.get("payment_id"), pm.get("amount")
+        pid, amount = pm["payment_id"], pm["amount"]
         if pid not in methods:
             return f"Error: payment method {pid} not found"
         if methods[pid]["source"] in ("gift_card", "certificate") and methods[pid]["amount"] < amount:
@@ -166,14 +170,11 @@ def book_reservation(db: TauDB, user_id: str, origin: str, destination: str, fli
         return f"Error: payment amount does not add up, total price is {total_price}, but paid {paid}"
     user = db.users.mut(user_id)
     for pm in payment_methods:
-        pid = pm["payment_id"]
-        m = user["payment_methods"].get(pid)
-        if m is None:
-            continue
-        if m["source"] == "gift_card":
-            m["amount"] -= pm["amount"]
-        elif m["source"] == "certificate":
-            del user["payment_methods"][pid]   # the rest of a certificate is not refundable
+        method = user["payment_methods"][pm["payment_id"]]   # KeyError for a certificate named twice, as in v1
+        if method["source"] == "gift_card":
+            method["amount"] -= pm["amount"]
+        elif method["source"] == "certificate":
+            del user["payment_methods"][pm["payment_id"]]   # the rest of a certificate is not refundable
     reservation = {
         "reservation_id": reservation_id, "user_id": user_id, "origin": origin,
         "destination": destination, "flight_type": flight_type, "cabin": cabin, "flights": booked,
@@ -187,7 +188,7 @@ def book_reservation(db: TauDB, user_id: str, origin: str, destination: str, fli
 
 
 def cancel_reservation(db: TauDB, reservation_id: str) -> str:
-    if reservation_id not in db.reservations:
+    if not has(db.reservations, reservation_id):
         return "Error: reservation not found"
     res = db.reservations.mut(reservation_id)
     refunds = [{"payment_id": p["payment_id"], "amount": -p["amount"]} for p in res["payment_history"]]
@@ -196,8 +197,8 @@ def cancel_reservation(db: TauDB, reservation_id: str) -> str:
     return dumps(res)
 
 
-def _charge(db: TauDB, user_id: str, payment_id: str, total_price: Any) -> str | None:
-    """Check a payment method for an update; returns an error or None (nothing written)."""
+def _check_update_payment(db: TauDB, user_id: str, payment_id: str, total_price: Any) -> str | None:
+    """Check a payment method for an update; returns v1's error text or None (nothing written)."""
     methods = db.users[user_id]["payment_methods"]
     if payment_id not in methods:
         return "Error: payment method not found"
@@ -210,31 +211,30 @@ def _charge(db: TauDB, user_id: str, payment_id: str, total_price: Any) -> str |
 
 
 def _pay(db: TauDB, res: dict[str, Any], payment_id: str, total_price: Any) -> None:
+    if db.users[res["user_id"]]["payment_methods"][payment_id]["source"] == "gift_card":
+        db.users.mut(res["user_id"])["payment_methods"][payment_id]["amount"] -= total_price
     if total_price != 0:
         res["payment_history"].append({"payment_id": payment_id, "amount": total_price})
-        if db.users[res["user_id"]]["payment_methods"][payment_id]["source"] == "gift_card":
-            db.users.mut(res["user_id"])["payment_methods"][payment_id]["amount"] -= total_price
 
 
-def send_certificate(db: TauDB, user_id: str, amount: float) -> str:
-    user = db.users.get(user_id)
-    if user is None:
+def send_certificate(db: TauDB, user_id: str, amount: float) -> str | None:
+    if not has(db.users, user_id):
         return "Error: user not found"
     for pid in CERTIFICATE_IDS:
-        if pid not in user["payment_methods"]:
+        if pid not in db.users[user_id]["payment_methods"]:
             user = db.users.mut(user_id)
             user["payment_methods"][pid] = {"source": "certificate", "amount": amount, "id": pid}
             return f"Certificate {pid} added to user {user_id} with amount {amount}."
-    return "Error: too many certificates"
+    return None   # v1 returns nothing once the three certificate ids are taken
 
 
 def update_reservation_baggages(db: TauDB, reservation_id: str, total_baggages: int, nonfree_baggages: int,
                                 payment_id: str) -> str:
-    res = db.reservations.get(reservation_id)
-    if res is None:
+    if not has(db.reservations, reservation_id):
         return "Error: reservation not found"
+    res = db.reservations[reservation_id]
     total_price = BAG_FEE * max(0, nonfree_baggages - res["nonfree_baggages"])
-    err = _charge(db, res["user_id"], payment_id, total_price)
+    err = _check_update_payment(db, res["user_id"], payment_id, total_price)
     if err:
         return err
     res = db.reservations.mut(reservation_id)
@@ -249,31 +249,26 @@ def update_reservation_flights(db: TauDB, reservation_id: str, cabin: str, fligh
     """Replace the flights, priced in ``cabin``. A segment kept with the same number, date and cabin keeps
     its booked price; other segments are priced now. The user pays (or is refunded) the difference
     new total - old total, times the number of passengers."""
-    res = db.reservations.get(reservation_id)
-    if res is None:
+    if not has(db.reservations, reservation_id):
         return "Error: reservation not found"
-    if cabin not in CABINS:
-        return f"Error: invalid cabin {cabin}"
+    res = db.reservations[reservation_id]
     n = len(res["passengers"])
-    new_flights = []
+    new_flights = copy.deepcopy(flights)
     total_price = 0
-    for fl in flights:
-        fl = dict(fl)
-        kept = next((old for old in res["flights"]
-                     if old["flight_number"] == fl.get("flight_number") and old["date"] == fl.get("date")
-                     and cabin == res["cabin"]), None)
-        if kept is not None:
-            fl["price"], fl["origin"], fl["destination"] = kept["price"], kept["origin"], kept["destination"]
+    for segment in new_flights:
+        kept = [old for old in res["flights"]
+                if old["flight_number"] == segment["flight_number"] and old["date"] == segment["date"]
+                and cabin == res["cabin"]]
+        if kept:
+            segment["price"] = kept[0]["price"]
+            segment["origin"], segment["destination"] = kept[0]["origin"], kept[0]["destination"]
         else:
-            data, err = _check_flight(db, fl.get("flight_number"), fl.get("date"), cabin, n)
+            err = _price_segment(db, segment, cabin, res["passengers"])
             if err:
                 return err
-            fl["price"] = data["dates"][fl["date"]]["prices"][cabin]
-            fl["origin"], fl["destination"] = data["origin"], data["destination"]
-        total_price += fl["price"] * n
-        new_flights.append(fl)
+        total_price += segment["price"] * n
     total_price -= sum(f["price"] for f in res["flights"]) * n
-    err = _charge(db, res["user_id"], payment_id, total_price)
+    err = _check_update_payment(db, res["user_id"], payment_id, total_price)
     if err:
         return err
     res = db.reservations.mut(reservation_id)
@@ -286,10 +281,9 @@ def update_reservation_flights(db: TauDB, reservation_id: str, cabin: str, fligh
 
 
 def update_reservation_passengers(db: TauDB, reservation_id: str, passengers: list[dict[str, Any]]) -> str:
-    res = db.reservations.get(reservation_id)
-    if res is None:
+    if not has(db.reservations, reservation_id):
         return "Error: reservation not found"
-    if len(passengers) != len(res["passengers"]):
+    if len(passengers) != len(db.reservations[reservation_id]["passengers"]):
         return "Error: number of passengers does not match"
     res = db.reservations.mut(reservation_id)
     res["passengers"] = fast_copy(passengers)

@@ -1,61 +1,81 @@
 """Retail tools (16) with Tau-bench v1 semantics.
 
-Written from the tool schemas, the retail policy and the conformance recordings (exact output
-strings and changed records for every gold call); conformance tests check them on all official
-tasks. Every tool validates first and writes last, through ``Table.mut`` (copy-on-write), so a
-failing call never changes the database. Outputs are ``json.dumps`` of the affected record.
+Written from the tool schemas, the retail policy, the conformance recordings (exact output
+strings and changed records for every gold call) and v1's tool code (facts only); conformance
+tests check them on all official tasks. Every tool checks first and writes last, through
+``Table.mut`` (copy-on-write), so a failing check never changes the database. Outputs are
+``json.dumps`` of the affected record. Kept from v1: the checks run in v1's order with v1's texts
+(a return of an item not in the order is ``Error: some item not found``, an exchange or item
+change names the item: ``Error: <item id> not found``); refunds of a cancelled order and of a
+payment-method change go back to a gift card at once when the payment method's *id* contains
+``gift_card``; pending-order item changes record the raw float price difference.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from .common import COMMON_TOOLS, Tool, arr, dumps, fn_schema, s
+from .common import COMMON_TOOLS, Tool, arr, dumps, fn_schema, get_user_details, has, s
 from .data import TauDB
 
 CANCEL_REASONS = ("no longer needed", "ordered by mistake")
 
 
 def _is_gift_card(method: dict[str, Any]) -> bool:
-    return method.get("source") == "gift_card"
+    return method["source"] == "gift_card"
 
 
-def _count_check(order: dict[str, Any], item_ids: list[str]) -> str | None:
-    """Each requested id must occur in the order at least as often as in the request."""
+def _missing_item(order: dict[str, Any], item_ids: list[str]) -> str | None:
+    """The first requested id that occurs more often in the request than in the order, or None."""
     in_order = [it["item_id"] for it in order["items"]]
     for item_id in item_ids:
         if item_ids.count(item_id) > in_order.count(item_id):
-            return f"Error: {item_id} not found"
+            return item_id
     return None
 
 
-def _swap_price_difference(db: TauDB, order: dict[str, Any], item_ids: list[str],
-                           new_item_ids: list[str]) -> tuple[float | None, str | None]:
-    """The checks shared by exchanges and pending-order item changes, in v1's order (the requested
-    items are in the order, old and new lists have the same length, every new item is an available
-    variant of the same product), then the unrounded price difference."""
-    err = _count_check(order, item_ids)
+def _order_with_status(db: TauDB, order_id: str, status: str, action: str) -> tuple[Any, str | None]:
+    """The order if it exists and has ``status``; else v1's error text, e.g. ``Error: non-pending
+    order cannot be cancelled`` for ``status="pending", action="cancelled"``."""
+    if not has(db.orders, order_id):
+        return None, "Error: order not found"
+    order = db.orders[order_id]
+    if order["status"] != status:
+        return None, f"Error: non-{status} order cannot be {action}"
+    return order, None
+
+
+def _item_swap(db: TauDB, order_id: str, item_ids: list[str], new_item_ids: list[str], payment_method_id: str,
+               status: str, action: str, balance_error: str, round_diff: bool) -> tuple[Any, Any, str | None]:
+    """The checks shared by exchanges (delivered orders) and pending-order item changes, in v1's
+    order: the order and its status; the requested items are in the order; the lists have the same
+    length; every new item is an available variant of the same product; the payment method exists
+    and a gift card covers the price difference. Returns (order, price difference, error). The
+    difference is rounded to cents for exchanges only (``round_diff``), as in v1."""
+    order, err = _order_with_status(db, order_id, status, action)
     if err:
-        return None, err
+        return None, None, err
+    missing = _missing_item(order, item_ids)
+    if missing is not None:
+        return None, None, f"Error: {missing} not found"
     if len(item_ids) != len(new_item_ids):
-        return None, "Error: the number of items to be exchanged should match"
-    return _price_difference(db, order, item_ids, new_item_ids)
-
-
-def _price_difference(db: TauDB, order: dict[str, Any], item_ids: list[str],
-                      new_item_ids: list[str]) -> tuple[float | None, str | None]:
-    """Sum of (new price - old price), unrounded; the new item must be an available variant of the
-    same product. (v1 rounds it to cents for exchanges but records the raw float for pending-order
-    modifications, e.g. 0.04999999999999716; the conformance records pin both.)"""
+        return None, None, "Error: the number of items to be exchanged should match"
     diff = 0
     for old_id, new_id in zip(item_ids, new_item_ids):
-        item = next(it for it in order["items"] if it["item_id"] == old_id)
-        product = db.products.get(item["product_id"])
-        variant = (product or {}).get("variants", {}).get(new_id) if isinstance(new_id, str) else None
-        if variant is None or not variant.get("available"):
-            return None, f"Error: new item {new_id} not found or available"
-        diff += variant["price"] - item["price"]
-    return diff, None
+        item = [it for it in order["items"] if it["item_id"] == old_id][0]
+        variants = db.products[item["product_id"]]["variants"]
+        if not (new_id in variants and variants[new_id]["available"]):
+            return None, None, f"Error: new item {new_id} not found or available"
+        diff += variants[new_id]["price"] - item["price"]
+    if round_diff:
+        diff = round(diff, 2)
+    methods = db.users[order["user_id"]]["payment_methods"]
+    if payment_method_id not in methods:
+        return None, None, "Error: payment method not found"
+    method = methods[payment_method_id]
+    if _is_gift_card(method) and method["balance"] < diff:
+        return None, None, balance_error
+    return order, diff, None
 
 
 def _address(address1: str, address2: str, city: str, state: str, country: str, zip: str) -> dict[str, str]:
@@ -65,35 +85,33 @@ def _address(address1: str, address2: str, city: str, state: str, country: str, 
 
 # ------------------------------------------------------------------------------- reads
 def find_user_id_by_email(db: TauDB, email: str) -> str:
-    email = email.lower()
     for user_id, user in db.users.items():
-        if user["email"].lower() == email:
+        if user["email"].lower() == email.lower():
             return user_id
     return "Error: user not found"
 
 
 def find_user_id_by_name_zip(db: TauDB, first_name: str, last_name: str, zip: str) -> str:
-    first, last = first_name.lower(), last_name.lower()
+    """First name, last name (case-insensitive) and zip (exact), compared lazily in that order as in
+    v1 (so a bad last name only fails once some first name matches)."""
     for user_id, user in db.users.items():
-        if (user["name"]["first_name"].lower() == first and user["name"]["last_name"].lower() == last
+        if (user["name"]["first_name"].lower() == first_name.lower()
+                and user["name"]["last_name"].lower() == last_name.lower()
                 and user["address"]["zip"] == zip):
             return user_id
     return "Error: user not found"
 
 
 def get_order_details(db: TauDB, order_id: str) -> str:
-    order = db.orders.get(order_id)
-    return dumps(order) if order is not None else "Error: order not found"
+    if has(db.orders, order_id):
+        return dumps(db.orders[order_id])
+    return "Error: order not found"
 
 
 def get_product_details(db: TauDB, product_id: str) -> str:
-    product = db.products.get(product_id)
-    return dumps(product) if product is not None else "Error: product not found"
-
-
-def get_user_details(db: TauDB, user_id: str) -> str:
-    user = db.users.get(user_id)
-    return dumps(user) if user is not None else "Error: user not found"
+    if has(db.products, product_id):
+        return dumps(db.products[product_id])
+    return "Error: product not found"
 
 
 def list_all_product_types(db: TauDB) -> str:
@@ -104,21 +122,15 @@ def list_all_product_types(db: TauDB) -> str:
 
 # ------------------------------------------------------------------------------ writes
 def cancel_pending_order(db: TauDB, order_id: str, reason: str) -> str:
-    order = db.orders.get(order_id)
-    if order is None:
-        return "Error: order not found"
-    if order["status"] != "pending":
-        return "Error: non-pending order cannot be cancelled"
+    order, err = _order_with_status(db, order_id, "pending", "cancelled")
+    if err:
+        return err
     if reason not in CANCEL_REASONS:
         return "Error: invalid reason"
-    user = db.users.get(order["user_id"])
-    refunds = []
-    for p in order["payment_history"]:
-        refunds.append({"transaction_type": "refund", "amount": p["amount"],
-                        "payment_method_id": p["payment_method_id"]})
-    # gift-card payments are refunded to the card at once (policy: "immediately if gift card")
-    gift_refunds = [r for r in refunds
-                    if _is_gift_card((user or {}).get("payment_methods", {}).get(r["payment_method_id"], {}))]
+    refunds = [{"transaction_type": "refund", "amount": p["amount"], "payment_method_id": p["payment_method_id"]}
+               for p in order["payment_history"]]
+    # refunds to a gift card (by id, as in v1) are credited at once (policy: "immediately if gift card")
+    gift_refunds = [r for r in refunds if "gift_card" in r["payment_method_id"]]
     if gift_refunds:
         user = db.users.mut(order["user_id"])
         for r in gift_refunds:
@@ -133,21 +145,11 @@ def cancel_pending_order(db: TauDB, order_id: str, reason: str) -> str:
 
 def exchange_delivered_order_items(db: TauDB, order_id: str, item_ids: list[str], new_item_ids: list[str],
                                    payment_method_id: str) -> str:
-    order = db.orders.get(order_id)
-    if order is None:
-        return "Error: order not found"
-    if order["status"] != "delivered":
-        return "Error: non-delivered order cannot be exchanged"
-    diff, err = _swap_price_difference(db, order, item_ids, new_item_ids)
+    order, diff, err = _item_swap(
+        db, order_id, item_ids, new_item_ids, payment_method_id, "delivered", "exchanged",
+        "Error: insufficient gift card balance to pay for the price difference", round_diff=True)
     if err:
         return err
-    diff = round(diff, 2)
-    methods = db.users[order["user_id"]]["payment_methods"]
-    if payment_method_id not in methods:
-        return "Error: payment method not found"
-    method = methods[payment_method_id]
-    if _is_gift_card(method) and method["balance"] < diff:
-        return "Error: insufficient gift card balance to pay for the price difference"
     order = db.orders.mut(order_id)
     order["status"] = "exchange requested"
     order["exchange_items"] = sorted(item_ids)
@@ -159,11 +161,9 @@ def exchange_delivered_order_items(db: TauDB, order_id: str, item_ids: list[str]
 
 def modify_pending_order_address(db: TauDB, order_id: str, address1: str, address2: str, city: str,
                                  state: str, country: str, zip: str) -> str:
-    order = db.orders.get(order_id)
-    if order is None:
-        return "Error: order not found"
-    if order["status"] != "pending":
-        return "Error: non-pending order cannot be modified"
+    order, err = _order_with_status(db, order_id, "pending", "modified")
+    if err:
+        return err
     order = db.orders.mut(order_id)
     order["address"] = _address(address1, address2, city, state, country, zip)
     return dumps(order)
@@ -171,31 +171,22 @@ def modify_pending_order_address(db: TauDB, order_id: str, address1: str, addres
 
 def modify_pending_order_items(db: TauDB, order_id: str, item_ids: list[str], new_item_ids: list[str],
                                payment_method_id: str) -> str:
-    order = db.orders.get(order_id)
-    if order is None:
-        return "Error: order not found"
-    if order["status"] != "pending":
-        return "Error: non-pending order cannot be modified"
-    diff, err = _swap_price_difference(db, order, item_ids, new_item_ids)
+    order, diff, err = _item_swap(
+        db, order_id, item_ids, new_item_ids, payment_method_id, "pending", "modified",
+        "Error: insufficient gift card balance to pay for the new item", round_diff=False)
     if err:
         return err
-    methods = db.users[order["user_id"]]["payment_methods"]
-    if payment_method_id not in methods:
-        return "Error: payment method not found"
-    method = methods[payment_method_id]
-    if _is_gift_card(method) and method["balance"] < diff:
-        return "Error: insufficient gift card balance to pay for the new item"
     order = db.orders.mut(order_id)
     order["payment_history"].append({
         "transaction_type": "payment" if diff > 0 else "refund",
         "amount": abs(diff),
         "payment_method_id": payment_method_id,
     })
-    if _is_gift_card(method):
+    if _is_gift_card(db.users[order["user_id"]]["payment_methods"][payment_method_id]):
         m = db.users.mut(order["user_id"])["payment_methods"][payment_method_id]
         m["balance"] = round(m["balance"] - diff, 2)
     for old_id, new_id in zip(item_ids, new_item_ids):
-        item = next(it for it in order["items"] if it["item_id"] == old_id)
+        item = [it for it in order["items"] if it["item_id"] == old_id][0]
         variant = db.products[item["product_id"]]["variants"][new_id]
         item["item_id"] = new_id
         item["price"] = variant["price"]
@@ -205,11 +196,9 @@ def modify_pending_order_items(db: TauDB, order_id: str, item_ids: list[str], ne
 
 
 def modify_pending_order_payment(db: TauDB, order_id: str, payment_method_id: str) -> str:
-    order = db.orders.get(order_id)
-    if order is None:
-        return "Error: order not found"
-    if order["status"] != "pending":
-        return "Error: non-pending order cannot be modified"
+    order, err = _order_with_status(db, order_id, "pending", "modified")
+    if err:
+        return err
     methods = db.users[order["user_id"]]["payment_methods"]
     if payment_method_id not in methods:
         return "Error: payment method not found"
@@ -228,13 +217,13 @@ def modify_pending_order_payment(db: TauDB, order_id: str, payment_method_id: st
         {"transaction_type": "payment", "amount": amount, "payment_method_id": payment_method_id},
         {"transaction_type": "refund", "amount": amount, "payment_method_id": old_id},
     ])
-    old_method = methods.get(old_id, {})
-    if _is_gift_card(method) or _is_gift_card(old_method):
+    refund_to_gift_card = "gift_card" in old_id   # v1 decides by the old method's id
+    if _is_gift_card(method) or refund_to_gift_card:
         user = db.users.mut(order["user_id"])
         if _is_gift_card(method):
             m = user["payment_methods"][payment_method_id]
             m["balance"] = round(m["balance"] - amount, 2)
-        if _is_gift_card(old_method):
+        if refund_to_gift_card:
             m = user["payment_methods"][old_id]
             m["balance"] = round(m["balance"] + amount, 2)
     return dumps(order)
@@ -242,7 +231,7 @@ def modify_pending_order_payment(db: TauDB, order_id: str, payment_method_id: st
 
 def modify_user_address(db: TauDB, user_id: str, address1: str, address2: str, city: str, state: str,
                         country: str, zip: str) -> str:
-    if user_id not in db.users:
+    if not has(db.users, user_id):
         return "Error: user not found"
     user = db.users.mut(user_id)
     user["address"] = _address(address1, address2, city, state, country, zip)
@@ -250,19 +239,16 @@ def modify_user_address(db: TauDB, user_id: str, address1: str, address2: str, c
 
 
 def return_delivered_order_items(db: TauDB, order_id: str, item_ids: list[str], payment_method_id: str) -> str:
-    order = db.orders.get(order_id)
-    if order is None:
-        return "Error: order not found"
-    if order["status"] != "delivered":
-        return "Error: non-delivered order cannot be returned"
+    order, err = _order_with_status(db, order_id, "delivered", "returned")
+    if err:
+        return err
     if payment_method_id not in db.users[order["user_id"]]["payment_methods"]:
         return "Error: payment method not found"
     # policy: the refund goes to the original payment method or to an existing gift card
     if "gift_card" not in payment_method_id and payment_method_id != order["payment_history"][0]["payment_method_id"]:
         return "Error: payment method should be either the original payment method or a gift card"
-    err = _count_check(order, item_ids)
-    if err:
-        return err
+    if _missing_item(order, item_ids) is not None:
+        return "Error: some item not found"   # v1 does not name the item here (exchanges do)
     order = db.orders.mut(order_id)
     order["status"] = "return requested"
     order["return_items"] = sorted(item_ids)
