@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -169,7 +170,9 @@ class HFPolicy:
                 p.requires_grad_(True)
         else:
             cfg = default_lora_config() if isinstance(lora, str) and lora == "default" else lora
-            model = get_peft_model(model, cfg)
+            with warnings.catch_warnings():  # PEFT reads transformers' deprecated `is_gradient_checkpointing`
+                warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+                model = get_peft_model(model, cfg)
             self.is_lora = True
         self.model = model
         self.model.eval()

@@ -7,22 +7,119 @@
 ``hero-gym bench``                the benchmark matrix (``benchmarks/run_all.py``)
 
 The core commands import no torch; ``train``, ``eval`` and ``bench`` import the trainer lazily.
+
+Ordinary mistakes (an unknown env id, a bad ``--kwarg``, an unknown method, a missing adapter ...) end
+with one line on stderr saying what was wrong and what is valid, and exit status 2 (usage) or 1 (anything
+else). ``--debug`` (anywhere on the command line) or ``HERO_GYM_DEBUG=1`` shows the full traceback instead.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
+import importlib
+import inspect
 import json
+import os
 import sys
+import types
+import typing
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Optional
 
 import typer
 from rich.console import Console
 
+try:  # typer >= 0.20 vendors click as typer._click
+    from typer._click import exceptions as click_exceptions
+except ImportError:  # pragma: no cover - older typer uses click itself
+    from click import exceptions as click_exceptions
+
 import hero_gym
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="hero-gym: multi-turn text envs and HERO.")
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="hero-gym: multi-turn text envs and HERO. Add --debug to any command for tracebacks.")
 console = Console(highlight=False, soft_wrap=True)
+
+
+class CLIError(Exception):
+    """A user mistake: :func:`main` prints its message as one line and exits with status 2."""
+
+
+def _suggest(value: str, valid: Sequence[str]) -> str:
+    """`` (did you mean 'x'?)`` for the closest valid names, case-insensitive matches first."""
+    close = [v for v in valid if v.lower() == value.lower()]
+    close += [v for v in difflib.get_close_matches(value, list(valid), n=2, cutoff=0.6) if v not in close]
+    return f" (did you mean {', '.join(repr(c) for c in close[:2])}?)" if close else ""
+
+
+def _one_of(what: str, value: str, valid: Sequence[str]) -> CLIError:
+    return CLIError(f"unknown {what} {value!r}{_suggest(value, valid)}; valid: {', '.join(sorted(valid))}")
+
+
+def _check_env_id(env_id: str) -> None:
+    envs = hero_gym.list_envs()
+    if env_id not in envs:
+        raise _one_of("env", env_id, envs)
+
+
+def _init_params(cls: type) -> dict[str, Any]:
+    """Constructor keyword parameters of ``cls`` and their type hints (``None`` when unknown),
+    following ``**kwargs`` up the MRO."""
+    params: dict[str, Any] = {}
+    for klass in cls.__mro__:
+        init = klass.__dict__.get("__init__")
+        if init is None:
+            continue
+        try:
+            hints = typing.get_type_hints(init)
+        except Exception:  # unresolvable annotations: keep the names, skip the type check
+            hints = {}
+        sig = inspect.signature(init)
+        for name, p in sig.parameters.items():
+            if name != "self" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY):
+                params.setdefault(name, hints.get(name))
+        if not any(p.kind == p.VAR_KEYWORD for p in sig.parameters.values()):
+            return params
+    return params
+
+
+def _accepts(t: type, value: Any) -> bool:
+    if t in (int, float) and isinstance(value, bool):
+        return False
+    return isinstance(value, (int, float) if t is float else t)
+
+
+def _check_value(where: str, name: str, value: Any, hint: Any) -> None:
+    """Reject a value whose type plainly disagrees with a simple annotation (int, float, bool, str,
+    optionally ``| None``); other annotations are left to the constructor."""
+    union = typing.get_origin(hint) in (typing.Union, types.UnionType)
+    options = [t for t in (typing.get_args(hint) if union else (hint,)) if t is not type(None)]
+    if not options or any(t not in (int, float, bool, str) for t in options):
+        return
+    if value is None and union:
+        return
+    if not any(_accepts(t, value) for t in options):
+        raise CLIError(f"{where} {name}={value!r}: expected {' | '.join(t.__name__ for t in options)}")
+
+
+def _check_env_kwargs(env_id: str, kwargs: dict[str, Any]) -> None:
+    """Unknown or mistyped env constructor arguments, named before the env is built."""
+    import gymnasium as gym
+
+    entry = gym.spec(env_id).entry_point
+    if isinstance(entry, str):
+        module, _, attr = entry.partition(":")
+        entry = getattr(importlib.import_module(module), attr)
+    if not isinstance(entry, type):
+        return
+    params = _init_params(entry)
+    for key, value in kwargs.items():
+        if key not in params:
+            raise _one_of(f"argument for {env_id}:", key, list(params))
+        if params[key] is not None:
+            _check_value(f"{env_id} argument", key, value, params[key])
 
 
 def _parse_kv(items: list[str] | None) -> dict[str, Any]:
@@ -30,7 +127,7 @@ def _parse_kv(items: list[str] | None) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for item in items or []:
         if "=" not in item:
-            raise typer.BadParameter(f"expected key=value, got {item!r}")
+            raise CLIError(f"expected key=value, got {item!r}")
         key, value = item.split("=", 1)
         try:
             out[key] = json.loads(value)
@@ -46,6 +143,13 @@ def list_cmd() -> None:
         console.print(env_id)
 
 
+def _say(label: str, text: str, style: str = "bold") -> None:
+    """``label`` styled, ``text`` verbatim: env text is never read as Rich markup (``search[...]`` stays)."""
+    console.print(f"[{style}]{label}[/{style}]", end=" " if text else "\n")
+    if text:
+        console.print(text, markup=False)
+
+
 def _show_tools(tools: list[dict]) -> None:
     console.print("[bold]Tools:[/bold]")
     for t in tools:
@@ -53,14 +157,24 @@ def _show_tools(tools: list[dict]) -> None:
         params = fn.get("parameters", {}).get("properties", {})
         required = set(fn.get("parameters", {}).get("required", []))
         args = ", ".join(f"{p}{'' if p in required else '?'}" for p in params)
-        console.print(f"  {fn['name']}({args})  {fn.get('description', '').splitlines()[0] if fn.get('description') else ''}")
+        doc = fn.get("description", "").splitlines()[0] if fn.get("description") else ""
+        console.print(f"  {fn['name']}({args})  {doc}", markup=False)
 
 
 PLAY_HELP = (
     "Type an action and press Enter. Tool calls: name(arg=\"value\"), a JSON object "
     "{\"name\": ..., \"arguments\": {...}}, <tool_call>...</tool_call> or search[...]/click[...]; "
-    "anything else is a message. Commands: :tools, :reset, :quit."
+    "anything else is a message. Commands: :system, :tools, :reset, :quit."
 )
+SYSTEM_PREVIEW_CHARS = 1500
+
+
+def _show_system(prompt: str, full: bool) -> None:
+    prompt = prompt.strip()
+    if full or len(prompt) <= SYSTEM_PREVIEW_CHARS:
+        _say("System:", prompt)
+    else:
+        _say("System:", prompt[:SYSTEM_PREVIEW_CHARS] + f" ... [{len(prompt)} characters; :system shows all]")
 
 
 @app.command()
@@ -71,47 +185,63 @@ def play(
     kwarg: Optional[list[str]] = typer.Option(None, "--kwarg", "-k", help="env constructor key=value"),
     parser: str = typer.Option("auto", help="how typed actions are parsed (auto accepts every format)"),
 ) -> None:
-    """Play an environment by typing actions (reads stdin, so it can be scripted with a pipe)."""
-    env = hero_gym.make(env_id, parser=parser, **_parse_kv(kwarg))
+    """Play an environment by typing actions (reads stdin, so it can be scripted with a pipe).
+
+    Env text is printed verbatim. Piped actions are echoed after the prompt; at the end of the input
+    (or ``:quit``) an episode summary is printed."""
+    from hero_gym.parsers import PARSERS
+
+    _check_env_id(env_id)
+    if parser not in PARSERS:
+        raise _one_of("parser", parser, list(PARSERS))
+    env_kwargs = _parse_kv(kwarg)
+    _check_env_kwargs(env_id, env_kwargs)
+    env = hero_gym.make(env_id, parser=parser, **env_kwargs)
     options = _parse_kv(option)
+    echo = not sys.stdin.isatty()
     try:
         obs, info = env.reset(seed=seed, options=options)
-        console.print(f"[dim]{PLAY_HELP}[/dim]")
+        console.print(PLAY_HELP, style="dim", markup=False)
         if info.get("system_prompt"):
-            first = info["system_prompt"].strip().splitlines()[0]
-            console.print(f"[bold]System:[/bold] {first} ...")
+            _show_system(info["system_prompt"], full=False)
         _show_tools(info["tools"])
-        console.print(f"[bold cyan]Observation:[/bold cyan] {obs}")
-        total = 0.0
+        _say("Observation:", obs, "bold cyan")
+        total, turns, ended = 0.0, 0, ""
         while True:
-            console.print("[bold]> [/bold]", end="")
+            console.print("[bold]>[/bold]", end=" ")
             line = sys.stdin.readline()
             if not line:
+                console.print()
                 break
             action = line.rstrip("\n")
-            if action.strip() == ":quit":
+            if echo:
+                console.print(action, markup=False)
+            command = action.strip()
+            if command == ":quit":
                 break
-            if action.strip() == ":tools":
-                _show_tools(info["tools"])
+            if command in (":tools", ":system"):
+                _show_tools(info["tools"]) if command == ":tools" else _show_system(info.get("system_prompt", ""), True)
                 continue
-            if action.strip() == ":reset":
+            if command == ":reset":
                 obs, info = env.reset(seed=seed, options=options)
-                total = 0.0
-                console.print(f"[bold cyan]Observation:[/bold cyan] {obs}")
+                total, turns = 0.0, 0
+                _say("Observation:", obs, "bold cyan")
                 continue
             obs, reward, terminated, truncated, info = env.step(action)
             total += reward
+            turns += 1
             if info.get("action_error"):
-                console.print(f"[red]Action error ({info['action_error']['kind']})[/red]")
-            console.print(f"[bold cyan]Observation:[/bold cyan] {obs}")
-            console.print(f"[dim]turn {info['turn']}/{info['max_turns']}  reward {reward:g}[/dim]")
+                console.print(f"Action error ({info['action_error']['kind']})", style="red", markup=False)
+            _say("Observation:", obs, "bold cyan")
+            console.print(f"turn {info['turn']}/{info['max_turns']}  reward {reward:g}", style="dim", markup=False)
             if terminated or truncated:
-                why = "terminated" if terminated else "truncated (turn budget used up)"
-                console.print(f"[bold]Episode {why}. Total reward: {total:g}[/bold]")
-                for key in ("reward_info",):
-                    if key in info:
-                        console.print(f"{key}: {json.dumps(info[key], default=str)}")
+                ended = "terminated" if terminated else "truncated (turn budget used up)"
+                console.print(f"Episode {ended}. Total reward: {total:g}", style="bold", markup=False)
+                if "reward_info" in info:
+                    console.print(f"reward_info: {json.dumps(info['reward_info'], default=str)}", markup=False)
                 break
+        console.print(f"Summary: {env_id}, {turns} turn(s), total reward {total:g}, "
+                      f"{ended or 'not finished (input ended)'}.", markup=False)
     finally:
         env.close()
 
@@ -129,20 +259,71 @@ def webshop_serve(
     serve(host=host, port=port, num_products=num_products, seed=seed)
 
 
-def _policy(model: str, device: str | None, adapter: Path | None = None) -> Any:
-    from hero_gym.agents import HFPolicy, load_named_model
+TRAIN_EXTRA_HINT = "this command needs the training extra: pip install 'hero-gym[train]' (and torch)"
+BASE_MODEL_FILE = "hero_cli.json"  # written next to a CLI-trained adapter: which base model it belongs to
 
-    base, tokenizer = load_named_model(model, device=device)
-    policy = HFPolicy(base, tokenizer, device=device)
+
+def _train_modules() -> Any:
+    """``hero_gym.agents``, or a one-line hint when torch/transformers/peft are not installed."""
+    try:
+        return importlib.import_module("hero_gym.agents")
+    except ModuleNotFoundError as e:
+        if e.name and e.name.split(".")[0] in ("torch", "transformers", "peft", "safetensors", "gguf"):
+            raise CLIError(f"{TRAIN_EXTRA_HINT} (missing module {e.name!r})") from e
+        raise
+
+
+def _check_adapter(adapter: Path, model: str) -> None:
+    if not adapter.is_dir():
+        raise CLIError(f"adapter directory not found: {adapter}")
+    if not any(adapter.glob("*.safetensors")):
+        raise CLIError(f"{adapter} holds no weights (*.safetensors); pass the adapter/ folder `hero-gym train` wrote")
+    meta = adapter / BASE_MODEL_FILE
+    if meta.exists():
+        trained_on = json.loads(meta.read_text()).get("model")
+        if trained_on and trained_on != model:
+            raise CLIError(f"{adapter} was trained on base model {trained_on!r}, not {model!r}; "
+                           f"pass --model {trained_on}")
+
+
+def _policy(model: str, device: str | None, adapter: Path | None = None) -> Any:
+    agents = _train_modules()
+    if adapter is not None:
+        _check_adapter(adapter, model)
+    try:
+        base, tokenizer = agents.load_named_model(model, device=device)
+    except (OSError, FileNotFoundError) as e:
+        raise CLIError(f"cannot load model {model!r}: {str(e).splitlines()[0]} "
+                       f"(built-in names: smollm2, tiny; or a local directory / cached Hugging Face id)") from e
+    policy = agents.HFPolicy(base, tokenizer, device=device)
     if adapter is not None:
         policy.load(adapter)
     return policy
 
 
+def _train_config(agents: Any, env_id: str, method: str, budget: int, out: Path,
+                  kwarg: list[str] | None, config: list[str] | None) -> Any:
+    methods = list(typing.get_args(typing.get_type_hints(agents.TrainConfig)["method"]))
+    if method not in methods:
+        raise _one_of("method", method, methods)
+    fields = [f.name for f in dataclasses.fields(agents.TrainConfig)]
+    overrides = _parse_kv(config)
+    for key in overrides:
+        if key not in fields:
+            raise _one_of("TrainConfig field", key, fields)
+    env_kwargs = _parse_kv(kwarg)
+    _check_env_kwargs(env_id, env_kwargs)
+    try:
+        return agents.TrainConfig(method=method, env_id=env_id, env_kwargs=env_kwargs, turn_budget=budget,
+                                  checkpoint_dir=str(out / "checkpoint"), progress=True, **overrides)
+    except (TypeError, ValueError) as e:
+        raise CLIError(f"invalid training config: {e}") from e
+
+
 @app.command()
 def train(
     env_id: str = typer.Argument(..., help="a registered env id"),
-    method: str = typer.Option("hero", help="hero | envfb_sd | full_demo | grpo"),
+    method: str = typer.Option("hero", help="the training method (see hero_gym.agents.TrainConfig)"),
     budget: int = typer.Option(200, help="training budget in environment turns"),
     model: str = typer.Option("smollm2", help="smollm2 (embedded default) | tiny | HF id or local path"),
     device: Optional[str] = typer.Option(None, help="cpu | cuda (default: cuda if available)"),
@@ -151,16 +332,16 @@ def train(
     config: Optional[list[str]] = typer.Option(None, "--config", "-c", help="TrainConfig field=value"),
 ) -> None:
     """Train a policy with HERO or a baseline; resumes from OUT if it holds a checkpoint."""
-    from hero_gym.agents import TrainConfig
-    from hero_gym.agents import train as run_train
-
-    cfg = TrainConfig(method=method, env_id=env_id, env_kwargs=_parse_kv(kwarg), turn_budget=budget,
-                      checkpoint_dir=str(out / "checkpoint"), progress=True, **_parse_kv(config))
+    agents = _train_modules()
+    _check_env_id(env_id)
+    cfg = _train_config(agents, env_id, method, budget, out, kwarg, config)
     policy = _policy(model, device)
-    result = run_train(policy, cfg)
+    result = agents.train(policy, cfg)
     policy.save(out / "adapter")
+    (out / "adapter" / BASE_MODEL_FILE).write_text(json.dumps({"model": model}))
     console.print(f"updates {result.updates}, turns used {result.turns_used}, episodes {result.episodes}, "
-                  f"training success {result.train_success_rate:.3f}; adapter saved to {out / 'adapter'}")
+                  f"training success {result.train_success_rate:.3f}; adapter saved to {out / 'adapter'}",
+                  markup=False)
 
 
 @app.command("eval")
@@ -174,13 +355,15 @@ def eval_cmd(
     out: Optional[Path] = typer.Option(None, help="write the episodes to this JSONL file"),
 ) -> None:
     """Evaluate a policy (greedy) and print success rate, mean reward and mean turns."""
-    from hero_gym.agents import evaluate
-
+    agents = _train_modules()
+    _check_env_id(env_id)
+    env_kwargs = _parse_kv(kwarg)
+    _check_env_kwargs(env_id, env_kwargs)
     policy = _policy(model, device, adapter)
-    result = evaluate(policy, env_id, _parse_kv(kwarg), task_indices=list(range(episodes)), progress=True)
+    result = agents.evaluate(policy, env_id, env_kwargs, task_indices=list(range(episodes)), progress=True)
     if out is not None:
         hero_gym.save_jsonl(result.episodes, out)
-    console.print(json.dumps(result.summary(), indent=2))
+    console.print(json.dumps(result.summary(), indent=2), markup=False)
 
 
 def _bench_main(argv: list[str]) -> None:
@@ -199,9 +382,43 @@ def bench(ctx: typer.Context) -> None:
     _bench_main(list(ctx.args))
 
 
-def main() -> None:  # pragma: no cover - console entry
-    app()
+def _one_line(e: BaseException) -> str:
+    text = " ".join(str(e).split()) or type(e).__name__
+    return text if len(text) <= 1000 else text[:1000] + " ..."
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The console entry point: runs the Typer app and turns exceptions into one-line errors.
+
+    Usage mistakes (:class:`CLIError`, click's usage errors) exit 2, other failures exit 1; with
+    ``--debug`` on the command line or ``HERO_GYM_DEBUG=1`` the traceback is shown instead."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args or os.environ.get("HERO_GYM_DEBUG", "") not in ("", "0")
+    args = [a for a in args if a != "--debug"] or ["--help"]
+    try:
+        app(args=args, prog_name="hero-gym", standalone_mode=False)
+    except typer.Exit as e:
+        return e.exit_code
+    except (typer.Abort, KeyboardInterrupt):
+        print("hero-gym: aborted", file=sys.stderr)
+        return 1
+    except click_exceptions.ClickException as e:
+        if debug:
+            raise
+        print(f"hero-gym: error: {_one_line(Exception(e.format_message()))}", file=sys.stderr)
+        return 2
+    except CLIError as e:
+        if debug:
+            raise
+        print(f"hero-gym: error: {_one_line(e)}", file=sys.stderr)
+        return 2
+    except Exception as e:  # noqa: BLE001 - the one place that turns failures into one line
+        if debug:
+            raise
+        print(f"hero-gym: error: {type(e).__name__}: {_one_line(e)} (--debug shows the traceback)", file=sys.stderr)
+        return 1
+    return 0
 
 
 if __name__ == "__main__":  # pragma: no cover
-    app()
+    sys.exit(main())

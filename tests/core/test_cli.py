@@ -1,5 +1,8 @@
+import io
 import subprocess
 import sys
+
+import pytest
 
 from typer.testing import CliRunner
 
@@ -37,3 +40,68 @@ def test_play_reports_action_errors_and_truncation():
     assert "Action error (unknown_tool)" in out.stdout
     assert "Action error (invalid_arguments)" in out.stdout
     assert "truncated" in out.stdout
+
+
+# ---------------------------------------------------------------- ordinary mistakes: one line, no traceback
+from hero_gym.cli import main  # noqa: E402
+
+MISTAKES = [
+    # (argv, words the one-line error must contain)
+    (["play", "nonexistent/Env-v0"], ["unknown env", "hero_gym/Lookup-v0"]),
+    (["play", "hero_gym/tauretail-v0"], ["did you mean", "hero_gym/TauRetail-v0"]),
+    (["play", "hero_gym/Lookup-v0", "--parser", "bogus"], ["unknown parser", "hermes"]),
+    (["play", "hero_gym/WebShop-v0", "-k", "num_products=abc"], ["num_products", "expected int"]),
+    (["play", "hero_gym/Lookup-v0", "-k", "foo=1"], ["'foo'", "num_items"]),
+    (["play", "hero_gym/Lookup-v0", "-k", "foo"], ["key=value"]),
+    (["play", "hero_gym/Lookup-v0", "-o", "task_index=1000000000"], ["task_index", "1000000000"]),
+    (["play", "hero_gym/Lookup-v0", "--bogus-flag"], ["--bogus-flag"]),
+    (["train", "hero_gym/Lookup-v0", "--method", "foo"], ["unknown method", "grpo"]),
+    (["train", "hero_gym/Lookup-v0", "-c", "bogus=1"], ["TrainConfig field", "turn_budget"]),
+    (["train", "hero_gym/Lookup-v0", "--model", "nonexistent/model"], ["nonexistent/model"]),
+    (["eval", "hero_gym/Lookup-v0", "--model", "tiny", "--adapter", "/nonexistent/adapter"],
+     ["adapter", "/nonexistent/adapter"]),
+]
+
+
+@pytest.mark.parametrize("argv,words", MISTAKES, ids=[" ".join(a) for a, _ in MISTAKES])
+def test_cli_mistakes_print_one_line_and_fail(argv, words, capsys, monkeypatch):
+    monkeypatch.delenv("HERO_GYM_DEBUG", raising=False)
+    monkeypatch.setattr(sys, "stdin", io.StringIO(":quit\n"))
+    code = main(argv)
+    err = capsys.readouterr().err.strip()
+    assert code != 0
+    assert len(err.splitlines()) == 1, err
+    assert err.startswith("hero-gym: error:") and "Traceback" not in err
+    for w in words:
+        assert w in err, (w, err)
+
+
+def test_cli_debug_shows_the_traceback(monkeypatch):
+    monkeypatch.setattr(sys, "stdin", io.StringIO(""))
+    with pytest.raises(Exception, match="unknown env"):
+        main(["play", "nope/Env-v0", "--debug"])
+
+
+def test_eval_refuses_an_adapter_trained_on_another_base_model(tmp_path, capsys):
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_model.safetensors").write_bytes(b"")
+    (adapter / "hero_cli.json").write_text('{"model": "tiny"}')
+    assert main(["eval", "hero_gym/Lookup-v0", "--model", "smollm2", "--adapter", str(adapter)]) == 2
+    err = capsys.readouterr().err
+    assert "trained on base model 'tiny'" in err and "--model tiny" in err
+
+
+def test_the_console_script_prints_no_traceback():
+    out = subprocess.run([sys.executable, "-m", "hero_gym.cli", "play", "hero_gym/Nope-v0"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines() == [out.stderr.strip()] and "Traceback" not in out.stderr
+
+
+def test_play_shows_webshop_system_prompt_with_brackets_and_a_summary():
+    out = _play("search[red shoes]\n", "hero_gym/WebShop-v0", "-k", "num_products=50", "--seed", "0")
+    assert out.returncode == 0, out.stderr
+    assert "search[your query]" in out.stdout and "click[buy now]" in out.stdout
+    assert "> search[red shoes]" in out.stdout            # piped actions are echoed
+    assert "Summary: hero_gym/WebShop-v0, 1 turn(s)" in out.stdout
