@@ -214,6 +214,7 @@ class _Slot:
     renderer: ChatRenderer | None = None
     messages: list[dict[str, Any]] = field(default_factory=list)
     context: list[int] = field(default_factory=list)
+    kv: Any | None = None  # the policy's KV cache of this episode (see ``collect(kv_cache=...)``)
 
     @property
     def running(self) -> bool:
@@ -300,6 +301,8 @@ class _Slot:
         ep.metadata["cut_short"] = reason not in ("terminated", "truncated")
         ep.metadata["context_tokens"] = len(self.context)
         self.episode, self.renderer, self.messages, self.context = None, None, [], []
+        if self.kv is not None:
+            self.kv.clear()
         return ep
 
 
@@ -323,6 +326,7 @@ def collect(
     system_prompt: str | None = None,
     tool_prompt: Callable[[Sequence[dict[str, Any]], str], str] | None = default_tool_prompt,
     progress: bool = False,
+    kv_cache: bool = True,
 ) -> list[Episode]:
     """Roll out episodes with ``policy`` and return them (task order; groups are consecutive).
 
@@ -349,12 +353,19 @@ def collect(
             system message when the chat template does not take ``tools`` itself (or when the env's parser is
             not hermes). ``None`` disables it.
         progress: show a tqdm bar over finished episodes.
+        kv_cache: keep each slot's keys/values between turns so a turn encodes only its new tokens (the
+            sampled reply's last token, the rendered observation and the generation prompt) instead of the
+            whole context. Used when the policy offers it (:class:`~hero_gym.agents.policy.HFPolicy` does:
+            ``generate(..., kv_caches=...)``); the sampled ids are the same either way up to float rounding.
     """
     queue = deque(_queue(n_episodes, tasks, group_size, seed))
     budget = _as_budget(budget, turn_budget)
     prompting = _Prompting(policy.tokenizer, system_prompt, tool_prompt, max_context_tokens,
                            asdict(sampling) if hasattr(sampling, "__dataclass_fields__") else None)
     slots, owned = _make_slots(envs, num_envs, len(queue), env_kwargs or {}, prompting)
+    cached = kv_cache and hasattr(policy, "new_kv_cache")
+    for s in slots:
+        s.kv = policy.new_kv_cache() if cached else None
     results: dict[int, Episode] = {}
     bar = None
     if progress:
@@ -389,8 +400,9 @@ def collect(
                     break
             caps = None if max_context_tokens is None else [max_context_tokens - len(s.context) for s in active]
             t0 = time.perf_counter()
+            kw = {"kv_caches": [s.kv for s in active]} if cached else {}
             gens = policy.generate([s.context for s in active], _step_sampling(sampling, n_steps),
-                                   max_new_tokens=caps)
+                                   max_new_tokens=caps, **kw)
             generate_s = (time.perf_counter() - t0) / len(active)
             n_steps += 1
             for s, g in zip(active, gens):
