@@ -34,7 +34,7 @@ import torch.nn.functional as F
 
 from hero_gym.agents.models import default_device
 
-__all__ = ["DEFAULT_LORA", "Generation", "HFPolicy", "SamplingConfig", "default_lora_config"]
+__all__ = ["DEFAULT_LORA", "Generation", "HFPolicy", "KVCache", "SamplingConfig", "default_lora_config"]
 
 DEFAULT_LORA: dict[str, Any] = {
     "r": 16,
@@ -98,6 +98,36 @@ class Generation:
     logprobs: list[float]
     text: str
     finish_reason: Literal["stop", "length"]
+
+
+@dataclass
+class KVCache:
+    """The keys/values of one conversation, kept between :meth:`HFPolicy.generate` calls (one per env slot).
+
+    ``ids`` are the token ids the cache covers, ``layers`` one ``(keys, values)`` pair per decoder layer,
+    each ``[1, kv_heads, len(ids), head_dim]``. Give the same object for the same row on every call: the
+    longest common prefix of ``ids`` and the new context is reused (at most all but the context's last
+    token, whose logits are needed) and only the rest is encoded. After the call the cache covers the
+    context plus the reply except its last token (the one never fed back to the model). Keys and values
+    at a position depend only on the tokens up to it, so reusing them is exact up to float rounding.
+    Start with an empty ``KVCache()``; :meth:`clear` frees the memory.
+    """
+
+    ids: list[int] = field(default_factory=list)
+    layers: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)
+
+    def reusable(self, context: Sequence[int]) -> int:
+        """How many leading tokens of ``context`` this cache can supply."""
+        n = min(len(self.ids), len(context) - 1)
+        if self.ids[:n] == list(context[:n]):
+            return n
+        i = 0
+        while i < n and self.ids[i] == context[i]:
+            i += 1
+        return i
+
+    def clear(self) -> None:
+        self.ids, self.layers = [], []
 
 
 def _filter_logits(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
@@ -182,6 +212,8 @@ class HFPolicy:
         if self.pad_token_id is None:
             raise ValueError("the tokenizer needs a pad or EOS token")
         self.stop_token_ids: set[int] = self._default_stop_ids()
+        self.encoded_tokens = 0
+        """Context tokens run through the model by :meth:`generate` so far (not counting sampled tokens)."""
 
     # ------------------------------------------------------------------ construction helpers
     @classmethod
@@ -245,6 +277,10 @@ class HFPolicy:
             yield
 
     # ------------------------------------------------------------------ generation
+    def new_kv_cache(self) -> KVCache:
+        """An empty :class:`KVCache` for one conversation (pass it to every :meth:`generate` call on it)."""
+        return KVCache()
+
     @torch.no_grad()
     def generate(
         self,
@@ -252,6 +288,7 @@ class HFPolicy:
         sampling: SamplingConfig | None = None,
         *,
         max_new_tokens: Sequence[int] | None = None,
+        kv_caches: Sequence[KVCache | None] | None = None,
     ) -> list[Generation]:
         """Sample one reply for every context, all rows decoded together (chunks of ``max_batch_size``).
 
@@ -260,15 +297,21 @@ class HFPolicy:
             sampling: :class:`SamplingConfig` (default: temperature 1, 256 new tokens).
             max_new_tokens: optional per-row caps (e.g. the room left in a context window), each at most
                 ``sampling.max_new_tokens``.
-        Returns one :class:`Generation` per context, in order.
+            kv_caches: optional :class:`KVCache` per row (``None`` entries: no cache), read and updated in
+                place so that the next call on the same conversation encodes only its new tokens.
+        Returns one :class:`Generation` per context, in order. ``encoded_tokens`` counts the context tokens
+        run through the model (the part of each context not supplied by a cache).
         """
         sampling = sampling or SamplingConfig()
         if not contexts:
             return []
         if any(len(c) == 0 for c in contexts):
             raise ValueError("generate: empty context")
+        if kv_caches is not None and len(kv_caches) != len(contexts):
+            raise ValueError(f"generate: {len(kv_caches)} kv_caches for {len(contexts)} contexts")
         caps = [sampling.max_new_tokens] * len(contexts) if max_new_tokens is None else [
             min(int(m), sampling.max_new_tokens) for m in max_new_tokens]
+        caches = list(kv_caches) if kv_caches is not None else [None] * len(contexts)
         gen = None
         if sampling.seed is not None:
             gen = torch.Generator(device=self.device)
@@ -278,7 +321,8 @@ class HFPolicy:
         try:
             out: list[Generation | None] = [None] * len(contexts)
             for chunk in self._chunks([len(c) + caps[i] for i, c in enumerate(contexts)]):
-                gens = self._generate_chunk([contexts[i] for i in chunk], [caps[i] for i in chunk], sampling, gen)
+                gens = self._generate_chunk([contexts[i] for i in chunk], [caps[i] for i in chunk], sampling, gen,
+                                            [caches[i] for i in chunk])
                 for i, g in zip(chunk, gens):
                     out[i] = g
             return out  # type: ignore[return-value]
@@ -286,17 +330,65 @@ class HFPolicy:
             if was_training:
                 self.model.train()
 
+    def _prefill_inputs(self, contexts: Sequence[Sequence[int]], caches: Sequence[KVCache | None]) -> tuple:
+        """Batch the part of each context a cache does not supply, after the cached keys/values.
+
+        Layout of row ``i`` (reused ``r_i`` tokens, ``n_i`` new ones): ``[pad | cached r_i] [pad | new n_i]``,
+        the cached block right-aligned in ``max r`` columns, the new block right-aligned in ``max n``.
+        Padding is masked out and every token gets its true position, so rows of any lengths batch.
+        Returns ``(input_ids, attention_mask, position_ids, past)``; ``past`` is ``None`` when nothing is reused.
+        """
+        reuse = [c.reusable(ctx) if c is not None and c.layers else 0 for c, ctx in zip(caches, contexts)]
+        b, past_w = len(contexts), max(reuse)
+        new_w = max(len(ctx) - r for ctx, r in zip(contexts, reuse))
+        input_ids = torch.full((b, new_w), self.pad_token_id, dtype=torch.long)
+        attn = torch.zeros((b, past_w + new_w), dtype=torch.long)
+        pos = torch.zeros((b, new_w), dtype=torch.long)
+        for i, (ctx, r) in enumerate(zip(contexts, reuse)):
+            n = len(ctx) - r
+            input_ids[i, new_w - n:] = torch.tensor(list(ctx[r:]), dtype=torch.long)
+            attn[i, past_w - r:past_w] = 1
+            attn[i, past_w + new_w - n:] = 1
+            pos[i, new_w - n:] = torch.arange(r, r + n)
+        self.encoded_tokens += sum(len(ctx) - r for ctx, r in zip(contexts, reuse))
+        past = None
+        if past_w:
+            from transformers import DynamicCache
+
+            n_layers = max(len(c.layers) for c, r in zip(caches, reuse) if r)
+            stacked = []
+            for layer in range(n_layers):
+                ref = next(c.layers[layer][0] for c, r in zip(caches, reuse) if r)
+                k = ref.new_zeros((b, ref.shape[1], past_w, ref.shape[3]))
+                v = k.clone()
+                for i, (c, r) in enumerate(zip(caches, reuse)):
+                    if r:
+                        k[i, :, past_w - r:] = c.layers[layer][0][0, :, :r]
+                        v[i, :, past_w - r:] = c.layers[layer][1][0, :, :r]
+                stacked.append((k, v))
+            past = DynamicCache(stacked)
+        return input_ids.to(self.device), attn.to(self.device), pos.to(self.device), past
+
+    @staticmethod
+    def _save_row(cache: KVCache, past: Any, row: int, attn: torch.Tensor, ids: list[int]) -> None:
+        """Copy row ``row`` of the batched ``past`` (its unmasked columns) into ``cache``, covering ``ids``.
+        Caches with layers other than plain full-attention ones (e.g. sliding windows) are not kept."""
+        from transformers.cache_utils import DynamicLayer
+
+        layers = getattr(past, "layers", None)
+        if not layers or any(type(layer) is not DynamicLayer for layer in layers):
+            cache.clear()
+            return
+        keep = attn[row].bool()
+        if int(keep.sum()) != len(ids) or layers[0].keys.shape[2] != keep.numel():
+            raise RuntimeError("generate: KV cache and attention mask are out of step")
+        cache.ids = list(ids)
+        cache.layers = [(layer.keys[row:row + 1, :, keep], layer.values[row:row + 1, :, keep]) for layer in layers]
+
     def _generate_chunk(self, contexts: Sequence[Sequence[int]], caps: list[int], sc: SamplingConfig,
-                        gen: torch.Generator | None) -> list[Generation]:
+                        gen: torch.Generator | None, caches: Sequence[KVCache | None]) -> list[Generation]:
         b = len(contexts)
-        width = max(len(c) for c in contexts)
-        input_ids = torch.full((b, width), self.pad_token_id, dtype=torch.long)
-        attn = torch.zeros((b, width), dtype=torch.long)
-        for i, c in enumerate(contexts):
-            input_ids[i, width - len(c):] = torch.tensor(list(c), dtype=torch.long)
-            attn[i, width - len(c):] = 1
-        input_ids, attn = input_ids.to(self.device), attn.to(self.device)
-        pos = (attn.cumsum(-1) - 1).clamp(min=0)
+        input_ids, attn, pos, past = self._prefill_inputs(contexts, caches)
         stop_ids = torch.tensor(sorted(self.stop_token_ids | set(sc.stop_token_ids)) or [-1], device=self.device)
         toks: list[list[int]] = [[] for _ in range(b)]
         lps: list[list[float]] = [[] for _ in range(b)]
@@ -305,11 +397,21 @@ class HFPolicy:
         for i in range(b):
             if done[i]:
                 reason[i] = "length"
-        out = _forward(self.model, 1, input_ids=input_ids, attention_mask=attn, position_ids=pos, use_cache=True)
+        out = _forward(self.model, 1, input_ids=input_ids, attention_mask=attn, position_ids=pos,
+                       past_key_values=past, use_cache=True)
         past = out.past_key_values
         logits = out.logits[:, -1, :].float()
         last_pos = pos[:, -1:]
         rows = list(range(b))  # position in the running batch -> original row
+
+        def save(j: int, i: int) -> None:  # row i is done: keep its cache (context + reply but its last token)
+            cache = caches[i]
+            if cache is not None:
+                self._save_row(cache, past, j, attn, list(contexts[i]) + toks[i][:-1])
+
+        for j, i in enumerate(rows):
+            if done[i]:
+                save(j, i)
         # finished rows are dropped from the running batch (and its KV cache) when the cache supports it
         can_compact = hasattr(past, "batch_select_indices")
         max_steps = max(caps) if caps else 0
@@ -338,6 +440,7 @@ class HFPolicy:
                     reason[i] = "length"
                 if reason[i] is not None:
                     done[i] = True
+                    save(j, i)
             if all(done) or step == max_steps - 1:
                 break
             keep = [j for j, i in enumerate(rows) if not done[i]]

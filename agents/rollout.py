@@ -33,6 +33,7 @@ import json
 import sys
 import time
 import traceback
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Protocol
@@ -131,7 +132,7 @@ def compact_tool_prompt(tools: Sequence[dict[str, Any]], parser: str = "hermes")
 TOOL_PROMPTS = {"full": default_tool_prompt, "compact": compact_tool_prompt}
 
 
-# ---------------------------------------------------------------------- helpers
+# ---------------------------------------------------------------------- one env slot
 
 
 def _env_id(env: Any) -> str:
@@ -155,14 +156,134 @@ def _jsonable(info: dict[str, Any]) -> dict[str, Any]:
 
 
 @dataclass
+class _Prompting:
+    """How every slot of one :func:`collect` call turns an env's first observation into a chat context
+    (shared so that the renderers, one per tool set, are built once)."""
+
+    tokenizer: Any
+    system_prompt: str | None
+    tool_prompt: Callable[[Sequence[dict[str, Any]], str], str] | None
+    max_context_tokens: int | None
+    sampling_meta: dict[str, Any] | None
+    renderers: dict[str, ChatRenderer] = field(default_factory=dict)
+
+    def renderer(self, tools: list[dict[str, Any]]) -> ChatRenderer:
+        key = json.dumps(tools, sort_keys=True)
+        if key not in self.renderers:
+            self.renderers[key] = ChatRenderer(self.tokenizer, tools or None)
+        return self.renderers[key]
+
+    def fits(self, context: Sequence[int]) -> bool:
+        return self.max_context_tokens is None or len(context) < self.max_context_tokens
+
+
+@dataclass
 class _Slot:
+    """One env and the episode running in it: :meth:`start` resets the env for a task and builds the first
+    context, :meth:`step` applies one generated reply, :meth:`finish` closes the episode. ``start`` and
+    ``step`` return the finished :class:`Episode` when the episode ended, ``None`` while it runs."""
+
     env: Any
     env_id: str
+    prompting: _Prompting
     episode: Episode | None = None
     order: int = -1
     renderer: ChatRenderer | None = None
     messages: list[dict[str, Any]] = field(default_factory=list)
     context: list[int] = field(default_factory=list)
+    kv: Any | None = None  # the policy's KV cache of this episode (see ``collect(kv_cache=...)``)
+
+    @property
+    def running(self) -> bool:
+        return self.episode is not None
+
+    def start(self, order: int, task: Task, group_index: int) -> Episode | None:
+        """Reset the env for ``task`` and render the first context (system message + first observation)."""
+        p = self.prompting
+        ep = Episode(env_id=self.env_id, seed=task.seed, options=dict(task.options), task_id=task.task_id,
+                     initial_observation="", metadata={"group_index": group_index})
+        if p.sampling_meta is not None:
+            ep.metadata["sampling"] = p.sampling_meta
+        self.episode, self.order = ep, order
+        try:
+            obs, info = self.env.reset(seed=task.seed, options=dict(task.options) or None)
+        except Exception as e:  # the env failed to start: keep a record, move on
+            return self.finish("env_error", env_error=f"reset: {type(e).__name__}: {e}\n{traceback.format_exc()}")
+        tools = list(info.get("tools") or [])
+        parser = getattr(getattr(self.env, "unwrapped", self.env), "parser", "hermes")
+        sys_prompt = p.system_prompt if p.system_prompt is not None else info.get("system_prompt")
+        renderer = p.renderer(tools if parser in ("hermes", "auto") else [])
+        sys_msg = sys_prompt or ""
+        if tools and p.tool_prompt is not None and not (renderer.supports_tools and renderer.tools):
+            sys_msg = (sys_msg + "\n\n" if sys_msg else "") + p.tool_prompt(tools, parser)
+        ep.initial_observation = str(obs)
+        ep.system_prompt = sys_prompt
+        ep.tools = tools
+        ep.metadata["system_message"] = sys_msg or None
+        if ep.task_id is None:
+            ep.task_id = str(info.get("task_id") or
+                             f"{self.env_id}:seed={task.seed}:{json.dumps(task.options, sort_keys=True)}")
+        self.renderer = renderer
+        self.messages = ([{"role": "system", "content": sys_msg}] if sys_msg else []) + [
+            {"role": "user", "content": str(obs)}]
+        self.context = renderer.prompt_ids(self.messages)
+        return None if p.fits(self.context) else self.finish("context_overflow")
+
+    def step(self, g: Any, generate_s: float) -> Episode | None:
+        """Send reply ``g`` (a :class:`~hero_gym.agents.policy.Generation`) to the env, record the turn and
+        extend the context with the sampled ids and the rendered observation."""
+        ep = self.episode
+        assert ep is not None and self.renderer is not None
+        action_ids = [int(i) for i in g.token_ids]
+        record = {"action_text": g.text, "context_token_ids": list(self.context), "action_token_ids": action_ids,
+                  "action_logprobs": [float(x) for x in g.logprobs]}
+        t0 = time.perf_counter()
+        try:
+            obs, reward, terminated, truncated, info = self.env.step(g.text)
+        except Exception as e:
+            err = f"{type(e).__name__}: {e}"
+            ep.turns.append(Turn(
+                index=len(ep.turns), parsed_action=None, action_error={"kind": "env_error", "message": err},
+                observation=f"Error: the environment failed ({err}).", observation_role="tool",
+                reward=0.0, terminated=False, truncated=True, info={"generation_finish_reason": g.finish_reason},
+                timings={"generate_s": generate_s, "env_s": time.perf_counter() - t0}, **record))
+            return self.finish("env_error", env_error=err + "\n" + traceback.format_exc())
+        env_s = time.perf_counter() - t0
+        role = info.get("observation_role", "tool")
+        turn_info = _jsonable(info)
+        turn_info["generation_finish_reason"] = g.finish_reason
+        ep.turns.append(Turn(
+            index=len(ep.turns), parsed_action=info.get("parsed_action"), action_error=info.get("action_error"),
+            observation=str(obs), observation_role=role if role in ("tool", "user") else "tool",
+            reward=float(reward), terminated=bool(terminated), truncated=bool(truncated), info=turn_info,
+            timings={"generate_s": generate_s, "env_s": env_s}, **record))
+        ep.total_reward += float(reward)
+        if terminated or truncated:
+            ep.success = bool(info["success"]) if "success" in info else bool(terminated and reward > 0)
+            if "reward_info" in info:
+                ep.metadata["reward_info"] = _jsonable({"r": info["reward_info"]})["r"]
+            return self.finish("terminated" if terminated else "truncated")
+        prev = self.messages + [{"role": "assistant", "content": g.text}]
+        new = [{"role": self.renderer.tool_role if role == "tool" else "user", "content": str(obs)}]
+        self.context = self.context + action_ids + self.renderer.continuation_ids(prev, new, sampled_ids=action_ids)
+        self.messages = prev + new
+        return None if self.prompting.fits(self.context) else self.finish("context_overflow")
+
+    def finish(self, reason: str, **meta: Any) -> Episode:
+        """Close the running episode (``stop_reason`` = ``reason``) and free the slot."""
+        ep = self.episode
+        assert ep is not None
+        ep.metadata.update(meta)
+        ep.metadata["stop_reason"] = reason
+        ep.metadata["cut_short"] = reason not in ("terminated", "truncated")
+        ep.metadata["context_tokens"] = len(self.context)
+        self.episode, self.renderer, self.messages, self.context = None, None, [], []
+        if self.kv is not None:
+            self.kv.clear()
+        return ep
+
+
+# ---------------------------------------------------------------------- collect
 
 
 def collect(
@@ -182,6 +303,7 @@ def collect(
     system_prompt: str | None = None,
     tool_prompt: Callable[[Sequence[dict[str, Any]], str], str] | None = default_tool_prompt,
     progress: bool = False,
+    kv_cache: bool = True,
 ) -> list[Episode]:
     """Roll out episodes with ``policy`` and return them (task order; groups are consecutive).
 
@@ -208,201 +330,65 @@ def collect(
             system message when the chat template does not take ``tools`` itself (or when the env's parser is
             not hermes). ``None`` disables it.
         progress: show a tqdm bar over finished episodes.
+        kv_cache: keep each slot's keys/values between turns so a turn encodes only its new tokens (the
+            sampled reply's last token, the rendered observation and the generation prompt) instead of the
+            whole context. Used when the policy offers it (:class:`~hero_gym.agents.policy.HFPolicy` does:
+            ``generate(..., kv_caches=...)``); the sampled ids are the same either way up to float rounding.
     """
-    if tasks is None:
-        if n_episodes is None:
-            raise ValueError("collect: give n_episodes or tasks")
-        task_list = [Task(seed=seed + i) for i in range(int(n_episodes))]
-    else:
-        task_list = [t if isinstance(t, Task) else Task(**t) for t in tasks]
-    if group_size < 1:
-        raise ValueError("group_size must be >= 1")
-    queue: list[tuple[int, Task, int]] = []
-    for ti, t in enumerate(task_list):
-        for g in range(group_size):
-            queue.append((len(queue), t, g))
-    if turn_budget is not None:
-        if budget is not None:
-            raise ValueError("collect: give budget or turn_budget, not both")
-        budget = turn_budget
-    if budget is None:
-        budget = TurnBudget()
-    elif isinstance(budget, int):
-        budget = TurnBudget(total=budget)
-
-    owned: list[Any] = []
-    if isinstance(envs, str):
-        import hero_gym
-
-        n = max(1, min(num_envs, len(queue)))
-        slots = []
-        for _ in range(n):
-            e = hero_gym.make(envs, **(env_kwargs or {}))
-            owned.append(e)
-            slots.append(_Slot(env=e, env_id=envs))
-    elif isinstance(envs, Sequence):
-        slots = []
-        for e in envs:
-            if isinstance(e, str):
-                import hero_gym
-
-                inst = hero_gym.make(e, **(env_kwargs or {}))
-                owned.append(inst)
-                slots.append(_Slot(env=inst, env_id=e))
-            else:
-                slots.append(_Slot(env=e, env_id=_env_id(e)))
-    else:
-        slots = [_Slot(env=envs, env_id=_env_id(envs))]
-    if not slots:
-        raise ValueError("collect: no envs")
-
-    tokenizer = policy.tokenizer
-    renderers: dict[str, ChatRenderer] = {}
+    queue = deque(_queue(n_episodes, tasks, group_size, seed))
+    budget = _as_budget(budget, turn_budget)
+    prompting = _Prompting(policy.tokenizer, system_prompt, tool_prompt, max_context_tokens,
+                           asdict(sampling) if hasattr(sampling, "__dataclass_fields__") else None)
+    slots, owned = _make_slots(envs, num_envs, len(queue), env_kwargs or {}, prompting)
+    cached = kv_cache and hasattr(policy, "new_kv_cache")
+    for s in slots:
+        s.kv = policy.new_kv_cache() if cached else None
     results: dict[int, Episode] = {}
-    sampling_meta = asdict(sampling) if sampling is not None and hasattr(sampling, "__dataclass_fields__") else None
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=len(queue), desc="rollouts", unit="ep")
 
-    def renderer_for(tools: list[dict[str, Any]]) -> ChatRenderer:
-        key = json.dumps(tools, sort_keys=True)
-        if key not in renderers:
-            renderers[key] = ChatRenderer(tokenizer, tools or None)
-        return renderers[key]
-
-    def finish(slot: _Slot, reason: str, **meta: Any) -> None:
-        ep = slot.episode
-        assert ep is not None
-        ep.metadata.update(meta)
-        ep.metadata["stop_reason"] = reason
-        ep.metadata["cut_short"] = reason not in ("terminated", "truncated")
-        ep.metadata["context_tokens"] = len(slot.context)
-        results[slot.order] = ep
-        slot.episode = None
-        slot.messages, slot.context = [], []
+    def done(ep: Episode, order: int) -> None:
+        results[order] = ep
         if bar is not None:
             bar.update(1)
 
-    def start(slot: _Slot) -> bool:
-        """Start the next queued task in ``slot``; False when nothing (or no budget) is left."""
+    def refill(slot: _Slot) -> None:
+        """Start queued tasks in ``slot`` until one is running (or nothing, or no budget, is left)."""
         while queue and not budget.exhausted:
-            order, task, g = queue.pop(0)
-            env = slot.env
-            ep = Episode(env_id=slot.env_id, seed=task.seed, options=dict(task.options), task_id=task.task_id,
-                         initial_observation="", metadata={"group_index": g})
-            if sampling_meta is not None:
-                ep.metadata["sampling"] = sampling_meta
-            slot.episode, slot.order = ep, order
-            try:
-                obs, info = env.reset(seed=task.seed, options=dict(task.options) or None)
-            except Exception as e:  # the env failed to start: keep a record, move on
-                finish(slot, "env_error", env_error=f"reset: {type(e).__name__}: {e}\n{traceback.format_exc()}")
-                continue
-            tools = list(info.get("tools") or [])
-            parser = getattr(getattr(env, "unwrapped", env), "parser", "hermes")
-            sys_prompt = system_prompt if system_prompt is not None else info.get("system_prompt")
-            renderer = renderer_for(tools if parser in ("hermes", "auto") else [])
-            sys_msg = sys_prompt or ""
-            if tools and tool_prompt is not None and not (renderer.supports_tools and renderer.tools):
-                sys_msg = (sys_msg + "\n\n" if sys_msg else "") + tool_prompt(tools, parser)
-            ep.initial_observation = str(obs)
-            ep.system_prompt = sys_prompt
-            ep.tools = tools
-            ep.metadata["system_message"] = sys_msg or None
-            if ep.task_id is None:
-                ep.task_id = str(info.get("task_id") or
-                                 f"{slot.env_id}:seed={task.seed}:{json.dumps(task.options, sort_keys=True)}")
-            msgs = ([{"role": "system", "content": sys_msg}] if sys_msg else []) + [
-                {"role": "user", "content": str(obs)}]
-            slot.renderer, slot.messages = renderer, msgs
-            slot.context = renderer.prompt_ids(msgs)
-            if max_context_tokens is not None and len(slot.context) >= max_context_tokens:
-                finish(slot, "context_overflow")
-                continue
-            return True
-        return False
+            order, task, group_index = queue.popleft()
+            ended = slot.start(order, task, group_index)
+            if ended is None:
+                return
+            done(ended, order)
 
-    n_steps = 0
     try:
         for s in slots:
-            start(s)
-        while True:
-            active = [s for s in slots if s.episode is not None]
-            if not active:
-                break
-            room = budget.remaining
-            if room < len(active):  # budget runs out: close the episodes that cannot be stepped
-                for s in active[room:]:
-                    finish(s, "budget")
-                active = active[:room]
+            refill(s)
+        n_steps = 0
+        while active := [s for s in slots if s.running]:
+            if budget.remaining < len(active):  # budget runs out: close the episodes that cannot be stepped
+                for s in active[budget.remaining:]:
+                    done(s.finish("budget"), s.order)
+                active = active[:budget.remaining]
                 if not active:
                     break
-            caps = None
-            if max_context_tokens is not None:
-                caps = [max_context_tokens - len(s.context) for s in active]
-            step_sampling = sampling
-            if getattr(sampling, "seed", None) is not None and hasattr(sampling, "__dataclass_fields__"):
-                # a fresh, reproducible stream per step (re-using one seed would repeat the same draws)
-                step_sampling = replace(sampling, seed=(sampling.seed * 1_000_003 + n_steps) % (2**63))
-            n_steps += 1
+            caps = None if max_context_tokens is None else [max_context_tokens - len(s.context) for s in active]
             t0 = time.perf_counter()
-            gens = policy.generate([s.context for s in active], step_sampling, max_new_tokens=caps)
-            gen_time = (time.perf_counter() - t0) / len(active)
+            kw = {"kv_caches": [s.kv for s in active]} if cached else {}
+            gens = policy.generate([s.context for s in active], _step_sampling(sampling, n_steps),
+                                   max_new_tokens=caps, **kw)
+            generate_s = (time.perf_counter() - t0) / len(active)
+            n_steps += 1
             for s, g in zip(active, gens):
-                ep = s.episode
-                assert ep is not None and s.renderer is not None
-                action_ids = [int(i) for i in g.token_ids]
-                t1 = time.perf_counter()
                 budget.spend(1)
-                try:
-                    obs, reward, terminated, truncated, info = s.env.step(g.text)
-                except Exception as e:
-                    err = f"{type(e).__name__}: {e}"
-                    ep.turns.append(Turn(
-                        index=len(ep.turns), action_text=g.text, parsed_action=None,
-                        action_error={"kind": "env_error", "message": err},
-                        observation=f"Error: the environment failed ({err}).", observation_role="tool",
-                        reward=0.0, terminated=False, truncated=True,
-                        info={"generation_finish_reason": g.finish_reason},
-                        context_token_ids=list(s.context), action_token_ids=action_ids,
-                        action_logprobs=[float(x) for x in g.logprobs],
-                        timings={"generate_s": gen_time, "env_s": time.perf_counter() - t1}))
-                    finish(s, "env_error", env_error=err + "\n" + traceback.format_exc())
-                    if not start(s):
-                        pass
-                    continue
-                env_time = time.perf_counter() - t1
-                role = info.get("observation_role", "tool")
-                turn_info = _jsonable(info)
-                turn_info["generation_finish_reason"] = g.finish_reason
-                ep.turns.append(Turn(
-                    index=len(ep.turns), action_text=g.text, parsed_action=info.get("parsed_action"),
-                    action_error=info.get("action_error"), observation=str(obs),
-                    observation_role=role if role in ("tool", "user") else "tool",
-                    reward=float(reward), terminated=bool(terminated), truncated=bool(truncated), info=turn_info,
-                    context_token_ids=list(s.context), action_token_ids=action_ids,
-                    action_logprobs=[float(x) for x in g.logprobs],
-                    timings={"generate_s": gen_time, "env_s": env_time}))
-                ep.total_reward += float(reward)
-                if terminated or truncated:
-                    ep.success = bool(info["success"]) if "success" in info else bool(terminated and reward > 0)
-                    if "reward_info" in info:
-                        ep.metadata["reward_info"] = _jsonable({"r": info["reward_info"]})["r"]
-                    finish(s, "terminated" if terminated else "truncated")
-                    start(s)
-                    continue
-                prev = s.messages + [{"role": "assistant", "content": g.text}]
-                new = [{"role": s.renderer.tool_role if role == "tool" else "user", "content": str(obs)}]
-                nxt = s.context + action_ids + s.renderer.continuation_ids(prev, new, sampled_ids=action_ids)
-                s.messages = prev + new
-                if max_context_tokens is not None and len(nxt) >= max_context_tokens:
-                    s.context = nxt
-                    finish(s, "context_overflow")
-                    start(s)
-                    continue
-                s.context = nxt
+                order = s.order
+                ended = s.step(g, generate_s)
+                if ended is not None:
+                    done(ended, order)
+                    refill(s)
     finally:
         if bar is not None:
             bar.close()
@@ -413,3 +399,58 @@ def collect(
                 pass
     # episodes never started (budget exhausted) are simply absent
     return [results[k] for k in sorted(results)]
+
+
+def _queue(n_episodes: int | None, tasks: Sequence[Task | dict[str, Any]] | None, group_size: int,
+           seed: int) -> list[tuple[int, Task, int]]:
+    """``(order, task, group_index)`` for every episode to run, in task order (groups consecutive)."""
+    if tasks is None:
+        if n_episodes is None:
+            raise ValueError("collect: give n_episodes or tasks")
+        task_list = [Task(seed=seed + i) for i in range(int(n_episodes))]
+    else:
+        task_list = [t if isinstance(t, Task) else Task(**t) for t in tasks]
+    if group_size < 1:
+        raise ValueError("group_size must be >= 1")
+    return [(i * group_size + g, t, g) for i, t in enumerate(task_list) for g in range(group_size)]
+
+
+def _as_budget(budget: TurnBudget | int | None, turn_budget: TurnBudget | int | None) -> TurnBudget:
+    if turn_budget is not None:
+        if budget is not None:
+            raise ValueError("collect: give budget or turn_budget, not both")
+        budget = turn_budget
+    if budget is None:
+        return TurnBudget()
+    return TurnBudget(total=budget) if isinstance(budget, int) else budget
+
+
+def _make_slots(envs: str | Any | Sequence[Any], num_envs: int, n_episodes: int, env_kwargs: dict[str, Any],
+                prompting: _Prompting) -> tuple[list[_Slot], list[Any]]:
+    """One slot per env instance, and the instances made here (closed by :func:`collect`). An env id gives
+    ``num_envs`` instances (no more than there are episodes)."""
+    import hero_gym
+
+    if isinstance(envs, str):
+        envs = [envs] * max(1, min(num_envs, n_episodes))
+    elif not isinstance(envs, Sequence):
+        envs = [envs]
+    if not envs:
+        raise ValueError("collect: no envs")
+    slots, owned = [], []
+    for e in envs:
+        if isinstance(e, str):
+            inst = hero_gym.make(e, **env_kwargs)
+            owned.append(inst)
+            slots.append(_Slot(inst, e, prompting))
+        else:
+            slots.append(_Slot(e, _env_id(e), prompting))
+    return slots, owned
+
+
+def _step_sampling(sampling: Any, step: int) -> Any:
+    """The sampling config of generate call ``step``: a fresh, reproducible seed per step when ``sampling``
+    has a seed (re-using one seed would repeat the same draws)."""
+    if getattr(sampling, "seed", None) is not None and hasattr(sampling, "__dataclass_fields__"):
+        return replace(sampling, seed=(sampling.seed * 1_000_003 + step) % (2**63))
+    return sampling

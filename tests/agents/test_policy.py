@@ -272,3 +272,38 @@ def test_cached_hub_id_loads_offline(tiny_lm, smol_tokenizer, tmp_path):
     name, im_end, seconds = out.stdout.split()[-3:]
     assert name == "LlamaForCausalLM" and int(im_end) == 2
     assert float(seconds) < 15  # no network retries
+
+
+def test_kv_caches_encode_only_new_tokens_and_match_full_contexts(tiny_policy, smol_tokenizer):
+    """Two rounds of a conversation per row: the second round, given the first round's caches, encodes only
+    the tokens after the cached prefix and samples what a full re-encode samples. Rows mix cached, uncached
+    and a cache whose ids diverge from the context (only the common prefix is reused)."""
+    from hero_gym.agents.policy import KVCache
+
+    r = ChatRenderer(smol_tokenizer)
+    ctxs = contexts(smol_tokenizer, 4)
+    sc = SamplingConfig(max_new_tokens=7, temperature=0.0)
+    caches = [KVCache(), KVCache(), None, KVCache()]
+    first = tiny_policy.generate(ctxs, sc, max_new_tokens=[7, 3, 7, 5], kv_caches=caches)
+    for c, ctx, g in zip(caches, ctxs, first):
+        if c is not None:  # the cache covers the context and the reply but its last token
+            assert c.ids == ctx + g.token_ids[:-1]
+            assert c.layers[0][0].shape[2] == len(c.ids)
+    nxt = []
+    for ctx, g in zip(ctxs, first):
+        prev = [{"role": "user", "content": "x"}, {"role": "assistant", "content": g.text}]
+        nxt.append(ctx + g.token_ids + r.continuation_ids(prev, [{"role": "user", "content": "and then?"}],
+                                                          sampled_ids=g.token_ids))
+    caches[3].ids[len(ctxs[3]) - 2] += 1  # a stale cache: diverges two tokens before the end of ctxs[3]
+    before = tiny_policy.encoded_tokens
+    second = tiny_policy.generate(nxt, sc, kv_caches=caches)
+    encoded = tiny_policy.encoded_tokens - before
+    reused = [len(ctxs[0]) + 6, len(ctxs[1]) + 2, 0, len(ctxs[3]) - 2]
+    assert encoded == sum(len(n) for n in nxt) - sum(reused)
+    reference = tiny_policy.generate(nxt, sc)
+    assert len({tuple(g.token_ids) for g in reference}) > 1
+    for a, b in zip(second, reference):
+        assert a.token_ids == b.token_ids
+        assert max(abs(x - y) for x, y in zip(a.logprobs, b.logprobs)) < 1e-4
+    with pytest.raises(ValueError, match="kv_caches"):
+        tiny_policy.generate(ctxs, sc, kv_caches=[KVCache()])

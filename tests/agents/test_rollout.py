@@ -236,3 +236,37 @@ def test_smollm2_rollouts_on_lookup_are_token_exact():
     for ep in eps:
         for t in ep.turns:
             print(repr(t.action_text[:100]), "->", repr(t.observation[:60]))
+
+
+def test_kv_cache_rollouts_equal_re_encoding(make_tiny_policy, smol_tokenizer):
+    """Greedy rollouts give the same ids with and without the per-slot KV cache: several envs in a batch,
+    multi-turn, episodes ending at different turns and new ones starting in the freed slots."""
+    sc = SamplingConfig(max_new_tokens=6, temperature=0.0)
+    runs = {}
+    for cached in (False, True):
+        policy = make_tiny_policy(lora="default")
+        envs = [LookupEnv(max_turns=2), LookupEnv(max_turns=4), LookupEnv(max_turns=3)]
+        eps = collect(policy, envs, n_episodes=5, sampling=sc, kv_cache=cached)
+        runs[cached] = (eps, policy.encoded_tokens)
+    (plain, plain_encoded), (fast, fast_encoded) = runs[False], runs[True]
+    assert [ep.num_turns for ep in plain] != [plain[0].num_turns] * 5  # some episodes end earlier
+    assert sum(ep.num_turns for ep in plain) > 10
+    assert len({tuple(t.action_token_ids) for ep in plain for t in ep.turns}) > 3  # not degenerate
+    for a, b in zip(plain, fast):
+        assert [t.context_token_ids for t in a.turns] == [t.context_token_ids for t in b.turns]
+        assert [t.action_token_ids for t in a.turns] == [t.action_token_ids for t in b.turns]
+        for ta, tb in zip(a.turns, b.turns):
+            assert max(abs(x - y) for x, y in zip(ta.action_logprobs, tb.action_logprobs)) < 1e-4
+    # re-encoding runs every context through the model; the cache only the tokens after the cached prefix
+    # (the previous context + the reply but its last token)
+    assert plain_encoded == sum(len(t.context_token_ids) for ep in plain for t in ep.turns)
+    expected = sum(len(ep.turns[0].context_token_ids) for ep in fast) + sum(
+        len(b.context_token_ids) - len(a.context_token_ids) - len(a.action_token_ids) + 1
+        for ep in fast for a, b in zip(ep.turns, ep.turns[1:]))
+    assert fast_encoded == expected < plain_encoded / 2
+
+
+def test_kv_cache_is_skipped_for_policies_without_one(smol_tokenizer):
+    policy = OraclePolicy(smol_tokenizer)  # generate() takes no kv_caches: collect must not pass them
+    [ep] = collect(policy, ENV, n_episodes=1, kv_cache=True)
+    assert ep.success
