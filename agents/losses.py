@@ -26,7 +26,6 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 
 DivergenceKind = Literal["forward_kl", "reverse_kl", "jsd"]
 TopKSource = Literal["teacher", "student"]
@@ -35,13 +34,10 @@ __all__ = [
     "DivergenceKind",
     "divergence",
     "topk_with_tail",
-    "distill_token_loss",
     "sampled_token_loss",
     "importance_weights",
     "group_advantages",
     "grpo_token_loss",
-    "masked_mean",
-    "blend_losses",
 ]
 
 
@@ -92,11 +88,11 @@ def topk_with_tail(
     student_logp: torch.Tensor,
     teacher_logp: torch.Tensor,
     k: int,
-    source: TopKSource = "teacher",
+    source: TopKSource = "student",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Reduce two ``[N, V]`` log-prob tables to ``[N, k+1]``: k shared tokens + one tail bucket.
 
-    The k token ids are the top-k of ``source`` (teacher by default). Both
+    The k token ids are the top-k of ``source`` (the student's by default, as in SDPO). Both
     distributions are evaluated on the *same* ids; the last column holds the
     remaining mass ``log(1 - sum_topk p)``, computed exactly as the logsumexp of
     the excluded entries (no ``log1p(-x)`` cancellation). The result is again a
@@ -119,31 +115,6 @@ def topk_with_tail(
         return torch.cat([top, tail], dim=-1)
 
     return reduce(student_logp), reduce(teacher_logp)
-
-
-def distill_token_loss(
-    student_logits: torch.Tensor,
-    teacher_logits: torch.Tensor,
-    *,
-    kind: DivergenceKind = "forward_kl",
-    alpha: float = 0.5,
-    topk: int | None = None,
-    topk_source: TopKSource = "teacher",
-    temperature: float = 1.0,
-) -> torch.Tensor:
-    """Per-token divergence between student and (detached) teacher next-token distributions.
-
-    ``student_logits`` / ``teacher_logits``: ``[N, V]`` logits at the positions
-    that predict each sampled action token. ``topk=None`` uses the full
-    vocabulary; otherwise top-k of ``topk_source`` plus a tail bucket.
-    Returns ``[N]`` per-token losses (weight/mask/average them with
-    :func:`importance_weights` and :func:`masked_mean`).
-    """
-    s = F.log_softmax(student_logits.float() / temperature, dim=-1)
-    t = F.log_softmax(teacher_logits.detach().float() / temperature, dim=-1)
-    if topk is not None:
-        s, t = topk_with_tail(s, t, topk, topk_source)
-    return divergence(s, t, kind, alpha)
 
 
 def importance_weights(
@@ -246,28 +217,3 @@ def grpo_token_loss(
         d = ref_logp.detach() - logp
         loss = loss + kl_coef * (torch.exp(d) - d - 1.0)
     return loss
-
-
-def masked_mean(x: torch.Tensor, mask: torch.Tensor | None = None, weights: torch.Tensor | None = None) -> torch.Tensor:
-    """Mean of ``x`` over entries where ``mask`` is true (token-level average), optionally weighted.
-
-    Returns a zero that still carries the graph when nothing is selected.
-    """
-    w = torch.ones_like(x) if weights is None else weights
-    if mask is not None:
-        w = w * mask.to(x.dtype)
-    denom = mask.to(x.dtype).sum() if mask is not None else torch.tensor(float(x.numel()), dtype=x.dtype)
-    if denom.item() == 0:
-        return (x * 0.0).sum()
-    return (x * w).sum() / denom
-
-
-def blend_losses(distill: torch.Tensor | None, grpo: torch.Tensor | None, grpo_weight: float) -> torch.Tensor:
-    """Weighted blend ``(1 - w) * L_distill + w * L_grpo``; a missing term counts as absent (w forced to 0/1)."""
-    if distill is None and grpo is None:
-        raise ValueError("nothing to blend")
-    if grpo is None or grpo_weight == 0.0:
-        return distill  # type: ignore[return-value]
-    if distill is None or grpo_weight == 1.0:
-        return grpo
-    return (1.0 - grpo_weight) * distill + grpo_weight * grpo

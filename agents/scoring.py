@@ -51,6 +51,7 @@ __all__ = [
     "prefix_chains",
     "build_layout",
     "student_logits",
+    "student_hidden",
     "teacher_logits",
     "teacher_logits_naive",
     "teacher_logits_from_cache",
@@ -195,19 +196,34 @@ def _forward_keep(model: Any, input_ids: torch.Tensor, attention_mask: torch.Ten
 
 class HiddenLogits:
     """Logits kept as final hidden states ``[N, H]`` and projected on demand: ``x[sl]`` returns
-    ``lm_head(hidden[sl])`` (``[n, V]``). Saves the ``[N, V]`` table for a no-grad teacher; the loss
+    ``project(hidden[sl])`` (``[n, V]``). Saves the ``[N, V]`` table for a no-grad teacher; the loss
     projects one chunk at a time."""
 
-    def __init__(self, hidden: torch.Tensor, head: Any):
-        self.hidden, self.head = hidden, head
-        self.shape = (hidden.shape[0], head.weight.shape[0])
+    def __init__(self, hidden: torch.Tensor, project: Any, vocab: int):
+        self.hidden, self.project = hidden, project
+        self.shape = (hidden.shape[0], vocab)
 
     def __getitem__(self, sl: Any) -> torch.Tensor:
         with torch.no_grad():
-            return self.head(self.hidden[sl])
+            return self.project(self.hidden[sl])
 
     def dense(self) -> torch.Tensor:
         return self[:]
+
+
+class _FrozenProjection:
+    """A linear output head evaluated once and detached: ``x @ weight_t + bias``. A lazily projected
+    teacher must use the head *as it was inside the teacher context* (EMA / base weights); when the
+    head itself is trainable (full fine-tuning, a LoRA on the head) the live module would differ."""
+
+    def __init__(self, head: Any, hidden_size: int, dtype: torch.dtype, device: Any):
+        with torch.no_grad():
+            bias = head(torch.zeros(1, hidden_size, dtype=dtype, device=device))
+            self.weight_t = head(torch.eye(hidden_size, dtype=dtype, device=device)) - bias
+            self.bias = bias[0]
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return x @ self.weight_t + self.bias
 
 
 def _plain_head(model: Any) -> tuple[Any, Any] | None:
@@ -236,14 +252,17 @@ def _forward_teacher(model: Any, as_hidden: bool, keep: torch.Tensor, **kw: Any)
             return model(**kw).logits[keep]
     dec, head = parts
     h = dec(**kw).last_hidden_state[keep]
-    return HiddenLogits(h, head)
+    vocab = head.weight.shape[0]
+    if any(p.requires_grad for p in head.parameters()):
+        head = _FrozenProjection(head, h.shape[-1], h.dtype, h.device)
+    return HiddenLogits(h, head, vocab)
 
 
 def _scatter_rows(kept: torch.Tensor | HiddenLogits, mask_out: torch.Tensor, n_tokens: int, dev: Any):
     if isinstance(kept, HiddenLogits):
         h = torch.zeros(n_tokens, kept.hidden.shape[-1], dtype=kept.hidden.dtype, device=dev)
         h[mask_out.to(dev)] = kept.hidden
-        return HiddenLogits(h, kept.head)
+        return HiddenLogits(h, kept.project, kept.shape[1])
     out = torch.zeros(n_tokens, kept.shape[-1], dtype=kept.dtype, device=dev)
     out[mask_out.to(dev)] = kept
     return out
@@ -254,6 +273,25 @@ def _model_dtype(model: Any) -> torch.dtype:
         return next(model.parameters()).dtype
     except StopIteration:  # pragma: no cover
         return torch.float32
+
+
+def _chain_batch(chains: Sequence[Chain], episodes: Sequence[Episode], pad_id: int):
+    """Right-padded ``(ids, attention_mask, keep)`` for a batch of chains; ``keep`` marks the positions
+    whose logits predict an action token (position ``p`` predicts token ``p+1``)."""
+    L = max(len(c.sequence) for c in chains)
+    B = len(chains)
+    ids = torch.full((B, L), pad_id, dtype=torch.long)
+    att = torch.zeros((B, L), dtype=torch.long)
+    keep = torch.zeros((B, L), dtype=torch.bool)
+    for r, ch in enumerate(chains):
+        ids[r, : len(ch.sequence)] = torch.tensor(ch.sequence)
+        att[r, : len(ch.sequence)] = 1
+        ep = episodes[ch.episode]
+        for t in ch.turns:
+            c = len(ep.turns[t].context_token_ids)
+            n = len(ep.turns[t].action_token_ids)
+            keep[r, c - 1: c - 1 + n] = True
+    return ids, att, keep
 
 
 def student_logits(
@@ -279,23 +317,34 @@ def student_logits(
     if not chains:
         V = model.get_output_embeddings().weight.shape[0]
         return torch.zeros(0, V, device=dev), layout
-    L = max(len(c.sequence) for c in chains)
-    B = len(chains)
-    ids = torch.full((B, L), pad_id, dtype=torch.long)
-    att = torch.zeros((B, L), dtype=torch.long)
-    keep = torch.zeros((B, L), dtype=torch.bool)
-    for r, ch in enumerate(chains):
-        ids[r, : len(ch.sequence)] = torch.tensor(ch.sequence)
-        att[r, : len(ch.sequence)] = 1
-        ep = episodes[ch.episode]
-        for t in ch.turns:
-            c = len(ep.turns[t].context_token_ids)
-            n = len(ep.turns[t].action_token_ids)
-            keep[r, c - 1: c - 1 + n] = True   # logits at position p predict token p+1
+    ids, att, keep = (x.to(dev) for x in _chain_batch(chains, episodes, pad_id))
     if return_cache:
-        out = model(input_ids=ids.to(dev), attention_mask=att.to(dev), use_cache=True, logits_to_keep=keep.to(dev))
+        out = model(input_ids=ids, attention_mask=att, use_cache=True, logits_to_keep=keep)
         return out.logits, layout, out.past_key_values
-    return _forward_keep(model, ids.to(dev), att.to(dev), None, keep.to(dev)), layout
+    return _forward_keep(model, ids, att, None, keep), layout
+
+
+def student_hidden(
+    model: Any,
+    episodes: Sequence[Episode],
+    layout: TokenLayout,
+    *,
+    chain_indices: Sequence[int] | None = None,
+    pad_id: int = 0,
+) -> tuple[torch.Tensor, Any]:
+    """What the training step differentiates: ``(hidden [N, H], head)`` with ``head(hidden[sl])`` the
+    student logits of those action tokens (same rows as :func:`student_logits`). The loss projects
+    through ``head`` one chunk of tokens at a time, so no ``[N, V]`` table with gradient ever exists.
+    Models whose logits are not a plain linear head of the last hidden state get their logits here
+    with an identity ``head``."""
+    chains = [layout.chains[i] for i in chain_indices] if chain_indices is not None else layout.chains
+    dev = _model_device(model)
+    ids, att, keep = (x.to(dev) for x in _chain_batch(chains, episodes, pad_id))
+    parts = _plain_head(model)
+    if parts is None:   # pragma: no cover - soft-capped / scaled logits
+        return _forward_keep(model, ids, att, None, keep), (lambda z: z)
+    dec, head = parts
+    return dec(input_ids=ids, attention_mask=att, use_cache=False).last_hidden_state[keep], head
 
 
 def _block_plan(ch: Chain, ep: Episode, tctx_row: Sequence[Sequence[int] | None]) -> list[tuple]:
@@ -337,12 +386,22 @@ def _frozen_cache(cache: Any) -> Any:
         return DynamicCache(ddp_cache_data=[(k.detach(), v.detach()) for k, v, *_ in cache])
 
 
+def _require_4d_mask_support(model: Any) -> None:
+    """Custom 4-D attention masks are honoured by the eager and SDPA kernels only (flash-attention
+    kernels take padding masks and would silently attend across note blocks)."""
+    cfg = getattr(model, "config", None)
+    impl = getattr(cfg, "_attn_implementation", None) or "eager"
+    if impl not in ("eager", "sdpa"):
+        raise ValueError(f"teacher scoring needs attn_implementation 'eager' or 'sdpa' (4-D masks), got {impl!r}")
+
+
 def _masked_teacher_forward(model: Any, as_hidden: bool, allowed: torch.Tensor, keep: torch.Tensor,
                             ids: torch.Tensor, pos: torch.Tensor, dtype: torch.dtype, dev: Any,
                             past: Any = None) -> Any:
     """One no-grad teacher forward with an explicit boolean attention pattern ``allowed``
     (``[B, Q, K]``, turned into an additive 4-D mask), optionally on top of a KV cache ``past``;
     returns the rows selected by ``keep``."""
+    _require_4d_mask_support(model)
     mask4d = torch.zeros((allowed.shape[0], 1, *allowed.shape[1:]), dtype=dtype)
     mask4d.masked_fill_(~allowed[:, None], _neg(dtype))
     extra = {"past_key_values": past, "use_cache": True} if past is not None else {"use_cache": False}

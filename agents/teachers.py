@@ -1,23 +1,12 @@
-"""Teacher contexts: the privileged note each method shows the self-teacher, and the teacher weights.
+"""Teacher notes (the privileged text each method shows the self-teacher) and the teacher weights.
 
-The methods differ *only* in the note placed just before turn ``t``'s action
-(see DESIGN.md, "Baselines differ only in the note"):
+A note is a ``str`` or ``None`` (= this turn does not enter the distillation loss); which note a
+method uses is decided in :mod:`hero_gym.agents.methods`. The renderer
+(``hero_gym.chat.ChatRenderer.note_ids``) turns a note into the teacher context.
 
-=============  ==========================================================================
-``hero``       the hindsight diagnosis of turn ``t`` (plus the corrected target action when
-               the reflector's confidence is ``high``); turns without a diagnosis are masked
-``envfb_sd``   the raw observation that followed turn ``t`` (truncated)
-``full_demo``  a successful trajectory of the same task, from a sibling rollout of the batch
-               or a :class:`SuccessBuffer`; every turn masked when none exists
-``grpo``       no teacher (all ``None``)
-=============  ==========================================================================
-
-A note is a ``str`` or ``None`` (= this turn does not enter the distillation loss). The
-renderer (``hero_gym.chat.ChatRenderer.note_ids``) turns a note into the teacher context.
-
-Teacher *weights* (:class:`TeacherWeights`): ``live`` = the current student weights under
-stop-gradient; ``ema`` = an exponential moving average of the trainable (LoRA) parameters,
-swapped in for the teacher pass; ``base`` = the PEFT adapter disabled (the initial model).
+Teacher *weights* (:class:`TeacherWeights`): ``ema`` (default, as in SDPO) = an exponential moving
+average of the trainable (LoRA) parameters, swapped in for the teacher pass; ``live`` = the current
+student weights under stop-gradient; ``base`` = the PEFT adapter disabled (the initial model).
 """
 
 from __future__ import annotations
@@ -29,21 +18,21 @@ from typing import Any, Literal
 
 from hero_gym.records import Episode
 
-from .reflector import Reflection, TurnReflection
+from .reflector import TurnReflection
 
-Method = Literal["hero", "envfb_sd", "full_demo", "grpo"]
 TeacherKind = Literal["live", "ema", "base"]
 
 __all__ = [
-    "Method",
     "TeacherKind",
     "hero_note",
     "envfb_note",
     "demo_note",
+    "pick_demo",
     "SuccessBuffer",
-    "build_notes",
     "TeacherWeights",
 ]
+
+_RANK = {"low": 0, "medium": 1, "high": 2}
 
 HERO_HEADER = "Hindsight note on your next action (from a review of how this episode went):"
 ENVFB_HEADER = "Note: this is what the environment will return after your next action:"
@@ -58,10 +47,17 @@ def _fmt_target(target: dict[str, Any]) -> str:
     return json.dumps(target, ensure_ascii=False)
 
 
-def hero_note(refl: TurnReflection | None, *, target_confidence: tuple[str, ...] = ("high",)) -> str | None:
+def hero_note(refl: TurnReflection | None, *, min_confidence: str = "medium",
+              target_confidence: tuple[str, ...] = ("high",)) -> str | None:
     """HERO note for one turn: the diagnosis, plus ``Better action: ...`` when the reflector gave a
-    target with a confidence in ``target_confidence`` (default: high only). ``None`` = masked."""
-    if refl is None or not refl.diagnosis.strip():
+    target with a confidence in ``target_confidence`` (default: high only).
+
+    ``None`` (= the turn is masked) when there is no diagnosis or its confidence is below
+    ``min_confidence`` (default ``"medium"``: low-confidence guesses stay out of the loss; a neutral
+    note moves the student as much as a wrong one). ``min_confidence="low"`` keeps every diagnosis."""
+    if min_confidence not in _RANK:
+        raise ValueError(f"min_confidence must be one of {list(_RANK)}, got {min_confidence!r}")
+    if refl is None or not refl.diagnosis.strip() or _RANK.get(refl.confidence, 0) < _RANK[min_confidence]:
         return None
     note = f"{HERO_HEADER}\n{refl.diagnosis.strip()}"
     if refl.next_action_target and refl.confidence in target_confidence:
@@ -125,67 +121,37 @@ class SuccessBuffer:
             self._by_task[ep.task_id] = ep  # type: ignore[index]
 
 
-def _pick_demo(ep: Episode, batch: Sequence[Episode], buffer: SuccessBuffer | None) -> Episode | None:
-    """A successful sibling of the same task (not ``ep`` itself if another exists; fewest turns),
-    else the buffer's, else ``ep`` itself when it succeeded, else ``None``."""
-    if ep.task_id is not None:
-        sibs = [o for o in batch if o.task_id == ep.task_id and o.success and o.episode_id != ep.episode_id]
-        if sibs:
-            return min(sibs, key=lambda o: len(o.turns))
+def pick_demo(ep: Episode, batch: Sequence[Episode], buffer: SuccessBuffer | None) -> Episode | None:
+    """The demonstration for ``ep``'s full-demo note: the shortest successful *other* episode of the same
+    task in ``batch``, else the buffer's (if it is not ``ep``), else ``None`` (the turns are masked).
+
+    Never ``ep`` itself: its own trajectory would show the teacher the very action it scores."""
+    if ep.task_id is None:
+        return None
+    sibs = [o for o in batch if o.task_id == ep.task_id and o.success and o.episode_id != ep.episode_id]
+    if sibs:
+        return min(sibs, key=lambda o: len(o.turns))
     found = buffer.get(ep.task_id) if buffer is not None else None
-    if found is not None and found.episode_id != ep.episode_id:
-        return found
-    return ep if ep.success else found
-
-
-def build_notes(
-    method: Method,
-    episodes: Sequence[Episode],
-    *,
-    reflections: Sequence[Reflection] | None = None,
-    success_buffer: SuccessBuffer | None = None,
-    envfb_max_chars: int = 600,
-    demo_max_chars: int = 2000,
-    target_confidence: tuple[str, ...] = ("high",),
-) -> list[list[str | None]]:
-    """Notes for every turn of every episode: ``notes[i][t]`` is the teacher note for episode ``i``,
-    turn ``t`` (``None`` = masked). ``reflections`` (aligned with ``episodes``) are required for
-    ``hero``. ``full_demo`` looks for successful siblings (same ``task_id``) in ``episodes`` first.
-    """
-    if method == "grpo":
-        return [[None] * len(ep.turns) for ep in episodes]
-    if method == "hero":
-        if reflections is None or len(reflections) != len(episodes):
-            raise ValueError("hero notes need one Reflection per episode")
-        return [[hero_note(r.get(t), target_confidence=target_confidence) for t in range(len(ep.turns))]
-                for ep, r in zip(episodes, reflections)]
-    if method == "envfb_sd":
-        return [[envfb_note(turn.observation, max_chars=envfb_max_chars) for turn in ep.turns] for ep in episodes]
-    if method == "full_demo":
-        out = []
-        for ep in episodes:
-            demo = _pick_demo(ep, episodes, success_buffer)
-            note = demo_note(demo, max_chars=demo_max_chars) if demo is not None else None
-            out.append([note] * len(ep.turns))
-        return out
-    raise ValueError(f"unknown method {method!r}")
+    return found if found is not None and found.episode_id != ep.episode_id else None
 
 
 class TeacherWeights:
     """Selects the weights the teacher pass runs with.
 
+    ``kind="ema"`` (default): ``theta_ema <- (1 - rate) * theta_ema + rate * theta`` over the trainable
+    parameters after each optimiser step (:meth:`update`; SDPO uses rate 0.05); :meth:`active` swaps the
+    EMA values in and restores the live ones afterwards. Only trainable tensors are copied (LoRA: tiny).
     ``kind="live"``: the model as it is (the caller runs under ``torch.no_grad``).
     ``kind="base"``: PEFT adapters disabled (``model.disable_adapter()``); for a model without
     adapters this is the same as live.
-    ``kind="ema"``: ``theta_ema <- decay * theta_ema + (1 - decay) * theta`` over the trainable
-    parameters after each optimiser step (:meth:`update`); :meth:`active` swaps the EMA values in
-    and restores the live ones afterwards. Only trainable tensors are copied (LoRA: tiny).
     """
 
-    def __init__(self, model: Any, kind: TeacherKind = "live", ema_decay: float = 0.9):
+    def __init__(self, model: Any, kind: TeacherKind = "ema", ema_rate: float = 0.05):
         if kind not in ("live", "ema", "base"):
             raise ValueError(f"unknown teacher kind {kind!r}")
-        self.model, self.kind, self.decay = model, kind, ema_decay
+        if not 0.0 < ema_rate <= 1.0:
+            raise ValueError(f"ema_rate must be in (0, 1], got {ema_rate}")
+        self.model, self.kind, self.rate = model, kind, ema_rate
         self.shadow: dict[str, Any] = {}
         if kind == "ema":
             self.shadow = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
@@ -199,11 +165,12 @@ class TeacherWeights:
         with torch.no_grad():
             for n, p in self.model.named_parameters():
                 if n in self.shadow:
-                    self.shadow[n].mul_(self.decay).add_(p.detach(), alpha=1.0 - self.decay)
+                    self.shadow[n].lerp_(p.detach(), self.rate)
 
     @contextlib.contextmanager
     def active(self) -> Iterator[Any]:
-        """Context in which ``self.model`` computes the teacher's logits."""
+        """Context in which ``self.model`` computes the teacher's logits. Everything the teacher needs
+        (its output head included) must be evaluated inside this context."""
         import torch
 
         if self.kind == "base" and hasattr(self.model, "disable_adapter"):
@@ -225,10 +192,9 @@ class TeacherWeights:
             yield self.model
 
     def state_dict(self) -> dict[str, Any]:
-        return {"kind": self.kind, "decay": self.decay, "shadow": {k: v.clone() for k, v in self.shadow.items()}}
+        return {"kind": self.kind, "rate": self.rate, "shadow": {k: v.clone() for k, v in self.shadow.items()}}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        if state.get("shadow"):
-            for k, v in state["shadow"].items():
-                if k in self.shadow:
-                    self.shadow[k].copy_(v)
+        for k, v in (state.get("shadow") or {}).items():
+            if k in self.shadow:
+                self.shadow[k].copy_(v)

@@ -1,37 +1,23 @@
-"""The HERO training loop (and its baselines), readable top to bottom.
+"""The HERO training loop (and its baselines), readable top to bottom: config -> train -> update -> helpers.
 
 One iteration of :func:`train`::
 
-    episodes = collect(policy, env, tasks x group_size)       # token-exact rollouts, turns counted
-    reflections = reflector.reflect(episodes)                  # hero only: hindsight, per turn
-    notes = build_notes(method, episodes, reflections, ...)     # the only difference between methods
-    update(policy, optimizer, episodes, notes)                  # teacher scores student tokens; step
-    append episodes + metrics to JSONL; checkpoint              # so a killed run resumes exactly
+    episodes = collect(policy, envs, tasks x group_size)     # token-exact rollouts; a whole batch
+    reflections = reflector.reflect(episodes)                # methods with a reflector: hindsight per turn
+    notes = method.notes(episodes, reflections, ...)         # the only difference between the methods
+    update(policy, optimizer, episodes, notes, config)       # teacher scores the student's tokens; one step
+    log episodes + metrics; snapshot; checkpoint             # resumable; nested budgets from snapshots
 
-Methods (``TrainConfig.method``):
-
-* ``"hero"``      — distil toward the self-teacher that sees the turn's hindsight diagnosis.
-* ``"envfb_sd"``  — distil toward the self-teacher that sees the raw next observation.
-* ``"full_demo"`` — distil toward the self-teacher that sees a successful trajectory of the task.
-* ``"grpo"``      — no teacher; group-normalised outcome advantages, clipped surrogate.
-
-Any distillation method can be blended with the GRPO loss (``grpo_weight``).
-
-Budget: training cost is counted in **environment turns** (``turn_budget``), the resource the
-HERO claim is about. Resume: after every update the trainer writes a checkpoint (trainable
-weights, optimiser, teacher EMA, success buffer, RNG states, counters, number of logged episodes)
-atomically; on restart it truncates the episode/metrics logs to what the checkpoint covers and
-continues, so no episode is lost or logged twice.
+The methods live in :mod:`hero_gym.agents.methods` (``METHODS``). Training cost is counted in
+**environment turns**, the resource the HERO claim is about.
 """
 
 from __future__ import annotations
 
-import json
-import math
-import os
+import contextlib
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -40,144 +26,144 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from hero_gym.records import Episode, save_jsonl
+from hero_gym.records import Episode
 
 from . import losses as L
-from .reflector import LLMReflector, Reflection, Reflector, RuleReflector
-from .scoring import (
-    build_layout,
-    student_logits,
-    teacher_logits,
-    teacher_logits_from_cache,
-    teacher_logits_prefix_cache,
-)
+from .checkpoint import RunCounters, RunFiles, save_snapshot
+from .methods import MethodSpec, NoteOptions, get_method
+from .reflector import LLMReflector, Reflector, RuleReflector
 from .rollout import TOOL_PROMPTS
-from .teachers import Method, SuccessBuffer, TeacherKind, TeacherWeights, build_notes
+from .scoring import TokenLayout, build_layout, student_hidden, teacher_logits_prefix_cache
+from .teachers import SuccessBuffer, TeacherKind, TeacherWeights
 
-__all__ = [
-    "TrainConfig",
-    "TrainResult",
-    "EvalResult",
-    "UpdateStats",
-    "train",
-    "evaluate",
-    "update",
-    "teacher_contexts_for",
-]
+__all__ = ["TrainConfig", "TrainResult", "EvalResult", "UpdateStats", "train", "evaluate", "update",
+           "teacher_contexts_for", "episode_finished"]
 
 LossKind = Literal["forward_kl", "reverse_kl", "jsd", "sampled"]
 
 
 @dataclass
 class TrainConfig:
-    """Everything a training run needs besides the policy. Defaults are sized for CPU smoke runs.
+    """Everything a training run needs besides the policy. Distillation defaults follow SDPO."""
 
-    Attributes:
-        method: ``"hero"`` | ``"envfb_sd"`` | ``"full_demo"`` | ``"grpo"`` (see module docstring).
-        env_id: a registered env id, e.g. ``"hero_gym/Lookup-v0"``.
-        env_kwargs: keyword arguments for ``hero_gym.make`` (e.g. ``{"num_items": 4}``).
-        turn_budget: total environment turns the run may spend on training rollouts.
-        max_turns: per-episode turn cap (``None`` = the env's default).
-        task_indices: tasks to train on, cycled in order (passed as ``options={"task_index": i}``);
-            ``None`` draws tasks from per-group reset seeds.
-        tasks_per_update: distinct tasks per update (each rolled out ``group_size`` times).
-        group_size: rollouts per task (GRPO groups; siblings for the full-demo teacher).
-        max_new_tokens / temperature: sampling for training rollouts (temperature 1 keeps the
-            recorded sampling log-probs equal to the model's, so importance ratios are exact).
-        lr, weight_decay, max_grad_norm: AdamW settings and gradient clipping.
-        loss: per-token distillation loss: ``"forward_kl"`` KL(T||S), ``"reverse_kl"`` KL(S||T),
-            ``"jsd"`` generalised JSD(``jsd_alpha``), or ``"sampled"`` (sampled-token estimator).
-        topk: ``None`` = full vocabulary; ``k`` = teacher top-k plus one tail bucket.
-        is_clip: truncation of the per-token importance weight ``pi_now/pi_sampled`` in the
-            distillation loss (``None`` = no weighting).
-        clip_eps: PPO clip range for the GRPO surrogate and the sampled-token loss.
-        teacher: ``"live"`` (current weights, stop-grad) | ``"ema"`` | ``"base"`` (adapter off).
-        ema_decay: EMA decay for ``teacher="ema"``.
-        teacher_scoring: how the teacher's per-turn contexts are scored (all give the same numbers).
-            ``"auto"``/``"kv_cache"``: KV-cache prefix reuse — the live teacher reuses the student
-            forward's own cache and encodes only the note+action blocks; EMA/base teachers first
-            fill a cache over the shared prefix with their weights, then encode the blocks.
-            ``"packed"``: one forward per episode over prefix + all blocks with a 4-D mask.
-        grpo_weight: blend ``(1-w) L_distill + w L_grpo`` for distillation methods (0 = pure
-            distillation); ignored for ``method="grpo"``.
-        kl_coef: GRPO KL-to-reference (adapter off) coefficient; 0 skips the reference pass.
-        reflector: ``"rules"`` (:class:`RuleReflector`) or ``"llm"`` (:class:`LLMReflector` with the
-            policy itself); or pass any :class:`Reflector` to :func:`train`.
-        reflector_max_new_tokens / reflector_retries: generation length and bounded retries of the
-            LLM reflector.
-        envfb_max_chars / demo_max_chars: note truncation for the baselines.
-        micro_batch_episodes: episodes per forward/backward (gradient accumulation over the batch;
-            the loss normalisation is over the whole batch either way). 1 (default) means one
-            unpadded sequence per forward, so SDPA models run the causal kernel without a padding
-            mask and never materialise ``L x L`` attention weights (on CPU padded batches of long
-            episodes cost gigabytes of attention activations); raise it on GPUs for throughput.
-        loss_chunk_tokens: action tokens per chunk of the vocabulary-sized loss computation.
-        checkpoint_dir: where checkpoints and JSONL logs go (``None`` = no checkpoints, no resume).
-        resume: continue from ``checkpoint_dir`` if it holds a checkpoint.
-        seed: seeds task order, sampling and torch.
-        max_updates: optional cap on the number of updates (besides the turn budget).
-        progress: show a progress bar.
-        tool_prompt: how tools are described in the system message when the chat template takes no
-            ``tools``: ``"full"`` (every JSON schema) or ``"compact"`` (one line per tool; for small
-            models and short contexts, e.g. the CPU benchmark).
-    """
-
-    method: Method = "hero"
+    # --- what is trained, on what
+    method: str = "hero"
+    """A key of :data:`hero_gym.agents.methods.METHODS`: grpo, envfb_sd, full_demo, hero_rules, hero,
+    hero_shuffled."""
     env_id: str = "hero_gym/Lookup-v0"
     env_kwargs: dict[str, Any] = field(default_factory=dict)
-    turn_budget: int = 200
-    max_turns: int | None = None
+    """Keyword arguments for ``hero_gym.make``."""
     task_indices: list[int] | None = None
+    """Training tasks, cycled in order (``options={"task_index": i}``); ``None`` = per-group reset seeds."""
+    seed: int = 0
+    """Seeds the task order, sampling, torch, and the fresh LoRA initialisation (see ``reset_lora``)."""
+    reset_lora: bool = True
+    """Re-initialise the policy's LoRA adapter from ``seed`` when a run starts fresh, so a cell gives the
+    same result alone or inside a sweep (PEFT draws its init from the global RNG at wrap time)."""
+
+    # --- budget and rollouts
+    turn_budget: int = 200
+    """Training budget in environment turns, counted in **whole batches**: a new batch starts while fewer
+    than ``turn_budget`` turns are spent and always runs to the end, so no training episode is cut by the
+    budget (the last batch may overshoot; every snapshot records the turns actually spent)."""
+    max_turns: int | None = None
+    """Per-episode turn cap (``None`` = the env's). Episodes it cuts (truncated), like those cut by the
+    context window or an env error, are *unfinished*: they get no GRPO advantage (not counted as
+    failures) and reflectors do not call them failed; their per-turn notes still train."""
     tasks_per_update: int = 2
+    """Distinct tasks per batch."""
     group_size: int = 4
+    """Rollouts per task (GRPO groups; siblings for the full-demo teacher)."""
     max_new_tokens: int = 128
     temperature: float = 1.0
+    """Sampling temperature of training rollouts (1 keeps the recorded log-probs equal to the model's)."""
+    tool_prompt: Literal["full", "compact"] = "full"
+    """Tool description in the system message: every JSON schema, or one line per tool (small models)."""
+
+    # --- optimiser
     lr: float = 1e-4
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
-    loss: LossKind = "forward_kl"
+    max_updates: int | None = None
+    """Optional cap on iterations (besides the budget)."""
+
+    # --- self-distillation (every method but grpo)
+    loss: LossKind = "jsd"
+    """Per-token divergence: generalised ``"jsd"`` (``jsd_alpha``), ``"forward_kl"`` KL(T||S),
+    ``"reverse_kl"`` KL(S||T), or ``"sampled"`` (sampled-token estimator, PPO-clipped)."""
     jsd_alpha: float = 0.5
-    topk: int | None = None
+    topk: int | None = 100
+    """Compare the distributions on ``topk`` tokens plus one tail bucket (``None`` = full vocabulary)."""
+    topk_source: Literal["student", "teacher"] = "student"
+    """Whose top-k tokens are compared (SDPO: the student's)."""
     is_clip: float | None = 2.0
-    clip_eps: float = 0.2
-    teacher: TeacherKind = "live"
-    teacher_scoring: Literal["auto", "kv_cache", "packed"] = "auto"
-    ema_decay: float = 0.9
-    grpo_weight: float = 0.0
-    kl_coef: float = 0.0
-    reflector: Literal["rules", "llm"] = "rules"
+    """Truncation of the per-token importance weight ``pi_now / pi_sampled`` (``None`` = no weighting)."""
+    teacher: TeacherKind = "ema"
+    """Teacher weights: ``"ema"`` of the trainable weights, ``"live"`` (current, stop-grad), ``"base"``."""
+    ema_rate: float = 0.05
+    """EMA teacher update ``theta_T <- (1 - rate) theta_T + rate theta``."""
+    min_confidence: Literal["high", "medium", "low"] = "medium"
+    """HERO diagnoses below this confidence are masked (uninformative notes stay out of the loss)."""
+    reflector: Literal["rules", "model", "llm"] | None = None
+    """Override the method's reflector (``"llm"`` = ``"model"``: the policy reflects on its episodes)."""
     reflector_max_new_tokens: int = 768
     reflector_retries: int = 2
     envfb_max_chars: int = 600
     demo_max_chars: int = 2000
+
+    # --- GRPO (method grpo, or blended into a distillation method)
+    grpo_weight: float = 0.0
+    """Blend ``(1-w) L_distill + w L_grpo`` for distillation methods; ignored for ``grpo``."""
+    clip_eps: float = 0.2
+    """PPO clip range (GRPO surrogate and the sampled-token loss)."""
+    kl_coef: float = 0.0
+    """GRPO KL-to-reference (adapter off) coefficient; 0 skips the reference pass."""
+
+    # --- memory and speed
     micro_batch_episodes: int = 1
+    """Episodes per forward/backward (gradients accumulate over the batch; the loss is normalised over the
+    whole batch either way). 1 = one unpadded sequence, the causal kernel, no padding mask."""
     loss_chunk_tokens: int = 256
+    """Action tokens per chunk of the vocabulary-sized loss (the ``[N, V]`` table never exists whole)."""
+    gradient_checkpointing: bool = True
+    """Recompute decoder activations in the backward pass (a 135M model's update then fits in ~4 GB)."""
+
+    # --- files
     checkpoint_dir: str | None = None
+    """Checkpoints, JSONL logs and weight snapshots (``None`` = none of them, no resume)."""
     resume: bool = True
-    seed: int = 0
-    max_updates: int | None = None
+    """Continue from ``checkpoint_dir`` if it holds a checkpoint (else start fresh there)."""
     progress: bool = False
-    tool_prompt: Literal["full", "compact"] = "full"
 
     def __post_init__(self) -> None:
-        if self.method not in ("hero", "envfb_sd", "full_demo", "grpo"):
-            raise ValueError(f"unknown method {self.method!r}")
+        get_method(self.method)
         if self.loss not in ("forward_kl", "reverse_kl", "jsd", "sampled"):
             raise ValueError(f"unknown loss {self.loss!r}")
         if not 0.0 <= self.grpo_weight <= 1.0:
             raise ValueError("grpo_weight must be in [0, 1]")
         if self.group_size < 1 or self.tasks_per_update < 1:
             raise ValueError("group_size and tasks_per_update must be >= 1")
+        if self.reflector not in (None, "rules", "model", "llm"):
+            raise ValueError(f"unknown reflector {self.reflector!r}")
+        if self.topk_source not in ("student", "teacher"):
+            raise ValueError(f"topk_source must be 'student' or 'teacher', got {self.topk_source!r}")
+
+    @property
+    def spec(self) -> MethodSpec:
+        return get_method(self.method)
 
 
 @dataclass
 class UpdateStats:
-    """What one update did (also one line of ``metrics.jsonl``)."""
+    """What one :func:`update` did (also part of a ``metrics.jsonl`` row)."""
 
+    stepped: bool = False          # an optimizer step was taken
+    tokens_trained: int = 0        # action tokens that entered a loss with a non-zero signal
     loss: float = 0.0
     distill_loss: float | None = None
     grpo_loss: float | None = None
     distill_tokens: int = 0
+    grpo_tokens: int = 0
     action_tokens: int = 0
     masked_turns: int = 0
     scored_turns: int = 0
@@ -189,13 +175,20 @@ class UpdateStats:
 class TrainResult:
     """Returned by :func:`train`."""
 
-    updates: int
+    iterations: int
+    optimizer_steps: int
+    tokens_trained: int
     turns_used: int
     episodes: int
     train_success_rate: float
     metrics: list[dict[str, Any]]
     checkpoint_dir: str | None
-    resumed_from_update: int = 0
+    resumed_from_iteration: int = 0
+
+    @property
+    def updates(self) -> int:
+        """Iterations (collect + update rounds); see ``optimizer_steps`` for steps actually taken."""
+        return self.iterations
 
 
 @dataclass
@@ -205,16 +198,369 @@ class EvalResult:
     success_rate: float
     mean_reward: float
     mean_turns: float
-    episodes: list[Episode]
+    episodes: list[Episode] = field(repr=False)
+
+    @property
+    def valid_action_rate(self) -> float:
+        """Share of turns whose action parsed and validated (no ``action_error``)."""
+        turns = [t for ep in self.episodes for t in ep.turns]
+        return sum(t.action_error is None for t in turns) / len(turns) if turns else 0.0
 
     def summary(self) -> dict[str, float]:
         return {"success_rate": self.success_rate, "mean_reward": self.mean_reward,
-                "mean_turns": self.mean_turns, "n_episodes": float(len(self.episodes))}
+                "mean_turns": self.mean_turns, "valid_action_rate": self.valid_action_rate,
+                "n_episodes": float(len(self.episodes))}
+
+    def __repr__(self) -> str:
+        return (f"EvalResult(success_rate={self.success_rate:.3f}, mean_reward={self.mean_reward:.3f}, "
+                f"mean_turns={self.mean_turns:.2f}, valid_action_rate={self.valid_action_rate:.3f}, "
+                f"n_episodes={len(self.episodes)})")
 
 
 # ======================================================================================
-# The update
+# train
 # ======================================================================================
+
+def train(
+    policy: Any,
+    config: TrainConfig,
+    *,
+    reflector: Reflector | None = None,
+    optimizer: torch.optim.Optimizer | None = None,
+    rollout_policy: Any | None = None,
+) -> TrainResult:
+    """Train ``policy`` (an :class:`~hero_gym.agents.policy.HFPolicy`) with ``config.method`` until
+    ``config.turn_budget`` environment turns are spent (whole batches) or ``config.max_updates`` iterations.
+
+    ``reflector`` overrides the method's reflector. ``rollout_policy`` (e.g. a
+    :class:`~hero_gym.agents.vllm_policy.VLLMPolicy` on the same base model) generates the rollouts;
+    ``policy`` is the one trained, and its adapter is handed to ``rollout_policy.set_lora`` at the start
+    (so a resumed run samples from the resumed weights) and after every update.
+
+    With ``config.checkpoint_dir``: episodes and metrics are appended to JSONL logs, the resume checkpoint
+    is rewritten atomically after every iteration, and the trainable weights are snapshotted to
+    ``snapshots/turns_<T>/`` before the first update and after every optimizer step
+    (:mod:`hero_gym.agents.checkpoint`).
+    """
+    spec = config.spec
+    model = policy.model
+    _seed_everything(config.seed)
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("the policy has no trainable parameters")
+    files = RunFiles(config.checkpoint_dir) if config.checkpoint_dir else None
+    resuming = files is not None and config.resume and files.has_checkpoint()
+    if config.reset_lora and not resuming:
+        _reset_lora(model, config.seed)
+    optimizer = optimizer or torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    teacher = TeacherWeights(model, config.teacher, config.ema_rate)
+    buffer = SuccessBuffer()
+    reflector = reflector or _make_reflector(spec, policy, config)
+    counters, metrics, resumed_from = RunCounters(), [], 0
+    if resuming:
+        counters, metrics = files.restore(model=model, optimizer=optimizer, teacher=teacher, buffer=buffer)
+        files.write_config(config)
+        resumed_from = counters.iterations
+    elif files is not None:
+        files.start_fresh(config)
+        save_snapshot(policy, files.dir, counters)        # budget 0: the starting weights
+    if rollout_policy is not None:
+        _hand_over_adapter(policy, rollout_policy, files)
+
+    envs = _make_envs(config)
+    bar = _progress_bar(config, counters.turns)
+    try:
+        while counters.turns < config.turn_budget and (config.max_updates is None
+                                                       or counters.iterations < config.max_updates):
+            t0 = time.perf_counter()
+            episodes = _collect_batch(rollout_policy or policy, envs, config, counters.iterations)
+            if not episodes:
+                break
+            t_collect = time.perf_counter() - t0
+            reflections = reflector.reflect(episodes) if reflector is not None else None
+            notes = spec.notes(episodes, reflections, buffer, _note_options(config, counters.iterations))
+            buffer.add(episodes)
+            t_notes = time.perf_counter() - t0 - t_collect
+            stats = update(policy, optimizer, episodes, notes, config, teacher=teacher)
+            counters.iterations += 1
+            counters.optimizer_steps += int(stats.stepped)
+            counters.tokens_trained += stats.tokens_trained
+            counters.turns += sum(len(ep.turns) for ep in episodes)
+            counters.episodes += len(episodes)
+            counters.successes += sum(ep.success for ep in episodes)
+            if rollout_policy is not None and stats.stepped:
+                _hand_over_adapter(policy, rollout_policy, files)
+            row = _metrics_row(counters, episodes, stats,
+                               {"collect": t_collect, "notes": t_notes, "iteration": time.perf_counter() - t0})
+            metrics.append(row)
+            if files is not None:
+                for i, ep in enumerate(episodes):
+                    ep.metadata["train_iteration"] = counters.iterations
+                    if reflections is not None:
+                        ep.metadata["reflection"] = reflections[i].to_json()
+                files.log(episodes, row)
+                if stats.stepped:
+                    save_snapshot(policy, files.dir, counters)
+                files.save(model=model, optimizer=optimizer, teacher=teacher, buffer=buffer, counters=counters)
+            if bar is not None:
+                bar.update(sum(len(ep.turns) for ep in episodes))
+                bar.set_postfix(loss=f"{stats.loss:.4f}", succ=f"{row['success_rate']:.2f}")
+    finally:
+        for e in envs:
+            e.close()
+        if bar is not None:
+            bar.close()
+    return TrainResult(iterations=counters.iterations, optimizer_steps=counters.optimizer_steps,
+                       tokens_trained=counters.tokens_trained, turns_used=counters.turns,
+                       episodes=counters.episodes,
+                       train_success_rate=counters.successes / counters.episodes if counters.episodes else 0.0,
+                       metrics=metrics, checkpoint_dir=str(files.dir) if files else None,
+                       resumed_from_iteration=resumed_from)
+
+
+# ======================================================================================
+# update
+# ======================================================================================
+
+def update(
+    policy: Any,
+    optimizer: torch.optim.Optimizer,
+    episodes: Sequence[Episode],
+    notes: Sequence[Sequence[str | None]] | None,
+    config: TrainConfig,
+    *,
+    teacher: TeacherWeights | None = None,
+) -> UpdateStats:
+    """One optimiser step on a batch of episodes (none when no token carries a training signal).
+
+    Distillation (every method but ``grpo``): for each sampled action token of a turn with a note, the
+    divergence between the student's next-token distribution (in the context the model saw) and the
+    teacher's (teacher weights, the context with the note inserted before the action), weighted by
+    truncated importance ratios; mean over those tokens. GRPO (method ``grpo`` or ``grpo_weight > 0``):
+    clipped surrogate with the episode's group-normalised advantage on every action token of *finished*
+    episodes; mean over those tokens. Only sampled action tokens ever enter a loss.
+    """
+    model = policy.model
+    teacher = teacher or TeacherWeights(model, config.teacher, config.ema_rate)
+    layout = build_layout(episodes)
+    plan = _plan_losses(policy, episodes, notes, layout, config)
+    stats = UpdateStats(action_tokens=layout.num_tokens, distill_tokens=plan.n_distill, grpo_tokens=plan.n_grpo,
+                        scored_turns=plan.scored_turns, masked_turns=len(layout.spans) - plan.scored_turns,
+                        tokens_trained=plan.tokens_trained)
+    if plan.tokens_trained == 0:
+        return stats
+    t0 = time.perf_counter()
+    seconds = {"teacher": 0.0, "student": 0.0}
+    sums = {"distill": 0.0, "grpo": 0.0}
+    pad = getattr(policy, "pad_token_id", 0) or 0
+    optimizer.zero_grad(set_to_none=True)
+    for cidx, tok in _micro_batches(layout, config.micro_batch_episodes):
+        t1 = time.perf_counter()
+        t_logits = None
+        if plan.n_distill:
+            with torch.no_grad(), teacher.active():
+                t_logits, _ = teacher_logits_prefix_cache(model, episodes, plan.teacher_contexts, layout,
+                                                          chain_indices=cidx, pad_id=pad, as_hidden=True)
+        ref_lp = (_reference_logprobs(model, episodes, layout, cidx, pad, layout.action_ids[tok], config)
+                  if plan.n_grpo and config.kl_coef > 0 else None)
+        t2 = time.perf_counter()
+        seconds["teacher"] += t2 - t1
+        batch = _TokenBatch(layout.action_ids[tok], layout.behaviour_logprobs[tok], plan.distill_mask[tok],
+                            plan.grpo_mask[tok], plan.advantages[tok], t_logits, ref_lp)
+        with _training_mode(model, config.gradient_checkpointing):
+            hidden, head = student_hidden(model, episodes, layout, chain_indices=cidx, pad_id=pad)
+            _chunked_backward(hidden, head, lambda sl, z: _chunk_loss(sl, z, batch, plan, config, sums),
+                              config.loss_chunk_tokens)
+        seconds["student"] += time.perf_counter() - t2
+    params = [p for p in model.parameters() if p.requires_grad]
+    stats.grad_norm = float(torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm or float("inf")))
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    teacher.update()
+    stats.stepped = True
+    stats.distill_loss = sums["distill"] if plan.n_distill else None
+    stats.grpo_loss = sums["grpo"] if plan.n_grpo else None
+    stats.loss = plan.w_distill * sums["distill"] + plan.w_grpo * sums["grpo"]
+    stats.seconds = {**seconds, "update": time.perf_counter() - t0}
+    return stats
+
+
+# ======================================================================================
+# helpers of update
+# ======================================================================================
+
+def episode_finished(ep: Episode) -> bool:
+    """Whether the env itself ended the episode (success or failure), as opposed to a cut: the
+    per-episode turn cap (truncation), the context window, an env error or the budget."""
+    return ep.success or (ep.terminated and not ep.metadata.get("cut_short", False))
+
+
+@dataclass
+class _LossPlan:
+    """Which action tokens enter which loss, with what weight (all tensors ``[N]`` over the layout)."""
+
+    teacher_contexts: list[list[list[int] | None]] | None
+    distill_mask: torch.Tensor
+    grpo_mask: torch.Tensor
+    advantages: torch.Tensor
+    w_distill: float
+    w_grpo: float
+    scored_turns: int
+
+    @property
+    def n_distill(self) -> int:
+        return int(self.distill_mask.sum())
+
+    @property
+    def n_grpo(self) -> int:
+        return int(self.grpo_mask.sum())
+
+    @property
+    def tokens_trained(self) -> int:
+        return int((self.distill_mask | (self.grpo_mask & (self.advantages != 0))).sum())
+
+
+def _plan_losses(policy: Any, episodes: Sequence[Episode], notes: Sequence[Sequence[str | None]] | None,
+                 layout: TokenLayout, config: TrainConfig) -> _LossPlan:
+    spec = config.spec
+    n = layout.num_tokens
+    distill_mask = torch.zeros(n, dtype=torch.bool)
+    tctx, scored = None, 0
+    if spec.distills and notes is not None:
+        tctx = teacher_contexts_for(_renderer_for(policy), episodes, notes)
+        keys = {(s.episode, s.turn) for s in layout.spans if tctx[s.episode][s.turn] is not None}
+        distill_mask, scored = layout.token_mask(keys), len(keys)
+    w_grpo = 1.0 if spec.uses_grpo else config.grpo_weight
+    grpo_mask = torch.zeros(n, dtype=torch.bool)
+    advantages = torch.zeros(n)
+    if w_grpo > 0:
+        finished = [i for i, ep in enumerate(episodes) if episode_finished(ep)]
+        if finished:
+            adv = L.group_advantages([episodes[i].total_reward for i in finished],
+                                     [episodes[i].task_id or episodes[i].episode_id for i in finished])
+            per_episode = torch.zeros(len(episodes))
+            per_episode[finished] = adv
+            is_finished = torch.zeros(len(episodes), dtype=torch.bool)
+            is_finished[finished] = True
+            advantages = per_episode[layout.episode_of_token]
+            grpo_mask = is_finished[layout.episode_of_token]
+    w_distill = 1.0 - w_grpo if spec.distills else 0.0
+    if not distill_mask.any():
+        w_distill = 0.0
+    if w_grpo == 0 or not (grpo_mask & (advantages != 0)).any():
+        grpo_mask = torch.zeros(n, dtype=torch.bool)
+    return _LossPlan(tctx, distill_mask & (w_distill > 0), grpo_mask, advantages, w_distill, w_grpo, scored)
+
+
+@dataclass
+class _TokenBatch:
+    """The action tokens of one micro-batch and what their losses need."""
+
+    ids: torch.Tensor
+    behaviour_logprobs: torch.Tensor
+    distill_mask: torch.Tensor
+    grpo_mask: torch.Tensor
+    advantages: torch.Tensor
+    teacher_logits: Any
+    ref_logprobs: torch.Tensor | None
+
+
+def _chunk_loss(sl: slice, logits: torch.Tensor, b: _TokenBatch, plan: _LossPlan, config: TrainConfig,
+                sums: dict[str, float]) -> torch.Tensor | None:
+    """The loss contribution of tokens ``sl`` of a micro-batch, given their student logits."""
+    dev = logits.device
+    lp_all = F.log_softmax(logits.float(), -1)
+    ids = b.ids[sl].to(dev)
+    lp = lp_all.gather(-1, ids[:, None]).squeeze(-1)
+    beh = b.behaviour_logprobs[sl].to(dev)
+    b_lp = torch.where(torch.isnan(beh), lp.detach(), beh)
+    total = None
+    m = b.distill_mask[sl].to(dev)
+    if m.any():
+        t_all = F.log_softmax(b.teacher_logits[sl].float(), -1)
+        if config.loss == "sampled":
+            per = L.sampled_token_loss(lp, t_all.gather(-1, ids[:, None]).squeeze(-1), b_lp, config.clip_eps)
+        else:
+            s_, t_ = (L.topk_with_tail(lp_all, t_all, config.topk, config.topk_source)
+                      if config.topk is not None else (lp_all, t_all))
+            per = L.divergence(s_, t_, config.loss, config.jsd_alpha) * L.importance_weights(lp, b_lp, config.is_clip)
+        d = (per * m).sum() / plan.n_distill
+        sums["distill"] += float(d.detach())
+        total = plan.w_distill * d
+    g_m = b.grpo_mask[sl].to(dev)
+    if g_m.any():
+        ref = None if b.ref_logprobs is None else b.ref_logprobs[sl]
+        per = L.grpo_token_loss(lp, b_lp, b.advantages[sl].to(dev), clip_eps=config.clip_eps, ref_logp=ref,
+                                kl_coef=config.kl_coef)
+        g = (per * g_m).sum() / plan.n_grpo
+        sums["grpo"] += float(g.detach())
+        total = plan.w_grpo * g if total is None else total + plan.w_grpo * g
+    return total
+
+
+def _chunked_backward(hidden: torch.Tensor, head: Any, loss_fn: Any, chunk: int) -> None:
+    """Backpropagate ``sum_chunks loss_fn(slice, head(hidden[slice]))`` chunk by chunk: the vocabulary-sized
+    logits and their softmaxes exist for one chunk at a time; the gradient w.r.t. the hidden states is
+    accumulated and sent into the model in one backward call."""
+    leaf = hidden.detach().requires_grad_(True)
+    for s in range(0, leaf.shape[0], max(1, chunk)):
+        sl = slice(s, min(leaf.shape[0], s + max(1, chunk)))
+        val = loss_fn(sl, head(leaf[sl]))
+        if val is not None:
+            val.backward()
+    if leaf.grad is not None:
+        hidden.backward(leaf.grad)
+
+
+def _micro_batches(layout: TokenLayout, episodes_per_batch: int) -> Iterator[tuple[list[int], torch.Tensor]]:
+    """``(chain indices, flat token indices)`` per micro-batch of ``episodes_per_batch`` episodes."""
+    by_episode: dict[int, list[int]] = {}
+    for ci, ch in enumerate(layout.chains):
+        by_episode.setdefault(ch.episode, []).append(ci)
+    order = sorted(by_episode)
+    step = max(1, episodes_per_batch)
+    for b in range(0, len(order), step):
+        cidx = [ci for e in order[b:b + step] for ci in by_episode[e]]
+        spans = [layout.span(layout.chains[ci].episode, t) for ci in cidx for t in layout.chains[ci].turns]
+        yield cidx, torch.cat([torch.arange(s.start, s.start + s.length) for s in spans])
+
+
+def _reference_logprobs(model: Any, episodes: Sequence[Episode], layout: TokenLayout, cidx: list[int], pad: int,
+                        ids: torch.Tensor, config: TrainConfig) -> torch.Tensor | None:
+    """Log-probs of the action tokens under the reference (adapter off), for GRPO's KL term."""
+    if not hasattr(model, "disable_adapter"):
+        return None
+    out = []
+    with torch.no_grad(), model.disable_adapter():
+        hidden, head = student_hidden(model, episodes, layout, chain_indices=cidx, pad_id=pad)
+        for s in range(0, hidden.shape[0], config.loss_chunk_tokens):
+            sl = slice(s, s + config.loss_chunk_tokens)
+            lp = F.log_softmax(head(hidden[sl]).float(), -1)
+            out.append(lp.gather(-1, ids[sl].to(lp.device)[:, None]).squeeze(-1))
+    return torch.cat(out)
+
+
+@contextlib.contextmanager
+def _training_mode(model: Any, checkpointing: bool) -> Iterator[None]:
+    """Train mode (with activation checkpointing when asked and supported) for the student pass only."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    enabled = False
+    if checkpointing and getattr(base, "supports_gradient_checkpointing", False):
+        kw = {"use_reentrant": False}
+        if hasattr(base, "activation_checkpointing_enable"):     # transformers >= 5
+            base.activation_checkpointing_enable(activation_checkpointing_kwargs=kw)
+        else:
+            base.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kw)
+        enabled = True
+    was_training = model.training
+    model.train()
+    try:
+        yield
+    finally:
+        model.train(was_training)
+        if enabled:
+            (getattr(base, "activation_checkpointing_disable", None) or base.gradient_checkpointing_disable)()
+
 
 def _renderer_for(policy: Any) -> Any:
     r = getattr(policy, "_hero_renderer", None)
@@ -244,423 +590,113 @@ def teacher_contexts_for(renderer: Any, episodes: Sequence[Episode],
     return out
 
 
-def _chunked_backward(logits: torch.Tensor, loss_fn: Any, chunk: int) -> float:
-    """Backpropagate ``sum_chunks loss_fn(slice, logits[slice])`` through ``logits`` chunk by chunk.
-
-    Vocabulary-sized temporaries (softmaxes, products) exist for one chunk at a time; the gradient
-    w.r.t. the logits is accumulated and sent into the model in one backward call.
-    """
-    leaf = logits.detach().requires_grad_(True)
-    total = 0.0
-    n = leaf.shape[0]
-    for s in range(0, n, chunk):
-        sl = slice(s, min(n, s + chunk))
-        val = loss_fn(sl, leaf[sl])
-        if val is None:
-            continue
-        val.backward()
-        total += float(val.detach())
-    if leaf.grad is not None:
-        logits.backward(leaf.grad)
-    return total
-
-
-def update(
-    policy: Any,
-    optimizer: torch.optim.Optimizer,
-    episodes: Sequence[Episode],
-    notes: Sequence[Sequence[str | None]] | None,
-    config: TrainConfig,
-    *,
-    teacher: TeacherWeights | None = None,
-    advantages: torch.Tensor | None = None,
-    renderer: Any = None,
-) -> UpdateStats:
-    """One optimiser step on a batch of episodes.
-
-    Distillation term (when ``notes`` has any note and the method is not GRPO): for every action
-    token of a turn with a note, the divergence between the student's next-token distribution
-    (in the context the model saw) and the teacher's (same model/teacher weights, context with the
-    note), weighted by truncated importance ratios; token-level mean. GRPO term (method ``grpo``
-    or ``grpo_weight > 0``): clipped surrogate with the episode's group-normalised advantage on
-    every action token; token-level mean. Only sampled action tokens ever enter a loss.
-    """
-    stats = UpdateStats()
-    model = policy.model
-    pad = getattr(policy, "pad_token_id", 0) or 0
-    renderer = renderer or _renderer_for(policy)
-    teacher = teacher or TeacherWeights(model, "live")
-    t0 = time.perf_counter()
-    layout = build_layout(episodes)
-    stats.action_tokens = layout.num_tokens
-    if layout.num_tokens == 0:
-        return stats
-    use_grpo = config.method == "grpo" or config.grpo_weight > 0.0
-    use_distill = config.method != "grpo" and notes is not None
-    w_grpo = 1.0 if config.method == "grpo" else config.grpo_weight
-    tctx = teacher_contexts_for(renderer, episodes, notes) if use_distill else None
-    if use_distill:
-        scored = {(s.episode, s.turn) for s in layout.spans if tctx[s.episode][s.turn] is not None}
-        stats.scored_turns = len(scored)
-        stats.masked_turns = len(layout.spans) - len(scored)
-        distill_mask_all = layout.token_mask(scored)
-        stats.distill_tokens = int(distill_mask_all.sum())
-        if stats.distill_tokens == 0:
-            use_distill = False
-    if not use_distill and not use_grpo:
-        return stats
-    if use_grpo and advantages is None:
-        advantages = L.group_advantages([ep.total_reward for ep in episodes],
-                                        [ep.task_id or ep.episode_id for ep in episodes])
-    w_dist = (1.0 - w_grpo) if (use_distill and use_grpo) else 1.0
-    n_dist = max(1, stats.distill_tokens)
-    n_all = layout.num_tokens
-
-    optimizer.zero_grad(set_to_none=True)
-    dsum = gsum = 0.0
-    # micro-batches of chains, grouped by episode
-    chains_by_ep: dict[int, list[int]] = {}
-    for ci, ch in enumerate(layout.chains):
-        chains_by_ep.setdefault(ch.episode, []).append(ci)
-    ep_ids = sorted(chains_by_ep)
-    mb = max(1, config.micro_batch_episodes)
-    dev = next(model.parameters()).device
-    t_teacher = t_student = 0.0
-    for b in range(0, len(ep_ids), mb):
-        cidx = [ci for e in ep_ids[b:b + mb] for ci in chains_by_ep[e]]
-        # flattened token range of these chains (chains are contiguous in layout order)
-        spans = [s for ci in cidx for s in layout.spans if s.episode == layout.chains[ci].episode
-                 and s.turn in layout.chains[ci].turns]
-        tok = torch.cat([torch.arange(s.start, s.start + s.length) for s in spans])
-        ids = layout.action_ids[tok].to(dev)
-        beh = layout.behaviour_logprobs[tok].to(dev)
-        t_logits = t_mask = None
-        reuse_kv = use_distill and teacher.kind == "live" and config.teacher_scoring in ("auto", "kv_cache")
-        if use_distill and not reuse_kv:
-            t1 = time.perf_counter()
-            score = teacher_logits if config.teacher_scoring == "packed" else teacher_logits_prefix_cache
-            with torch.no_grad(), teacher.active():
-                t_logits, t_mask = score(model, episodes, tctx, layout, chain_indices=cidx, pad_id=pad,
-                                         as_hidden=True)
-            t_mask = t_mask.to(dev)
-            t_teacher += time.perf_counter() - t1
-        ref_lp = None
-        if use_grpo and config.kl_coef > 0 and hasattr(model, "disable_adapter"):
-            with torch.no_grad(), model.disable_adapter():
-                r_logits, _ = student_logits(model, episodes, layout, chain_indices=cidx, pad_id=pad)
-                ref_lp = F.log_softmax(r_logits.float(), -1).gather(-1, ids[:, None]).squeeze(-1)
-                del r_logits
-        t1 = time.perf_counter()
-        if reuse_kv:
-            # live teacher = current weights: the student's own forward provides the shared prefix KV
-            s_logits, _, cache = student_logits(model, episodes, layout, chain_indices=cidx, pad_id=pad,
-                                                return_cache=True)
-            t2 = time.perf_counter()
-            t_logits, t_mask = teacher_logits_from_cache(model, episodes, tctx, layout, cache, chain_indices=cidx,
-                                                         pad_id=pad, as_hidden=True)
-            t_mask = t_mask.to(dev)
-            del cache
-            t_teacher += time.perf_counter() - t2
-            t1 += time.perf_counter() - t2
-        else:
-            s_logits, _ = student_logits(model, episodes, layout, chain_indices=cidx, pad_id=pad)
-        adv_tok = advantages[layout.episode_of_token[tok]].to(dev) if use_grpo else None
-
-        def chunk_loss(sl: slice, z: torch.Tensor) -> torch.Tensor | None:
-            nonlocal dsum, gsum
-            lp_all = F.log_softmax(z.float(), -1)
-            lp = lp_all.gather(-1, ids[sl, None]).squeeze(-1)
-            b_lp = torch.where(torch.isnan(beh[sl]), lp.detach(), beh[sl])
-            total = None
-            if use_distill:
-                m = t_mask[sl]
-                if m.any():
-                    if config.loss == "sampled":
-                        t_lp = F.log_softmax(t_logits[sl].float(), -1).gather(-1, ids[sl, None]).squeeze(-1)
-                        per = L.sampled_token_loss(lp, t_lp, b_lp, config.clip_eps)
-                        w = torch.ones_like(per)
-                    else:
-                        # same as L.distill_token_loss(z, t_logits[sl], ...) but reusing lp_all
-                        s_lp, t_lp = lp_all, F.log_softmax(t_logits[sl].float(), -1)
-                        if config.topk is not None:
-                            s_lp, t_lp = L.topk_with_tail(s_lp, t_lp, config.topk)
-                        per = L.divergence(s_lp, t_lp, config.loss, config.jsd_alpha)
-                        w = L.importance_weights(lp, b_lp, config.is_clip)
-                    d = (per * w * m.float()).sum() / n_dist
-                    dsum += float(d.detach())
-                    total = w_dist * d
-            if use_grpo:
-                per = L.grpo_token_loss(lp, b_lp, adv_tok[sl], clip_eps=config.clip_eps,
-                                        ref_logp=None if ref_lp is None else ref_lp[sl], kl_coef=config.kl_coef)
-                g = per.sum() / n_all
-                gsum += float(g.detach())
-                total = w_grpo * g if total is None else total + w_grpo * g
-            return total
-
-        _chunked_backward(s_logits, chunk_loss, max(1, config.loss_chunk_tokens))
-        del s_logits, t_logits
-        t_student += time.perf_counter() - t1
-    params = [p for p in model.parameters() if p.requires_grad]
-    gn = torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm if config.max_grad_norm else float("inf"))
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
-    teacher.update()
-    stats.grad_norm = float(gn)
-    stats.distill_loss = dsum if use_distill else None
-    stats.grpo_loss = gsum if use_grpo else None
-    stats.loss = (w_dist * dsum if use_distill else 0.0) + (w_grpo * gsum if use_grpo else 0.0)
-    stats.seconds = {"teacher": t_teacher, "student": t_student, "update": time.perf_counter() - t0}
-    return stats
-
-
 # ======================================================================================
-# Checkpoints and logs
+# helpers of train
 # ======================================================================================
 
-CKPT_FILE = "checkpoint.pt"
-EPISODES_FILE = "episodes.jsonl"
-METRICS_FILE = "metrics.jsonl"
+def _seed_everything(seed: int) -> None:
+    torch.manual_seed(seed)
+    random.seed(seed)
+    np.random.seed(seed)
 
 
-def _rng_state() -> dict[str, Any]:
-    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-
-
-def _set_rng_state(s: dict[str, Any]) -> None:
-    random.setstate(s["python"])
-    np.random.set_state(s["numpy"])
-    torch.set_rng_state(s["torch"])
-
-
-def _trainable_state(model: Any) -> dict[str, torch.Tensor]:
-    return {n: p.detach().cpu().clone() for n, p in model.named_parameters() if p.requires_grad}
-
-
-def _load_trainable(model: Any, state: dict[str, torch.Tensor]) -> None:
-    params = dict(model.named_parameters())
-    missing = [n for n in state if n not in params]
-    if missing:
-        raise ValueError(f"checkpoint has parameters this model lacks: {missing[:5]}")
-    with torch.no_grad():
-        for n, v in state.items():
-            params[n].copy_(v.to(params[n].device))
-
-
-def _truncate_lines(path: Path, n: int) -> None:
-    """Keep the first ``n`` complete lines of ``path`` (drops lines from an uncommitted iteration)."""
-    if not path.exists():
+def _reset_lora(model: Any, seed: int) -> None:
+    """Re-draw every LoRA adapter's initial weights from ``seed`` (global RNG untouched)."""
+    try:
+        from peft.tuners.lora import LoraLayer
+    except ImportError:  # pragma: no cover
         return
-    with path.open("rb") as f:
-        lines = f.read().split(b"\n")
-    kept = [ln for ln in lines if ln.strip()][:n]
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_bytes(b"".join(ln + b"\n" for ln in kept))
-    os.replace(tmp, path)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for module in model.modules():
+            if isinstance(module, LoraLayer):
+                for name in list(module.lora_A.keys()):
+                    module.reset_lora_parameters(name, True)
 
 
-def _save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
-    tmp = path.with_suffix(".tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)   # atomic: a kill leaves the previous checkpoint intact
+def _make_reflector(spec: MethodSpec, policy: Any, config: TrainConfig) -> Reflector | None:
+    if spec.reflector is None:
+        return None
+    kind = {"llm": "model"}.get(config.reflector or "", config.reflector) or spec.reflector
+    if kind == "rules":
+        return RuleReflector()
+    return LLMReflector(policy, max_new_tokens=config.reflector_max_new_tokens, max_retries=config.reflector_retries)
 
 
-def _append_jsonl(path: Path, rows: Sequence[dict[str, Any]]) -> None:
-    with path.open("a", encoding="utf-8") as f:
-        for r in rows:
-            f.write(json.dumps(r, default=str) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
+def _note_options(config: TrainConfig, iteration: int) -> NoteOptions:
+    return NoteOptions(envfb_max_chars=config.envfb_max_chars, demo_max_chars=config.demo_max_chars,
+                       min_confidence=config.min_confidence, seed=config.seed * 1_000_003 + iteration)
 
 
-# ======================================================================================
-# train / evaluate
-# ======================================================================================
+def _make_envs(config: TrainConfig) -> list[Any]:
+    import hero_gym
 
-def _hand_over_adapter(policy: Any, rollout_policy: Any, ckpt_dir: Path | None) -> None:
-    """Save the trained adapter and point the rollout backend (vLLM) at it."""
-    import tempfile
-
-    target = (ckpt_dir if ckpt_dir is not None else Path(tempfile.mkdtemp(prefix="hero_gym_adapter_"))) / "rollout_adapter"
-    policy.save(target)
-    rollout_policy.set_lora(target)
+    kw = dict(config.env_kwargs)
+    if config.max_turns is not None:
+        kw["max_turns"] = config.max_turns
+    return [hero_gym.make(config.env_id, **kw) for _ in range(config.tasks_per_update * config.group_size)]
 
 
-def _make_reflector(policy: Any, config: TrainConfig) -> Reflector:
-    if config.reflector == "llm":
-        return LLMReflector(policy, max_new_tokens=config.reflector_max_new_tokens,
-                            max_retries=config.reflector_retries)
-    return RuleReflector()
-
-
-def _tasks_for(update_idx: int, config: TrainConfig) -> list[Any]:
-    """Deterministic task list of iteration ``update_idx`` (so a resumed run draws the same tasks)."""
+def _tasks_for(iteration: int, config: TrainConfig) -> list[Any]:
+    """Deterministic task list of an iteration (so a resumed run draws the same tasks)."""
     from .rollout import Task
 
     tasks = []
     for j in range(config.tasks_per_update):
-        k = update_idx * config.tasks_per_update + j
+        k = iteration * config.tasks_per_update + j
         seed = config.seed * 1_000_003 + k
         if config.task_indices:
-            idx = config.task_indices[k % len(config.task_indices)]
-            tasks.append(Task(seed=seed, options={"task_index": idx}))
+            tasks.append(Task(seed=seed, options={"task_index": config.task_indices[k % len(config.task_indices)]}))
         else:
             tasks.append(Task(seed=seed))
     return tasks
 
 
-def train(
-    policy: Any,
-    config: TrainConfig,
-    *,
-    reflector: Reflector | None = None,
-    optimizer: torch.optim.Optimizer | None = None,
-    rollout_policy: Any | None = None,
-) -> TrainResult:
-    """Train ``policy`` (an :class:`~hero_gym.agents.policy.HFPolicy`) with ``config.method`` until
-    ``config.turn_budget`` environment turns are spent (or ``config.max_updates`` updates).
-
-    Each iteration collects ``tasks_per_update x group_size`` episodes, builds the method's notes
-    (reflecting first for HERO; ``reflector`` overrides ``config.reflector``), performs one
-    :func:`update`, then appends the episodes to ``<checkpoint_dir>/episodes.jsonl`` and the stats to
-    ``metrics.jsonl`` and atomically rewrites ``checkpoint.pt``. With ``config.resume`` and an
-    existing checkpoint the run continues from it (logs truncated to the checkpoint first).
-
-    ``rollout_policy`` (e.g. a :class:`~hero_gym.agents.vllm_policy.VLLMPolicy` on the same base
-    model) generates the rollouts instead of ``policy``; ``policy`` is still the one trained. After
-    every update the trained LoRA adapter is saved (under ``checkpoint_dir``, else a temporary
-    folder) and handed to ``rollout_policy.set_lora``, so rollouts always use the current weights.
-    """
-    from .policy import SamplingConfig
-    from .rollout import TurnBudget, collect
-
-    model = policy.model
-    torch.manual_seed(config.seed)
-    random.seed(config.seed)
-    np.random.seed(config.seed)
-    params = [p for p in model.parameters() if p.requires_grad]
-    if not params:
-        raise ValueError("the policy has no trainable parameters")
-    optimizer = optimizer or torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
-    teacher = TeacherWeights(model, config.teacher, config.ema_decay)
-    buffer = SuccessBuffer()
-    reflector = reflector or (_make_reflector(policy, config) if config.method == "hero" else None)
-    budget = TurnBudget(total=config.turn_budget)
-    updates = episodes_logged = 0
-    successes = 0
-    metrics: list[dict[str, Any]] = []
-    ckpt_dir = Path(config.checkpoint_dir) if config.checkpoint_dir else None
-    resumed_from = 0
-    if ckpt_dir is not None:
-        ckpt_dir.mkdir(parents=True, exist_ok=True)
-        ck = ckpt_dir / CKPT_FILE
-        if config.resume and ck.exists():
-            state = torch.load(ck, map_location="cpu", weights_only=False)
-            _load_trainable(model, state["trainable"])
-            optimizer.load_state_dict(state["optimizer"])
-            teacher.load_state_dict(state["teacher"])
-            buffer.load_state_dict(state["success_buffer"])
-            _set_rng_state(state["rng"])
-            updates, episodes_logged = state["updates"], state["episodes_logged"]
-            budget.spent, successes = state["turns_used"], state["successes"]
-            resumed_from = updates
-            _truncate_lines(ckpt_dir / EPISODES_FILE, episodes_logged)
-            _truncate_lines(ckpt_dir / METRICS_FILE, updates)
-            if (ckpt_dir / METRICS_FILE).exists():
-                metrics = [json.loads(x) for x in (ckpt_dir / METRICS_FILE).read_text().splitlines() if x.strip()]
-        elif not config.resume:
-            for f in (CKPT_FILE, EPISODES_FILE, METRICS_FILE):
-                (ckpt_dir / f).unlink(missing_ok=True)
-        (ckpt_dir / "config.json").write_text(json.dumps(asdict(config), indent=2, default=str))
-
-    renderer = _renderer_for(policy)
-    env_kwargs = dict(config.env_kwargs)
-    if config.max_turns is not None:
-        env_kwargs["max_turns"] = config.max_turns
-    import hero_gym
-
-    envs = [hero_gym.make(config.env_id, **env_kwargs) for _ in range(config.tasks_per_update * config.group_size)]
-    bar = None
-    if config.progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=config.turn_budget, initial=budget.spent, desc=f"train[{config.method}]", unit="turn")
-    try:
-        metrics, updates, episodes_logged, successes = _train_loop(
-            policy, config, envs, optimizer, teacher, buffer, reflector, budget, renderer, ckpt_dir, bar,
-            metrics, updates, episodes_logged, successes, rollout_policy)
-    finally:
-        for e in envs:
-            e.close()
-        if bar is not None:
-            bar.close()
-    return TrainResult(updates=updates, turns_used=budget.spent, episodes=episodes_logged,
-                       train_success_rate=successes / episodes_logged if episodes_logged else 0.0,
-                       metrics=metrics, checkpoint_dir=str(ckpt_dir) if ckpt_dir else None,
-                       resumed_from_update=resumed_from)
-
-
-def _train_loop(policy, config, envs, optimizer, teacher, buffer, reflector, budget, renderer, ckpt_dir, bar,
-                metrics, updates, episodes_logged, successes, rollout_policy=None):
-    """The body of :func:`train` (split out so env instances are always closed)."""
+def _collect_batch(policy: Any, envs: list[Any], config: TrainConfig, iteration: int) -> list[Episode]:
+    """One whole batch of training episodes (never cut by the run's budget)."""
     from .policy import SamplingConfig
     from .rollout import collect
 
-    model = policy.model
-    while not budget.exhausted and (config.max_updates is None or updates < config.max_updates):
-        t0 = time.perf_counter()
-        # 1. rollouts (deterministic per iteration: tasks and sampling seed derive from the counter)
-        sampling = SamplingConfig(max_new_tokens=config.max_new_tokens, temperature=config.temperature,
-                                  seed=config.seed * 7919 + updates)
-        spent_before = budget.spent
-        episodes = collect(rollout_policy or policy, envs, tasks=_tasks_for(updates, config),
-                           group_size=config.group_size,
-                           sampling=sampling, budget=budget, tool_prompt=TOOL_PROMPTS[config.tool_prompt],
-                           max_context_tokens=getattr(model.config, "max_position_embeddings", None))
-        t_collect = time.perf_counter() - t0
-        if not episodes:
-            break
-        # 2. hindsight + notes
-        t1 = time.perf_counter()
-        reflections: list[Reflection] | None = None
-        if config.method == "hero":
-            reflections = reflector.reflect(episodes)  # type: ignore[union-attr]
-        notes = build_notes(config.method, episodes, reflections=reflections, success_buffer=buffer,
-                            envfb_max_chars=config.envfb_max_chars, demo_max_chars=config.demo_max_chars)
-        buffer.add(episodes)
-        t_reflect = time.perf_counter() - t1
-        # 3. one update
-        stats = update(policy, optimizer, episodes, notes, config, teacher=teacher, renderer=renderer)
-        updates += 1
-        if rollout_policy is not None:
-            _hand_over_adapter(policy, rollout_policy, ckpt_dir)
-        successes += sum(ep.success for ep in episodes)
-        # 4. logs + checkpoint (episodes first; the checkpoint commits them)
-        row = {"update": updates, "turns_used": budget.spent, "episodes": episodes_logged + len(episodes),
-               "success_rate": sum(ep.success for ep in episodes) / len(episodes),
-               "mean_reward": float(np.mean([ep.total_reward for ep in episodes])),
-               "mean_turns": float(np.mean([len(ep.turns) for ep in episodes])),
-               **{k: v for k, v in asdict(stats).items() if k != "seconds"},
-               "seconds": {**stats.seconds, "collect": t_collect, "reflect": t_reflect,
-                           "iteration": time.perf_counter() - t0}}
-        metrics.append(row)
-        if ckpt_dir is not None:
-            for ep, refl in zip(episodes, reflections or [None] * len(episodes)):
-                ep.metadata["train_update"] = updates
-                if refl is not None:
-                    ep.metadata["reflection"] = refl.to_json()
-            save_jsonl(episodes, ckpt_dir / EPISODES_FILE, append=True)
-            _append_jsonl(ckpt_dir / METRICS_FILE, [row])
-            _save_checkpoint(ckpt_dir / CKPT_FILE, {
-                "trainable": _trainable_state(model), "optimizer": optimizer.state_dict(),
-                "teacher": teacher.state_dict(), "success_buffer": buffer.state_dict(), "rng": _rng_state(),
-                "updates": updates, "episodes_logged": episodes_logged + len(episodes),
-                "turns_used": budget.spent, "successes": successes, "config": asdict(config)})
-        episodes_logged += len(episodes)
-        if bar is not None:
-            bar.update(budget.spent - spent_before)
-            bar.set_postfix(loss=f"{stats.loss:.4f}", succ=f"{row['success_rate']:.2f}")
-    return metrics, updates, episodes_logged, successes
+    sampling = SamplingConfig(max_new_tokens=config.max_new_tokens, temperature=config.temperature,
+                              seed=config.seed * 7919 + iteration)
+    model_cfg = getattr(getattr(policy, "model", None), "config", None)
+    return collect(policy, envs, tasks=_tasks_for(iteration, config), group_size=config.group_size,
+                   sampling=sampling, tool_prompt=TOOL_PROMPTS[config.tool_prompt],
+                   max_context_tokens=getattr(model_cfg, "max_position_embeddings", None))
 
+
+def _metrics_row(c: RunCounters, episodes: Sequence[Episode], stats: UpdateStats,
+                 seconds: dict[str, float]) -> dict[str, Any]:
+    return {"iteration": c.iterations, "turns_used": c.turns, "episodes": c.episodes,
+            "optimizer_steps": c.optimizer_steps, "tokens_trained_total": c.tokens_trained,
+            "success_rate": sum(ep.success for ep in episodes) / len(episodes),
+            "mean_reward": float(np.mean([ep.total_reward for ep in episodes])),
+            "mean_turns": float(np.mean([len(ep.turns) for ep in episodes])),
+            "unfinished_episodes": sum(not episode_finished(ep) for ep in episodes),
+            **{k: v for k, v in asdict(stats).items() if k != "seconds"},
+            "seconds": {**stats.seconds, **seconds}}
+
+
+def _hand_over_adapter(policy: Any, rollout_policy: Any, files: RunFiles | None) -> None:
+    """Save the trained adapter and point the rollout backend (vLLM) at it."""
+    import tempfile
+
+    root = files.dir if files is not None else Path(tempfile.mkdtemp(prefix="hero_gym_adapter_"))
+    policy.save(root / "rollout_adapter")
+    rollout_policy.set_lora(root / "rollout_adapter")
+
+
+def _progress_bar(config: TrainConfig, spent: int) -> Any:
+    if not config.progress:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=config.turn_budget, initial=spent, desc=f"train[{config.method}]", unit="turn")
+
+
+# ======================================================================================
+# evaluate
+# ======================================================================================
 
 def evaluate(
     policy: Any,
@@ -701,7 +737,8 @@ def evaluate(
         tasks = tasks[:n_episodes]
     sampling = SamplingConfig(max_new_tokens=max_new_tokens, temperature=temperature, seed=12345)
     if max_context_tokens is None:
-        max_context_tokens = getattr(getattr(policy.model, "config", None), "max_position_embeddings", None)
+        model_cfg = getattr(getattr(policy, "model", None), "config", None)
+        max_context_tokens = getattr(model_cfg, "max_position_embeddings", None)
     env_kwargs = dict(env_kwargs or {})
     if max_turns is not None:
         env_kwargs["max_turns"] = max_turns

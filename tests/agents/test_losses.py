@@ -14,6 +14,15 @@ def logits(p):
     return torch.tensor([[math.log(x) for x in p]], dtype=torch.float32)
 
 
+def distill(s_logits, t_logits, kind="forward_kl", alpha=0.5, topk=None, topk_source="teacher"):
+    """The trainer's per-token distillation: log-softmax both, optional top-k + tail, divergence."""
+    s = torch.log_softmax(s_logits, -1)
+    t = torch.log_softmax(t_logits, -1)
+    if topk is not None:
+        s, t = L.topk_with_tail(s, t, topk, topk_source)
+    return L.divergence(s, t, kind, alpha)
+
+
 def kl(p, q):
     return sum(pi * math.log(pi / qi) for pi, qi in zip(p, q) if pi > 0)
 
@@ -22,14 +31,14 @@ def test_forward_kl_hand():
     # 0.5 ln(0.5/0.2) + 0.3 ln(0.3/0.5) + 0.2 ln(0.2/0.3)
     want = 0.5 * math.log(2.5) + 0.3 * math.log(0.6) + 0.2 * math.log(2 / 3)
     assert want == pytest.approx(0.2238, abs=1e-4)
-    got = L.distill_token_loss(logits(P_S), logits(P_T), kind="forward_kl")
+    got = distill(logits(P_S), logits(P_T), kind="forward_kl")
     assert got.item() == pytest.approx(want, abs=1e-6)
 
 
 def test_reverse_kl_hand():
     want = 0.2 * math.log(0.4) + 0.5 * math.log(5 / 3) + 0.3 * math.log(1.5)
     assert want == pytest.approx(0.1938, abs=1e-4)
-    got = L.distill_token_loss(logits(P_S), logits(P_T), kind="reverse_kl")
+    got = distill(logits(P_S), logits(P_T), kind="reverse_kl")
     assert got.item() == pytest.approx(want, abs=1e-6)
 
 
@@ -37,7 +46,7 @@ def test_reverse_kl_hand():
 def test_jsd_hand(alpha):
     m = [alpha * t + (1 - alpha) * s for t, s in zip(P_T, P_S)]
     want = alpha * kl(P_T, m) + (1 - alpha) * kl(P_S, m)
-    got = L.distill_token_loss(logits(P_S), logits(P_T), kind="jsd", alpha=alpha)
+    got = distill(logits(P_S), logits(P_T), kind="jsd", alpha=alpha)
     assert got.item() == pytest.approx(want, abs=1e-6)
 
 
@@ -45,14 +54,14 @@ def test_jsd_half_value():
     # M = [0.35, 0.4, 0.25]
     want = 0.5 * (0.5 * math.log(0.5 / 0.35) + 0.3 * math.log(0.3 / 0.4) + 0.2 * math.log(0.2 / 0.25)) \
         + 0.5 * (0.2 * math.log(0.2 / 0.35) + 0.5 * math.log(0.5 / 0.4) + 0.3 * math.log(0.3 / 0.25))
-    got = L.distill_token_loss(logits(P_S), logits(P_T), kind="jsd", alpha=0.5)
+    got = distill(logits(P_S), logits(P_T), kind="jsd", alpha=0.5)
     assert got.item() == pytest.approx(want, abs=1e-6)
     assert want == pytest.approx(0.0507, abs=1e-3)
 
 
 def test_identical_distributions_zero():
     for kind in ("forward_kl", "reverse_kl", "jsd"):
-        assert L.distill_token_loss(logits(P_T), logits(P_T), kind=kind).item() == pytest.approx(0.0, abs=1e-7)
+        assert distill(logits(P_T), logits(P_T), kind=kind).item() == pytest.approx(0.0, abs=1e-7)
 
 
 def test_topk_tail_hand():
@@ -60,27 +69,27 @@ def test_topk_tail_hand():
     s = [0.1, 0.2, 0.3, 0.4]
     # teacher top-2 = tokens 0,1; tail buckets: teacher 0.3, student 0.7
     tt, ss = [0.4, 0.3, 0.3], [0.1, 0.2, 0.7]
-    got_s, got_t = L.topk_with_tail(torch.log(torch.tensor([s])), torch.log(torch.tensor([t])), 2)
+    got_s, got_t = L.topk_with_tail(torch.log(torch.tensor([s])), torch.log(torch.tensor([t])), 2, "teacher")
     assert got_t.exp().tolist()[0] == pytest.approx(tt, abs=1e-6)
     assert got_s.exp().tolist()[0] == pytest.approx(ss, abs=1e-6)
-    fwd = L.distill_token_loss(logits(s), logits(t), kind="forward_kl", topk=2)
+    fwd = distill(logits(s), logits(t), kind="forward_kl", topk=2)
     assert fwd.item() == pytest.approx(kl(tt, ss), abs=1e-6)
-    rev = L.distill_token_loss(logits(s), logits(t), kind="reverse_kl", topk=2)
+    rev = distill(logits(s), logits(t), kind="reverse_kl", topk=2)
     assert rev.item() == pytest.approx(kl(ss, tt), abs=1e-6)
     # student-sourced top-2 = tokens 3,2 -> teacher [0.1, 0.2, 0.7], student [0.4, 0.3, 0.3]
-    fwd_s = L.distill_token_loss(logits(s), logits(t), kind="forward_kl", topk=2, topk_source="student")
+    fwd_s = distill(logits(s), logits(t), kind="forward_kl", topk=2, topk_source="student")
     assert fwd_s.item() == pytest.approx(kl([0.1, 0.2, 0.7], [0.4, 0.3, 0.3]), abs=1e-6)
     # the tail-bucket divergence lower-bounds the full one
-    full = L.distill_token_loss(logits(s), logits(t), kind="forward_kl")
+    full = distill(logits(s), logits(t), kind="forward_kl")
     assert fwd.item() <= full.item() + 1e-7
     # k >= V is the full vocabulary
-    assert L.distill_token_loss(logits(s), logits(t), topk=10).item() == pytest.approx(full.item(), abs=1e-7)
+    assert distill(logits(s), logits(t), topk=10).item() == pytest.approx(full.item(), abs=1e-7)
 
 
 def test_teacher_gets_no_gradient_student_does():
     s = logits(P_S).requires_grad_(True)
     t = logits(P_T).requires_grad_(True)
-    L.distill_token_loss(s, t, kind="forward_kl").sum().backward()
+    distill(s, t, kind="forward_kl").sum().backward()
     assert t.grad is None
     # d/dz_S KL(T||S) = softmax(z_S) - p_T
     assert s.grad[0].tolist() == pytest.approx([0.2 - 0.5, 0.5 - 0.3, 0.3 - 0.2], abs=1e-6)
@@ -145,15 +154,3 @@ def test_grpo_kl_to_reference_hand():
     k3 = math.exp(d) - d - 1   # 0.5 + ln 2 - 1
     out = L.grpo_token_loss(lp, lp, torch.zeros(1), ref_logp=ref, kl_coef=0.1)
     assert out.item() == pytest.approx(0.1 * k3, abs=1e-6)
-
-
-def test_masked_mean_and_blend():
-    x = torch.tensor([1.0, 2.0, 3.0, 4.0])
-    m = torch.tensor([1, 0, 1, 0])
-    assert L.masked_mean(x, m).item() == pytest.approx(2.0)
-    assert L.masked_mean(x, m, weights=torch.tensor([2.0, 1.0, 0.0, 1.0])).item() == pytest.approx(1.0)
-    assert L.masked_mean(x, torch.zeros(4)).item() == 0.0
-    a, b = torch.tensor(2.0), torch.tensor(4.0)
-    assert L.blend_losses(a, b, 0.25).item() == pytest.approx(2.5)
-    assert L.blend_losses(a, None, 0.25).item() == 2.0
-    assert L.blend_losses(None, b, 0.0) is b or L.blend_losses(None, b, 1.0).item() == 4.0

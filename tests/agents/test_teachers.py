@@ -1,15 +1,9 @@
 """Teacher notes per method, the success buffer, and teacher weight kinds."""
 import torch
 
+from hero_gym.agents.methods import METHODS, NoteOptions, build_notes, derangement
 from hero_gym.agents.reflector import Reflection, TurnReflection
-from hero_gym.agents.teachers import (
-    DEMO_HEADER,
-    SuccessBuffer,
-    TeacherWeights,
-    build_notes,
-    envfb_note,
-    hero_note,
-)
+from hero_gym.agents.teachers import DEMO_HEADER, SuccessBuffer, TeacherWeights, envfb_note, hero_note
 from hero_gym.records import Episode, Turn
 
 
@@ -28,17 +22,28 @@ def test_hero_note_target_only_when_high():
     assert hero_note(None) is None and hero_note(TurnReflection("  ", "high")) is None
 
 
+def test_low_confidence_diagnoses_are_masked_by_default():
+    """Issue 9 item 6: a low-confidence (uninformative) diagnosis does not enter the loss unless asked."""
+    low = TurnReflection("No direct error signal; the episode failed.", "low")
+    assert hero_note(low) is None
+    assert hero_note(low, min_confidence="low") is not None
+    assert hero_note(TurnReflection("d", "medium")) is not None
+    assert hero_note(TurnReflection("d", "medium"), min_confidence="high") is None
+
+
 def test_build_notes_each_method():
     eps = [_ep("a", False, eid="e1"), _ep("a", True, n=1, eid="e2"), _ep("b", False, eid="e3")]
-    refl = [Reflection("e1", {1: TurnReflection("d", "low")}), Reflection("e2"), Reflection("e3", {0: TurnReflection("z")})]
-    hero = build_notes("hero", eps, reflections=refl)
-    assert hero[0][0] is None and "d" in hero[0][1] and hero[1] == [None] and hero[2][1] is None
-    env = build_notes("envfb_sd", eps, envfb_max_chars=50)
+    refl = [Reflection("e1", {1: TurnReflection("d", "medium")}), Reflection("e2"),
+            Reflection("e3", {0: TurnReflection("z", "low")})]
+    for method in ("hero", "hero_rules"):
+        hero = build_notes(method, eps, reflections=refl)
+        assert hero[0][0] is None and "d" in hero[0][1] and hero[1] == [None] and hero[2] == [None, None]
+    env = build_notes("envfb_sd", eps, options=NoteOptions(envfb_max_chars=50))
     assert env[0][1].endswith("[truncated]") and "obsobs" in env[0][1] and len(env[0][1]) < 200
     assert build_notes("grpo", eps) == [[None, None], [None], [None, None]]
     demo = build_notes("full_demo", eps)
     assert demo[0][0].startswith(DEMO_HEADER) and "act0-a-True" in demo[0][0]
-    assert demo[1][0] is not None            # the only success uses itself
+    assert demo[1] == [None]                 # the only success: never its own trajectory (issue 9 item 5)
     assert demo[2] == [None, None]           # task b: no success anywhere -> masked
     buf = SuccessBuffer()
     buf.add([_ep("b", True, n=1, eid="old")])
@@ -49,6 +54,41 @@ def test_build_notes_each_method():
     assert buf2.get("b").episode_id == "old"
 
 
+def test_full_demo_never_shows_the_episode_its_own_actions():
+    """Issue 9 item 5: with no successful sibling, a successful episode used to get itself as the demo,
+    from the batch or from the buffer (which holds it after ``buffer.add``)."""
+    ep = _ep("a", True, n=2, eid="self")
+    buf = SuccessBuffer()
+    buf.add([ep])
+    for b in (None, buf):
+        assert build_notes("full_demo", [ep], success_buffer=b) == [[None, None]]
+    other = _ep("a", True, n=1, eid="other")
+    notes = build_notes("full_demo", [ep, other])   # each shows the other's trajectory
+    assert notes[0][0].count("Step ") == 1 and notes[1][0].count("Step ") == 2
+
+
+def test_shuffled_diagnoses_come_from_another_episode():
+    eps = [_ep("a", False, n=1, eid=f"e{i}") for i in range(5)]
+    refl = [Reflection(f"e{i}", {0: TurnReflection(f"diagnosis of episode {i}", "high")}) for i in range(5)]
+    for seed in range(20):
+        p = derangement(5, seed)
+        assert sorted(p) == list(range(5)) and all(p[i] != i for i in range(5))
+        notes = build_notes("hero_shuffled", eps, reflections=refl, options=NoteOptions(seed=seed))
+        for i in range(5):
+            assert f"episode {i}" not in notes[i][0] and f"episode {p[i]}" in notes[i][0]
+    assert derangement(5, 1) == derangement(5, 1)
+    assert build_notes("hero_shuffled", eps[:1], reflections=refl[:1]) == [[None]]
+
+
+def test_registry_labels_and_flags():
+    assert {m: s.label for m, s in METHODS.items()} == {
+        "grpo": "GRPO", "envfb_sd": "Env-feedback SD", "full_demo": "Full-demo", "hero_rules": "HERO (rules)",
+        "hero": "HERO", "hero_shuffled": "HERO (shuffled diagnoses)"}
+    assert METHODS["grpo"].uses_grpo and not METHODS["grpo"].distills
+    assert METHODS["hero"].reflector == "model" and METHODS["hero_rules"].reflector == "rules"
+    assert METHODS["envfb_sd"].reflector is None
+
+
 def test_envfb_note_short_kept():
     assert envfb_note("hello").endswith("hello")
 
@@ -56,7 +96,7 @@ def test_envfb_note_short_kept():
 def test_teacher_weights_ema_and_base():
     lin = torch.nn.Linear(2, 1, bias=False)
     torch.nn.init.constant_(lin.weight, 1.0)
-    tw = TeacherWeights(lin, "ema", ema_decay=0.5)
+    tw = TeacherWeights(lin, "ema", ema_rate=0.5)
     with torch.no_grad():
         lin.weight.fill_(3.0)
     tw.update()                                  # shadow = 0.5*1 + 0.5*3 = 2

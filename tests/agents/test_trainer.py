@@ -14,7 +14,8 @@ from hero_gym.agents.models import load_default_tokenizer, tiny_model
 from hero_gym.agents.policy import HFPolicy
 from hero_gym.agents.reflector import FunctionReflector, TurnReflection
 from hero_gym.agents.scoring import build_layout, student_logits
-from hero_gym.agents.teachers import build_notes, hero_note
+from hero_gym.agents.methods import build_notes
+from hero_gym.agents.teachers import hero_note
 from hero_gym.agents.trainer import EvalResult, TrainConfig, evaluate, train, update
 from hero_gym.chat import ChatRenderer
 from hero_gym.records import Episode, Turn, load_jsonl
@@ -91,12 +92,12 @@ def _hero_updates(tok, nr, named: str, n_updates=4):
             index=0, action_text=text, parsed_action=info["parsed_action"], observation=obs, reward=rew,
             terminated=term, context_token_ids=ctx, action_token_ids=nr["acts"][k], action_logprobs=lp)]))
     reflector = FunctionReflector(lambda ep: {0: nr["refl"][named]})
-    cfg = TrainConfig(method="hero", lr=3e-3, is_clip=None)
+    cfg = TrainConfig(method="hero", lr=3e-3, is_clip=None, teacher="live", loss="forward_kl", topk=None)
     opt = torch.optim.Adam(policy.trainable_parameters(), lr=cfg.lr)
     before = _seq_logprob(model, ctx, nr["acts"]["A"])
     for _ in range(n_updates):
         notes = build_notes("hero", episodes, reflections=reflector.reflect(episodes))
-        stats = update(policy, opt, episodes, notes, cfg)
+        stats = update(policy, opt, episodes, notes, cfg, teacher=None)
         assert stats.scored_turns == 2 and stats.distill_tokens > 0
     return before, _seq_logprob(model, ctx, nr["acts"]["A"])
 
@@ -114,24 +115,23 @@ def test_hero_diagnosis_naming_wrong_action_lowers_it(tok, note_reader):
 # --------------------------------------------------------------------------- resume
 
 def _cfg(tmp, **kw):
-    base = dict(method="hero", env_id=LOOKUP, turn_budget=12, tasks_per_update=2, group_size=1, max_turns=2,
+    base = dict(method="hero_rules", env_id=LOOKUP, turn_budget=12, tasks_per_update=2, group_size=1, max_turns=2,
                 max_new_tokens=8, lr=1e-3, checkpoint_dir=str(tmp), seed=3)
     base.update(kw)
     return TrainConfig(**base)
 
 
 def _episode_keys(path):
-    return [(e.task_id, e.metadata["train_update"], tuple(tuple(t.action_token_ids) for t in e.turns))
+    return [(e.task_id, e.metadata["train_iteration"], tuple(tuple(t.action_token_ids) for t in e.turns))
             for e in load_jsonl(path)]
 
 
 def test_resume_after_kill_no_lost_or_duplicated_episodes(tok, tmp_path):
-    torch.manual_seed(0)   # the LoRA init draws from the global RNG
     full = train(HFPolicy(tiny_model(tok, seed=1), tok), _cfg(tmp_path / "full"))
-    assert full.updates >= 3 and full.turns_used == 12
+    assert full.updates >= 3 and full.turns_used >= 12
 
     run = tmp_path / "killed"
-    torch.manual_seed(0)
+    torch.manual_seed(123)   # the LoRA init is re-drawn from the config's seed: the global RNG does not matter
     first = train(HFPolicy(tiny_model(tok, seed=1), tok), _cfg(run, max_updates=2))
     assert first.updates == 2
     # the process "dies" mid-iteration: one more episode was appended and a line torn
@@ -141,30 +141,31 @@ def test_resume_after_kill_no_lost_or_duplicated_episodes(tok, tmp_path):
     # a fresh process: new model object (different random LoRA init), resumes from the checkpoint
     torch.manual_seed(999)
     resumed = train(HFPolicy(tiny_model(tok, seed=1), tok), _cfg(run))
-    assert resumed.resumed_from_update == 2
+    assert resumed.resumed_from_iteration == 2
     assert resumed.updates == full.updates and resumed.turns_used == full.turns_used
     assert resumed.episodes == full.episodes == len(load_jsonl(run / "episodes.jsonl"))
     keys_full, keys_run = _episode_keys(tmp_path / "full" / "episodes.jsonl"), _episode_keys(run / "episodes.jsonl")
     assert len(set(e.episode_id for e in load_jsonl(run / "episodes.jsonl"))) == resumed.episodes
     assert keys_run == keys_full       # same episodes, same order, nothing lost or repeated
-    assert [m["update"] for m in resumed.metrics] == list(range(1, full.updates + 1))
+    assert [m["iteration"] for m in resumed.metrics] == list(range(1, full.updates + 1))
 
 
 # --------------------------------------------------------------------------- end to end
 
-@pytest.mark.parametrize("method", ["hero", "grpo", "envfb_sd", "full_demo"])
+@pytest.mark.parametrize("method", ["hero_rules", "hero", "hero_shuffled", "grpo", "envfb_sd", "full_demo"])
 def test_train_then_evaluate_each_method(tok, tmp_path, method):
     policy = HFPolicy(tiny_model(tok, seed=2), tok)
     cfg = TrainConfig(method=method, env_id=LOOKUP, env_kwargs={"num_items": 4}, turn_budget=8, tasks_per_update=2,
                       group_size=2, max_turns=2, max_new_tokens=10, lr=1e-3, checkpoint_dir=str(tmp_path),
                       grpo_weight=0.5 if method == "envfb_sd" else 0.0, kl_coef=0.05 if method == "grpo" else 0.0,
-                      teacher={"envfb_sd": "base", "full_demo": "ema"}.get(method, "live"))
+                      teacher={"envfb_sd": "base", "full_demo": "live"}.get(method, "ema"),
+                      reflector_max_new_tokens=24, reflector_retries=0)
     res = train(policy, cfg)
-    assert res.updates >= 1 and res.turns_used == 8
+    assert res.updates >= 1 and res.turns_used >= 8
     assert (tmp_path / "checkpoint.pt").exists() and len(load_jsonl(tmp_path / "episodes.jsonl")) == res.episodes
     m = res.metrics[-1]
     assert m["action_tokens"] > 0
-    if method in ("hero", "envfb_sd"):
+    if method == "envfb_sd":
         assert m["scored_turns"] > 0 and m["distill_loss"] is not None
     ev = evaluate(policy, LOOKUP, {"num_items": 4}, task_indices=[0, 1], max_turns=2, max_new_tokens=10)
     assert isinstance(ev, EvalResult) and len(ev.episodes) == 2
@@ -195,7 +196,7 @@ def test_rollout_policy_generates_and_gets_the_adapter_after_every_update(tok, t
                       group_size=2, max_turns=2, max_new_tokens=6, checkpoint_dir=str(tmp_path))
     res = train(policy, cfg, rollout_policy=rollout)
     assert rollout.calls >= res.updates >= 2
-    assert len(rollout.adapters) == res.updates
+    assert len(rollout.adapters) == res.optimizer_steps + 1     # at the start, then after every step
     assert rollout.adapters[-1] == tmp_path / "rollout_adapter"
 
 
@@ -210,7 +211,7 @@ def test_config_validation():
 
 @pytest.mark.slow
 @pytest.mark.parametrize("env_id", ["hero_gym/TauRetail-v0", "hero_gym/WebShop-v0"])
-@pytest.mark.parametrize("method", ["hero", "grpo", "envfb_sd", "full_demo"])
+@pytest.mark.parametrize("method", ["hero_rules", "grpo", "envfb_sd", "full_demo"])
 def test_smollm2_train_and_evaluate(tmp_path, env_id, method):
     from hero_gym.agents.models import load_default_model
 
@@ -222,6 +223,6 @@ def test_smollm2_train_and_evaluate(tmp_path, env_id, method):
                       max_new_tokens=64, lr=1e-5, checkpoint_dir=str(tmp_path), task_indices=[0],
                       micro_batch_episodes=1)
     res = train(policy, cfg)
-    assert res.updates >= 1 and res.turns_used == 8
+    assert res.updates >= 1 and res.turns_used >= 8
     ev = evaluate(policy, env_id, task_indices=[0], max_turns=3, max_new_tokens=64)
     assert len(ev.episodes) == 1 and ev.mean_turns >= 1
