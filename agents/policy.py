@@ -8,8 +8,8 @@ re-tokenises text.
 Log-prob semantics (``Generation.logprobs``): the log-probability of the sampled token under the
 distribution it was actually drawn from, i.e. ``log_softmax(filter(logits / temperature))`` where
 ``filter`` applies top-k and then top-p (nucleus) and renormalises. With ``temperature=1``, ``top_k=0``
-and ``top_p=1`` (the defaults) this equals the model's own log-prob, which is what
-:meth:`HFPolicy.token_logprobs` recomputes (use ``temperature`` there to match a tempered sampler).
+and ``top_p=1`` (the defaults) this equals the model's own log-prob, which is what the trainer recomputes
+(:func:`hero_gym.agents.scoring.student_logits`).
 Greedy decoding (``temperature=0``) draws from a point mass, whose log-prob (0) is useless to a trainer,
 so for greedy the model's untempered log-prob ``log_softmax(logits)`` is reported instead.
 
@@ -17,6 +17,10 @@ Generation is a plain KV-cached decoding loop over a left-padded batch with expl
 context gives the same tokens alone or in a batch (up to float rounding). It stops a row at EOS, at the
 chat template's end-of-turn token (``<|im_end|>`` for ChatML), at any ``SamplingConfig.stop_token_ids`` or
 ``stop`` string, or at ``max_new_tokens``; the stop token is included in ``token_ids``.
+
+Across calls, a :class:`KVCache` per conversation (``generate(..., kv_caches=...)``, kept per env slot by
+:func:`hero_gym.agents.rollout.collect`) carries the keys/values of the tokens already seen, so a multi-turn
+rollout encodes each turn's new tokens only instead of its whole context.
 """
 
 from __future__ import annotations
@@ -169,7 +173,7 @@ class HFPolicy:
             A model that is already a ``PeftModel`` is used as is.
         device: where to run (default :func:`~hero_gym.agents.models.default_device`).
         dtype: cast the model to this dtype (default: keep the model's dtype).
-        max_batch_size: at most this many rows per forward pass in :meth:`generate` / :meth:`token_logprobs`.
+        max_batch_size: at most this many rows per forward pass in :meth:`generate`.
         max_batch_tokens: at most this many padded tokens (rows x longest row) per forward pass; rows are
             grouped by length so that short contexts are not padded to long ones. Bounds prefill memory.
     """
@@ -487,54 +491,6 @@ class HFPolicy:
     def _hit_stop_string(self, ids: list[int], stops: Sequence[str]) -> bool:
         tail = self.tokenizer.decode(ids[-32:], skip_special_tokens=False)
         return any(s and s in tail for s in stops)
-
-    # ------------------------------------------------------------------ scoring
-    def token_logprobs(
-        self,
-        contexts: Sequence[Sequence[int]],
-        targets: Sequence[Sequence[int]],
-        *,
-        temperature: float = 1.0,
-        requires_grad: bool = False,
-        model: Any | None = None,
-    ) -> list[torch.Tensor]:
-        """Log-probs of ``targets[i]`` given ``contexts[i]`` (teacher forcing), batched.
-
-        Returns one float32 tensor of ``len(targets[i])`` per row: ``log_softmax(logits / temperature)`` at
-        each target token. With ``requires_grad=False`` (default) runs under ``torch.no_grad``. Only the
-        target positions' logits are materialised (rows are left-padded so the targets line up at the end).
-        ``model`` overrides the module used (e.g. a teacher copy).
-        """
-        m = model if model is not None else self.model
-        ctx_mgr = contextlib.nullcontext() if requires_grad else torch.no_grad()
-        res: list[torch.Tensor]
-        with ctx_mgr:
-            res_by_row: dict[int, torch.Tensor] = {}
-            for chunk in self._chunks([len(c) + len(t) for c, t in zip(contexts, targets)]):
-                cs, ts = [contexts[i] for i in chunk], [targets[i] for i in chunk]
-                seqs = [list(c) + list(t) for c, t in zip(cs, ts)]
-                width = max(len(q) for q in seqs)
-                b = len(seqs)
-                ids = torch.full((b, width), self.pad_token_id, dtype=torch.long)
-                attn = torch.zeros((b, width), dtype=torch.long)
-                for i, q in enumerate(seqs):
-                    ids[i, width - len(q):] = torch.tensor(q, dtype=torch.long)
-                    attn[i, width - len(q):] = 1
-                ids, attn = ids.to(self.device), attn.to(self.device)
-                pos = (attn.cumsum(-1) - 1).clamp(min=0)
-                k = max(len(t) for t in ts) + 1
-                logits = _forward(m, k, input_ids=ids, attention_mask=attn, position_ids=pos).logits
-                logits = logits[:, -k:-1, :]  # position j predicts token j+1; targets end every row
-                for j, (row, t) in enumerate(zip(chunk, ts)):
-                    n = len(t)
-                    if n == 0:
-                        res_by_row[row] = torch.zeros(0, device=self.device)
-                        continue
-                    tgt = torch.tensor(list(t), dtype=torch.long, device=self.device)
-                    lg = logits[j, logits.shape[1] - n:, :].float() / temperature
-                    res_by_row[row] = lg.gather(-1, tgt[:, None]).squeeze(-1) - torch.logsumexp(lg, dim=-1)
-            res = [res_by_row[i] for i in range(len(contexts))]
-        return res
 
     # ------------------------------------------------------------------ checkpoints
     def save(self, path: str | Path) -> None:

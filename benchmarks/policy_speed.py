@@ -1,11 +1,17 @@
-"""Policy speed on this machine: default-model conversion and cached load, tokens/s batched vs unbatched.
+"""Policy speed on this machine: model loading, batched generation, and multi-turn rollouts with and
+without the per-slot KV cache.
 
-Usage: ``python benchmarks/policy_speed.py [--batch 8] [--new-tokens 48] [--threads N] [--skip-convert]``
+Usage: ``python benchmarks/policy_speed.py [--batch 8] [--new-tokens 48] [--threads N] [--skip-convert]
+[--rollout-only] [--episodes 4] [--num-envs 4] [--turns 8] [--rollout-new-tokens 64]``
 
 * conversion: ``load_default_model()`` with an empty temporary ``HERO_GYM_CACHE`` (GGUF -> safetensors);
 * cached load: ``load_default_model()`` again from that cache;
 * generation: ``HFPolicy.generate`` on ``--batch`` chat contexts, once as one batched call and once as
-  ``--batch`` single-context calls, reporting generated tokens per second for each.
+  ``--batch`` single-context calls, reporting generated tokens per second for each;
+* rollouts: ``collect`` of ``--episodes`` WebShop episodes of ``--turns`` turns (``--num-envs`` side by
+  side, greedy, the default LoRA as in training), once re-encoding every context (``kv_cache=False``) and
+  once with the KV cache, reporting context tokens run through the model per episode
+  (``HFPolicy.encoded_tokens``), wall time, the speed-up, and whether both runs sampled the same ids.
 """
 
 from __future__ import annotations
@@ -16,51 +22,40 @@ import tempfile
 import time
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--batch", type=int, default=8)
-    ap.add_argument("--new-tokens", type=int, default=48)
-    ap.add_argument("--threads", type=int, default=None,
-                    help="torch.set_num_threads (1 is much faster when other processes share the cores)")
-    ap.add_argument("--skip-convert", action="store_true", help="use the existing cache instead of a cold one")
-    args = ap.parse_args()
-
-    import torch
-
-    if args.threads:
-        torch.set_num_threads(args.threads)
+def load_rows(skip_convert: bool) -> list[tuple[str, str]]:
     from hero_gym.agents.models import load_default_model
-    from hero_gym.agents.policy import HFPolicy, SamplingConfig
-    from hero_gym.chat import ChatRenderer
 
     rows = []
-    if not args.skip_convert:
-        with tempfile.TemporaryDirectory() as tmp:
-            old = os.environ.get("HERO_GYM_CACHE")
-            os.environ["HERO_GYM_CACHE"] = tmp
-            try:
-                t0 = time.perf_counter()
-                load_default_model()
-                rows.append(("default model: GGUF conversion + first load", f"{time.perf_counter() - t0:.1f} s"))
-                t0 = time.perf_counter()
-                load_default_model()
-                rows.append(("default model: cached load", f"{time.perf_counter() - t0:.2f} s"))
-            finally:
-                if old is None:
-                    os.environ.pop("HERO_GYM_CACHE", None)
-                else:
-                    os.environ["HERO_GYM_CACHE"] = old
-    t0 = time.perf_counter()
-    model, tok = load_default_model()
-    rows.append(("default model: load (user cache)", f"{time.perf_counter() - t0:.2f} s"))
-    policy = HFPolicy(model, tok, lora="default")
-    r = ChatRenderer(tok)
+    if skip_convert:
+        return rows
+    with tempfile.TemporaryDirectory() as tmp:
+        old = os.environ.get("HERO_GYM_CACHE")
+        os.environ["HERO_GYM_CACHE"] = tmp
+        try:
+            t0 = time.perf_counter()
+            load_default_model()
+            rows.append(("default model: GGUF conversion + first load", f"{time.perf_counter() - t0:.1f} s"))
+            t0 = time.perf_counter()
+            load_default_model()
+            rows.append(("default model: cached load", f"{time.perf_counter() - t0:.2f} s"))
+        finally:
+            if old is None:
+                os.environ.pop("HERO_GYM_CACHE", None)
+            else:
+                os.environ["HERO_GYM_CACHE"] = old
+    return rows
+
+
+def generate_rows(policy, batch: int, new_tokens: int) -> list[tuple[str, str]]:
+    from hero_gym.agents.policy import SamplingConfig
+    from hero_gym.chat import ChatRenderer
+
+    r = ChatRenderer(policy.tokenizer)
     topics = ["the sea", "a city at night", "mountains", "an old library", "rain", "a train journey", "autumn",
               "a robot", "the desert", "a market"]
     ctxs = [r.prompt_ids([{"role": "user", "content": f"Write a long story about {topics[i % len(topics)]}."}])
-            for i in range(args.batch)]
-    sc = SamplingConfig(max_new_tokens=args.new_tokens, temperature=1.0, seed=0)
-    policy.generate(ctxs[:1], SamplingConfig(max_new_tokens=4))  # warm-up
+            for i in range(batch)]
+    sc = SamplingConfig(max_new_tokens=new_tokens, temperature=1.0, seed=0)
     t0 = time.perf_counter()
     gens = policy.generate(ctxs, sc)
     tb = time.perf_counter() - t0
@@ -69,9 +64,74 @@ def main() -> None:
     singles = [policy.generate([c], sc)[0] for c in ctxs]
     tu = time.perf_counter() - t0
     nu = sum(len(g.token_ids) for g in singles)
-    rows.append((f"generate batched ({args.batch} contexts, one call)", f"{nb / tb:.1f} tok/s ({nb} tok, {tb:.1f} s)"))
-    rows.append((f"generate unbatched ({args.batch} calls)", f"{nu / tu:.1f} tok/s ({nu} tok, {tu:.1f} s)"))
-    rows.append(("speed-up", f"{(nb / tb) / (nu / tu):.1f}x"))
+    return [(f"generate batched ({batch} contexts, one call)", f"{nb / tb:.1f} tok/s ({nb} tok, {tb:.1f} s)"),
+            (f"generate unbatched ({batch} calls)", f"{nu / tu:.1f} tok/s ({nu} tok, {tu:.1f} s)"),
+            ("speed-up", f"{(nb / tb) / (nu / tu):.1f}x")]
+
+
+def rollout_rows(policy, episodes: int, num_envs: int, turns: int, new_tokens: int) -> list[tuple[str, str]]:
+    from hero_gym.agents.policy import SamplingConfig
+    from hero_gym.agents.rollout import collect
+
+    sc = SamplingConfig(max_new_tokens=new_tokens, temperature=0.0)
+    env_kwargs = {"max_turns": turns, "split": "test"}
+    runs = {}
+    for cached in (False, True):
+        before = policy.encoded_tokens
+        t0 = time.perf_counter()
+        eps = collect(policy, "hero_gym/WebShop-v0", n_episodes=episodes, num_envs=num_envs, sampling=sc,
+                      env_kwargs=env_kwargs, kv_cache=cached)
+        runs[cached] = (eps, policy.encoded_tokens - before, time.perf_counter() - t0)
+    (plain, enc_p, t_p), (fast, enc_c, t_c) = runs[False], runs[True]
+    n_turns = sum(ep.num_turns for ep in plain)
+    final_ctx = max(ep.metadata["context_tokens"] for ep in plain)
+    same = all([t.action_token_ids for t in a.turns] == [t.action_token_ids for t in b.turns]
+               for a, b in zip(plain, fast))
+    cfg = policy.base_model.config
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    kv_bytes = 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * head_dim * policy.dtype.itemsize
+    setting = f"{episodes} WebShop episodes, {num_envs} envs, <= {turns} turns, greedy, {new_tokens} new tokens"
+    return [("rollouts", setting),
+            ("turns / longest final context", f"{n_turns} turns / {final_ctx} tokens"),
+            ("context tokens encoded per episode: re-encoding", f"{enc_p / episodes:.0f}"),
+            ("context tokens encoded per episode: KV cache", f"{enc_c / episodes:.0f} ({enc_p / enc_c:.1f}x fewer)"),
+            ("rollout wall time: re-encoding", f"{t_p:.1f} s ({t_p / n_turns:.2f} s/turn)"),
+            ("rollout wall time: KV cache", f"{t_c:.1f} s ({t_c / n_turns:.2f} s/turn)"),
+            ("rollout speed-up", f"{t_p / t_c:.1f}x"),
+            ("same sampled ids with and without the cache", "yes" if same else "NO"),
+            ("KV cache per slot at the longest context", f"{final_ctx * kv_bytes / 2**20:.0f} MiB")]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--new-tokens", type=int, default=48)
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch.set_num_threads (1 is much faster when other processes share the cores)")
+    ap.add_argument("--skip-convert", action="store_true", help="use the existing cache instead of a cold one")
+    ap.add_argument("--rollout-only", action="store_true", help="only the rollout comparison (implies --skip-convert)")
+    ap.add_argument("--episodes", type=int, default=4)
+    ap.add_argument("--num-envs", type=int, default=4)
+    ap.add_argument("--turns", type=int, default=8)
+    ap.add_argument("--rollout-new-tokens", type=int, default=64)
+    args = ap.parse_args()
+
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    from hero_gym.agents.models import load_default_model
+    from hero_gym.agents.policy import HFPolicy, SamplingConfig
+
+    rows = load_rows(args.skip_convert or args.rollout_only)
+    t0 = time.perf_counter()
+    model, tok = load_default_model()
+    rows.append(("default model: load (user cache)", f"{time.perf_counter() - t0:.2f} s"))
+    policy = HFPolicy(model, tok, lora="default")
+    policy.generate([[1, 2, 3]], SamplingConfig(max_new_tokens=4))  # warm-up
+    if not args.rollout_only:
+        rows += generate_rows(policy, args.batch, args.new_tokens)
+    rows += rollout_rows(policy, args.episodes, args.num_envs, args.turns, args.rollout_new_tokens)
     rows.append(("torch threads / device", f"{torch.get_num_threads()} / {policy.device}"))
     width = max(len(k) for k, _ in rows)
     for k, v in rows:

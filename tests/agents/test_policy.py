@@ -10,7 +10,9 @@ import torch
 
 from hero_gym.agents.models import default_device, default_dtype, find_smollm2_gguf
 from hero_gym.agents.policy import HFPolicy, SamplingConfig, _filter_logits
+from hero_gym.agents.scoring import student_logits
 from hero_gym.chat import ChatRenderer
+from hero_gym.records import Episode, Turn
 
 
 def contexts(tok, n=4):
@@ -18,6 +20,20 @@ def contexts(tok, n=4):
     qs = ["hi", "What is the code for apple? Please look it up.", "one two three four five six seven", "ok?"]
     return [r.prompt_ids([{"role": "system", "content": "Be brief."}, {"role": "user", "content": q}])
             for q in (qs * 3)[:n]]
+
+
+def token_logprobs(policy, ctxs, targets, temperature=1.0, requires_grad=False):
+    """Log-probs of ``targets[i]`` after ``ctxs[i]`` as the trainer computes them (one-turn episodes scored
+    by :func:`student_logits`), divided by ``temperature`` like a tempered sampler."""
+    out = []
+    for ctx, tgt in zip(ctxs, targets):
+        ep = Episode(env_id="x", initial_observation="", turns=[
+            Turn(index=0, action_text="", observation="", context_token_ids=list(ctx), action_token_ids=list(tgt))])
+        with torch.set_grad_enabled(requires_grad):
+            logits, layout = student_logits(policy.model, [ep])
+            out.append(torch.log_softmax(logits.float() / temperature, -1).gather(
+                -1, layout.action_ids[:, None].to(logits.device)).squeeze(-1))
+    return out
 
 
 def test_default_device_on_cpu_machine():
@@ -49,7 +65,7 @@ def test_sampling_logprobs_match_a_recomputed_forward_pass(tiny_policy, smol_tok
     gens = tiny_policy.generate(ctxs, SamplingConfig(max_new_tokens=10, temperature=1.0, seed=3))
     again = tiny_policy.generate(ctxs, SamplingConfig(max_new_tokens=10, temperature=1.0, seed=3))
     assert [g.token_ids for g in gens] == [g.token_ids for g in again]  # seeded
-    recomputed = tiny_policy.token_logprobs(ctxs, [g.token_ids for g in gens])
+    recomputed = token_logprobs(tiny_policy, ctxs, [g.token_ids for g in gens])
     for g, lp in zip(gens, recomputed):
         assert len(g.logprobs) == len(g.token_ids) == lp.numel()
         assert torch.allclose(torch.tensor(g.logprobs), lp, atol=1e-4)
@@ -64,11 +80,11 @@ def test_sampling_logprobs_match_a_recomputed_forward_pass(tiny_policy, smol_tok
 def test_tempered_logprobs_and_greedy_convention(tiny_policy, smol_tokenizer):
     ctxs = contexts(smol_tokenizer, 2)
     gens = tiny_policy.generate(ctxs, SamplingConfig(max_new_tokens=6, temperature=0.7, seed=0))
-    tempered = tiny_policy.token_logprobs(ctxs, [g.token_ids for g in gens], temperature=0.7)
+    tempered = token_logprobs(tiny_policy, ctxs, [g.token_ids for g in gens], temperature=0.7)
     for g, lp in zip(gens, tempered):
         assert torch.allclose(torch.tensor(g.logprobs), lp, atol=1e-4)
     greedy = tiny_policy.generate(ctxs, SamplingConfig(max_new_tokens=6, temperature=0.0))
-    raw = tiny_policy.token_logprobs(ctxs, [g.token_ids for g in greedy])
+    raw = token_logprobs(tiny_policy, ctxs, [g.token_ids for g in greedy])
     for g, lp in zip(greedy, raw):  # greedy reports the untempered model log-prob, not 0
         assert torch.allclose(torch.tensor(g.logprobs), lp, atol=1e-4)
         assert all(x < 0 for x in g.logprobs)
@@ -141,29 +157,29 @@ def test_lora_is_applied_and_trainable(make_tiny_policy, smol_tokenizer, tmp_pat
 
     ctxs = contexts(smol_tokenizer, 2)
     target = [smol_tokenizer.encode(" lookup", add_special_tokens=False)] * 2
-    before = torch.stack([x.sum() for x in policy.token_logprobs(ctxs, target)])
+    before = torch.stack([x.sum() for x in token_logprobs(policy, ctxs, target)])
     opt = torch.optim.Adam(policy.trainable_parameters(), lr=1e-2)
     policy.model.train()
     for _ in range(3):
-        loss = -torch.stack([x.sum() for x in policy.token_logprobs(ctxs, target, requires_grad=True)]).mean()
+        loss = -torch.stack([x.sum() for x in token_logprobs(policy, ctxs, target, requires_grad=True)]).mean()
         opt.zero_grad()
         loss.backward()
         opt.step()
     policy.model.eval()
-    after = torch.stack([x.sum() for x in policy.token_logprobs(ctxs, target)])
+    after = torch.stack([x.sum() for x in token_logprobs(policy, ctxs, target)])
     assert (after > before + 0.1).all()  # the adapter changed the model
     for n, p in policy.model.named_parameters():
         if n in base_before:
             assert torch.equal(p, base_before[n]), n  # base weights frozen
     with policy.adapter_disabled():  # the base model is untouched
-        base = torch.stack([x.sum() for x in policy.token_logprobs(ctxs, target)])
+        base = torch.stack([x.sum() for x in token_logprobs(policy, ctxs, target)])
     assert torch.allclose(base, before, atol=1e-5)
 
     policy.save(tmp_path / "ckpt")
     assert (tmp_path / "ckpt" / "adapter_model.safetensors").exists()
     fresh = make_tiny_policy(lora="default")
     fresh.load(tmp_path / "ckpt")
-    loaded = torch.stack([x.sum() for x in fresh.token_logprobs(ctxs, target)])
+    loaded = torch.stack([x.sum() for x in token_logprobs(fresh, ctxs, target)])
     assert torch.allclose(loaded, after, atol=1e-5)
 
 
@@ -196,7 +212,7 @@ def test_default_smollm2_generates():
     g = policy.generate([ctx], SamplingConfig(max_new_tokens=16, temperature=0.0))[0]
     assert "paris" in g.text.lower(), g.text
     assert g.finish_reason == "stop" and g.token_ids[-1] == r.end_of_turn_id
-    lp = policy.token_logprobs([ctx], [g.token_ids])[0]
+    lp = token_logprobs(policy, [ctx], [g.token_ids])[0]
     assert torch.allclose(torch.tensor(g.logprobs), lp, atol=1e-3)
     assert all(math.isfinite(x) for x in g.logprobs)
     print(f"load_default_model: {load_s:.1f}s")
@@ -229,14 +245,12 @@ def test_chunked_batches_keep_order_and_results(tiny_policy, smol_tokenizer):
     ctxs = contexts(smol_tokenizer, 5)
     sc = SamplingConfig(max_new_tokens=6, temperature=0.0)
     whole = tiny_policy.generate(ctxs, sc)
-    lp_whole = tiny_policy.token_logprobs(ctxs, [g.token_ids for g in whole])
     tiny_policy.max_batch_size, tiny_policy.max_batch_tokens = 2, 60
     assert all(len(c) <= 2 for c in tiny_policy._chunks([len(c) + 6 for c in ctxs]))
     chunked = tiny_policy.generate(ctxs, sc)
-    lp_chunked = tiny_policy.token_logprobs(ctxs, [g.token_ids for g in whole])
     assert [g.token_ids for g in chunked] == [g.token_ids for g in whole]
-    for a, b in zip(lp_whole, lp_chunked):
-        assert torch.allclose(a, b, atol=1e-4)
+    for a, b in zip(whole, chunked):
+        assert max(abs(x - y) for x, y in zip(a.logprobs, b.logprobs)) < 1e-4
 
 
 def test_uncached_hub_id_fails_fast_without_downloading(monkeypatch):

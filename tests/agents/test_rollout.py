@@ -10,6 +10,7 @@ import torch
 import hero_gym
 from hero_gym.agents.policy import Generation, SamplingConfig
 from hero_gym.agents.rollout import Task, TurnBudget, collect, default_tool_prompt
+from hero_gym.agents.scoring import student_logits
 from hero_gym.chat import ChatRenderer, episode_to_messages, tokenize_episode
 from hero_gym.envs.example.lookup import LookupEnv
 from hero_gym.records import load_jsonl, save_jsonl
@@ -114,10 +115,11 @@ def test_tiny_model_rollouts_are_batched_and_token_exact(make_tiny_policy, smol_
         t0, t1 = ep.turns[0], ep.turns[1]
         between = t1.context_token_ids[len(t0.context_token_ids) + len(t0.action_token_ids):]
         assert smol_tokenizer.decode(between).startswith("<|im_end|>\n<|im_start|>")
-        # recorded log-probs are the policy's own (temperature 1): recompute them
-        lps = policy.token_logprobs([t.context_token_ids for t in ep.turns], [t.action_token_ids for t in ep.turns])
-        for t, lp in zip(ep.turns, lps):
-            assert torch.allclose(torch.tensor(t.action_logprobs), lp, atol=1e-4)
+        # recorded log-probs are the policy's own (temperature 1): the trainer's scoring recomputes them
+        with torch.no_grad():
+            logits, layout = student_logits(policy.model, [ep])
+        lps = torch.log_softmax(logits.float(), -1).gather(-1, layout.action_ids[:, None]).squeeze(-1)
+        assert torch.allclose(torch.tensor([x for t in ep.turns for x in t.action_logprobs]), lps, atol=1e-4)
     save_jsonl(eps, tmp_path / "eps.jsonl")
     assert load_jsonl(tmp_path / "eps.jsonl") == eps
 

@@ -39,12 +39,16 @@ def tok():
 
 # --------------------------------------------------------------------------- learning signal
 
-def _seq_logprob(model, ctx, act):
+def _token_logprobs(model, ctx, act):
     ep = Episode(env_id="x", initial_observation="", turns=[
         Turn(index=0, action_text="", observation="", context_token_ids=ctx, action_token_ids=act)])
     with torch.no_grad():
         logits, lay = student_logits(model, [ep])
-    return torch.log_softmax(logits.float(), -1).gather(-1, lay.action_ids[:, None]).sum().item()
+    return torch.log_softmax(logits.float(), -1).gather(-1, lay.action_ids[:, None]).squeeze(-1)
+
+
+def _seq_logprob(model, ctx, act):
+    return _token_logprobs(model, ctx, act).sum().item()
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +91,7 @@ def _hero_updates(tok, nr, named: str, n_updates=4):
         env.reset(seed=0, options={"task_index": 0})
         text = tok.decode(nr["acts"][k][:-1])
         obs, rew, term, trunc, info = env.step(text)
-        lp = [float(x) for x in policy.token_logprobs([ctx], [nr["acts"][k]])[0]]
+        lp = _token_logprobs(model, ctx, nr["acts"][k]).tolist()
         episodes.append(Episode(env_id=LOOKUP, task_id="lookup-0", initial_observation="", turns=[Turn(
             index=0, action_text=text, parsed_action=info["parsed_action"], observation=obs, reward=rew,
             terminated=term, context_token_ids=ctx, action_token_ids=nr["acts"][k], action_logprobs=lp)]))
