@@ -60,6 +60,11 @@ def click_tool(clickables: list[str]) -> ToolSpec:
     )
 
 
+def _head(instruction: str) -> list[tuple[str, str]]:
+    """The header segments every page starts with (see :meth:`Shop.segments`)."""
+    return [("WebShop", "text"), ("Instruction:", "text"), (instruction, "text")]
+
+
 def _is_one(x: float) -> bool:
     return abs(x - 1.0) < 1e-9
 
@@ -178,12 +183,23 @@ class WebShopEnv(WebShopBase):
         data_dir: a folder with the official ``items_shuffle*.json`` / ``items_ins_v2*.json`` /
             ``items_human_ins.json``; ``human_goals`` uses the human instructions.
         max_turns: turn budget (default 15).
+        max_results: small-model observation option (off by default): keep only the top
+            ``max_results`` products of every search, e.g. 5 (one short results page; the search
+            engine and its ranking are unchanged).
+        instruction_once: small-model observation option (off by default): show the
+            ``Instruction: [SEP] ...`` header only in the first observation of an episode, not on
+            every page (text and text_rich modes; the goal does not change within an episode).
     Options of ``reset``: ``task_index`` (index within the split), ``split``, or ``goal_id`` (a
     catalog-wide goal id); without them the goal is drawn from the reset seed.
     """
 
-    def __init__(self, **kwargs: Any):
+    def __init__(self, *, max_results: int | None = None, instruction_once: bool = False, **kwargs: Any):
         super().__init__(**kwargs)
+        if max_results is not None:
+            self.shop = Shop(self.catalog, max_results=max_results)
+        self.instruction_once = bool(instruction_once)
+        if self.instruction_once and self.observation_mode == "html":
+            raise ValueError("instruction_once applies to the text and text_rich observation modes, not html")
         self.state: PageState = SEARCH_STATE
 
     def _page_kind(self) -> str | None:
@@ -196,6 +212,8 @@ class WebShopEnv(WebShopBase):
     def _render(self, reward: float | None = None) -> str:
         assert self.goal is not None
         segs = self.shop.segments(self.state, self.goal.instruction, reward)
+        if self.instruction_once and self._turn > 0 and segs[:3] == _head(self.goal.instruction):
+            segs = segs[3:]   # the "WebShop [SEP] Instruction: [SEP] ..." header, shown at reset only
         text = self._render_text_mode(segs)
         return text if text is not None else render_html(self.state, segs, "local", self.shop, reward)
 

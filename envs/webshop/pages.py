@@ -52,14 +52,22 @@ Segment = tuple[str, str]
 
 
 class Shop:
-    """Page logic over a (shared, read-only) catalog."""
+    """Page logic over a (shared, read-only) catalog.
 
-    def __init__(self, catalog):
+    ``max_results`` keeps only the top results of every search (``None``: all, as WebShop does);
+    a small value such as 5 is an observation option for small models (one short results page).
+    """
+
+    def __init__(self, catalog, max_results: int | None = None):
+        if max_results is not None and int(max_results) < 1:
+            raise ValueError(f"max_results must be >= 1 or None, got {max_results!r}")
         self.catalog = catalog
+        self.max_results = None if max_results is None else int(max_results)
 
     # ------------------------------------------------------------------ navigation
     def results(self, query: str) -> tuple[str, ...]:
-        return self.catalog.index.search(query)
+        res = self.catalog.index.search(query)
+        return res if self.max_results is None else res[: self.max_results]
 
     def num_pages(self, query: str) -> int:
         n = len(self.results(query))
