@@ -301,6 +301,8 @@ class Options:
     tool_prompt: str = "compact"
     threads: int | None = None
     bootstrap: int = 2000
+    #: extra ``TrainConfig`` fields (only those the installed trainer has are passed)
+    train_overrides: dict[str, Any] = field(default_factory=dict)
     out: str = "runs/default"
     report_only: bool = False
 
@@ -312,15 +314,24 @@ class Options:
 PRESETS: dict[str, dict[str, Any]] = {
     "default": {"out": "runs/default"},
     "cpu": {"envs": ["WebShop", "TauRetail"], "budgets": [96, 192, 320], "seeds": [0, 1, 2], "out": "runs/cpu"},
-    "quick": {"model": "tiny", "warm_start": False, "envs": ["Lookup", "WebShop", "TauRetail"],
-              "budgets": [4, 8], "seeds": [0, 1], "eval_tasks": 2, "max_turns": 3, "num_products": 100,
-              "max_new_tokens": 16, "group_size": 2, "tasks_per_update": 1, "bootstrap": 500, "out": "runs/quick"},
+    "quick": {"model": "tiny", "warm_start": False, "envs": ["Lookup", "WebShop"], "budgets": [6, 12],
+              "seeds": [0, 1], "eval_tasks": 3, "max_turns": 3, "num_products": 100, "max_new_tokens": 12,
+              "group_size": 2, "tasks_per_update": 1, "threads": 1, "bootstrap": 500, "out": "runs/quick",
+              # the model reflector of a random tiny model writes noise: keep it short
+              "train_overrides": {"reflector_max_new_tokens": 24, "reflector_retries": 0}},
 }
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (no usage dump)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
 def build_parser(prog: str = "hero-gym bench") -> argparse.ArgumentParser:
     """The benchmark's command line (shared by ``hero-gym bench`` and ``benchmarks/run_all.py``)."""
-    ap = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = _Parser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", choices=sorted(PRESETS), default=None,
                     help="default: SmolLM2 warm-started, WebShop (make bench); cpu: WebShop + TauRetail, 3 seeds; "
                          "quick: tiny random model smoke test")
@@ -626,7 +637,13 @@ class Bench:
                 "max_turns": setup.max_turns, "method": run.method, "seed": run.seed,
                 "trainer": _train_config_fields(run.method), "group_size": o.group_size,
                 "tasks_per_update": o.tasks_per_update, "lr": o.lr, "max_new_tokens": o.max_new_tokens,
-                "tool_prompt": o.tool_prompt}
+                "tool_prompt": o.tool_prompt, "overrides": self.train_overrides()}
+
+    def train_overrides(self) -> dict[str, Any]:
+        from hero_gym.agents.trainer import TrainConfig
+
+        names = {f.name for f in dataclasses.fields(TrainConfig)}
+        return {k: v for k, v in self.opts.train_overrides.items() if k in names}
 
     def run_fingerprint(self, setup: EnvSetup, run: Run) -> str:
         return _sha({"code": code_fingerprint(), "weights": self.source.identity(setup),
@@ -712,7 +729,7 @@ class Bench:
                 task_indices=list(range(setup.train_tasks)), tasks_per_update=self.opts.tasks_per_update,
                 group_size=self.opts.group_size, max_new_tokens=self.opts.max_new_tokens, lr=self.opts.lr,
                 checkpoint_dir=str(rdir / "train"), tool_prompt=self.opts.tool_prompt, seed=run.seed,
-                progress=False, **_train_config_fields(run.method))
+                progress=False, **{**self.train_overrides(), **_train_config_fields(run.method)})
             snaps, metrics = train_with_snapshots(policy, cfg)
             prev = meta["train_seconds"] if meta else 0.0
             meta = {**asdict(run), "fingerprint": rfp, "turn_budget": top,
@@ -859,6 +876,8 @@ def write_markdown(rows: list[dict], comps: list[dict], prov: dict[str, Any], pa
         if r["method"] == BASE:
             ci = " / ".join(f"B{b}: {_ci_text(comp.get((r['env'], b, BASE)))}" for b in budgets
                             if (r["env"], b, BASE) in comp)
+        elif r["method"] == o["reference"]:
+            ci = "(reference)"
         else:
             ci = _ci_text(comp.get((r["env"], r["budget"], r["method"])))
         lines.append(
@@ -952,6 +971,7 @@ def plot_env(env: str, cells: list[dict], runs: list[dict], prov: dict[str, Any]
     ax = axes[2]
     grid = np.linspace(0, xmax, 21)
     drawn = 0
+    same: dict[tuple, list[str]] = {}
     for m in methods:
         seqs = []
         for r in runs:
@@ -969,10 +989,15 @@ def plot_env(env: str, cells: list[dict], runs: list[dict], prov: dict[str, Any]
             mean = np.nanmean(arr, axis=0)
             cnt = np.sum(~np.isnan(arr), axis=0)
             se = np.where(cnt > 1, np.nanstd(arr, axis=0, ddof=1) / np.sqrt(np.maximum(cnt, 1)), 0.0)
+        same.setdefault(tuple(np.round(np.nan_to_num(mean, nan=-1.0), 6)), []).append(m)
         color, marker, ls = _STYLE.get(m, ("k", "o", "-"))
         ax.step(grid, mean, where="post", color=color, ls=ls, label=method_label(m))
         ax.fill_between(grid, mean - se, mean + se, step="post", color=color, alpha=0.15, lw=0)
         drawn += 1
+    for group in same.values():
+        if len(group) > 1:
+            notes.append("training reward: identical (drawn on top of each other) for "
+                         + ", ".join(method_label(m) for m in group))
     if not drawn:
         ax.text(0.5, 0.5, "fewer than 2 updates per method:\nno training curve", ha="center", va="center",
                 transform=ax.transAxes)
@@ -991,7 +1016,8 @@ def plot_env(env: str, cells: list[dict], runs: list[dict], prov: dict[str, Any]
                  f"({data['fingerprint']}) — seeds {o['seeds']} — {prov['envs'][env]['eval_tasks']} greedy held-out "
                  f"tasks — {o['preset']} preset", fontsize=10)
     if notes:
-        fig.text(0.01, 0.085, "Offset along x to stay visible: " + "; ".join(notes), fontsize=7, color="#444")
+        fig.text(0.01, 0.085, "Identical series (held-out panels: offset along x to stay visible): " + "; ".join(notes),
+                 fontsize=7, color="#444", wrap=True)
     fig.tight_layout(rect=(0, 0.1, 1, 0.95))
     fig.savefig(path, dpi=110)
     plt.close(fig)
