@@ -4,7 +4,7 @@
 ``hero-gym play ENV_ID``          play an env in the terminal: type actions, see observations
 ``hero-gym webshop-serve``        run the WebShop web server alone
 ``hero-gym train`` / ``eval``     train a policy with HERO or a baseline / evaluate it
-``hero-gym bench``                the benchmark matrix (``benchmarks/run_all.py``)
+``hero-gym bench``                the HERO benchmark (``hero-gym bench --help``)
 
 The core commands import no torch; ``train``, ``eval`` and ``bench`` import the trainer lazily.
 
@@ -366,20 +366,16 @@ def eval_cmd(
     console.print(json.dumps(result.summary(), indent=2), markup=False)
 
 
-def _bench_main(argv: list[str]) -> None:
-    root = Path(__file__).resolve().parent.parent / "benchmarks" / "run_all.py"
-    if not root.exists():
-        raise typer.BadParameter("benchmarks/run_all.py is not available (run from a source checkout)")
-    import runpy
-
-    sys.argv = [str(root), *argv]
-    runpy.run_path(str(root), run_name="__main__")
-
-
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+@app.command(add_help_option=False,
+             context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def bench(ctx: typer.Context) -> None:
-    """Run the benchmark matrix: the same options as ``python benchmarks/run_all.py``."""
-    _bench_main(list(ctx.args))
+    """Run the HERO benchmark (methods x envs x nested budgets x seeds); `hero-gym bench --help` lists
+    its options (the same as ``python benchmarks/run_all.py``)."""
+    try:
+        from hero_gym.agents import bench as bench_module
+    except ImportError as e:
+        raise SystemExit(f"hero-gym bench needs the training extra: pip install 'hero-gym[train]' ({e})") from None
+    bench_module.main(list(ctx.args), parser=bench_module.build_parser(prog="hero-gym bench"))
 
 
 def _one_line(e: BaseException) -> str:

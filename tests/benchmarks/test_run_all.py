@@ -1,4 +1,4 @@
-"""``benchmarks/run_all.py --quick``: the whole matrix on a tiny model, and what it writes."""
+"""``benchmarks/run_all.py --quick`` end to end (tiny model): outputs, provenance, progress, reuse, report-only."""
 
 import csv
 import json
@@ -9,58 +9,91 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-METHODS = {"base", "grpo", "envfb_sd", "full_demo", "hero"}
-ENVS = {"TauRetail", "TauAirline", "WebShop"}
+SCRIPT = REPO / "benchmarks" / "run_all.py"
+
+
+def _run(*args, cwd):
+    return subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, timeout=1200, cwd=cwd)
 
 
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("quick")
-    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "run_all.py"), "--quick", "--out", str(out)],
-                          capture_output=True, text=True, timeout=900, cwd=REPO)
+    cwd = tmp_path_factory.mktemp("cwd")
+    proc = _run("--quick", "--out", "relative_out", cwd=cwd)   # --out resolves against the cwd
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
-    return out, proc
+    return cwd / "relative_out", proc
 
 
 def test_quick_run_writes_every_output(quick_run):
-    out, proc = quick_run
-    for name in ("results.json", "results.csv", "results.md", "success_vs_budget.png", "turns_vs_budget.png",
-                 "training_curves.png", "options.json"):
-        assert (out / name).exists() and (out / name).stat().st_size > 0, name
-    for png in out.glob("*.png"):
-        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    from hero_gym.agents.bench import available_methods
 
+    out, proc = quick_run
     data = json.loads((out / "results.json").read_text())
-    cells = data["cells"]
-    assert {c["env"] for c in cells} == ENVS
-    assert {c["method"] for c in cells} == METHODS
-    budgets = {c["budget"] for c in cells if c["method"] != "base"}
-    assert budgets == {4, 8}
+    cells, prov = data["cells"], data["provenance"]
+    envs = set(prov["options"]["envs"])
+    for name in ["results.json", "results.csv", "results.md", *(f"curves_{e}.png" for e in envs)]:
+        assert (out / name).stat().st_size > 0, name
+        if name.endswith(".png"):
+            assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    assert {c["env"] for c in cells} == envs
+    assert {c["method"] for c in cells} == set(available_methods())
+    budgets = prov["options"]["budgets"]
     for c in cells:
-        assert 0.0 <= c["success_rate"] <= 1.0 and c["mean_turns"] >= 1
-        assert c["n_eval_episodes"] > 0
-        cdir = out / "cells" / f"{c['env']}__{c['method']}__b{c['budget']}__s{c['seed']}"
-        assert (cdir / "eval_episodes.jsonl").exists()
+        assert 0.0 <= c["success_rate"] <= 1.0 and c["mean_turns"] >= 1 and c["n_eval_episodes"] > 0
+        assert len(c["per_task"]) == c["n_eval_episodes"]
         if c["method"] != "base":
-            # training really spent its turn budget (the last update may overshoot by one batch)
-            assert c["turns_used"] >= c["budget"] and c["updates"] >= 1
-            assert (cdir / "train" / "episodes.jsonl").exists()
-        if c["env"].startswith("Tau"):
-            assert c["pass^1"] is not None
+            assert c["budget"] in budgets and c["snapshot_turns"] <= c["budget"]
+    # one training run per (env, method, seed), its snapshots read at every budget
+    runs = list((out / "runs").glob("*/run.json"))
+    assert len(runs) == len(envs) * (len(available_methods()) - 1) * len(prov["options"]["seeds"])
+    # paired comparisons of the reference with every other method at every budget
+    ref = prov["options"]["reference"]
+    comps = data["comparisons"]
+    assert {(c["env"], c["budget"], c["other"]) for c in comps} == {
+        (e, b, m) for e in envs for b in budgets for m in available_methods() if m != ref}
+    for c in comps:
+        assert c["ci_low"] <= c["diff"] <= c["ci_high"]
+    # provenance
+    for key in ("git_commit", "hardware", "wall_seconds", "code_fingerprint", "command"):
+        assert prov[key] not in (None, "")
+    for e in envs:
+        assert prov["envs"][e]["data"]["source"] in ("official", "generated") and prov["envs"][e]["data"]["fingerprint"]
 
     rows = list(csv.DictReader((out / "results.csv").open()))
     assert len(rows) == len(cells)
     table = (out / "results.md").read_text()
-    for label in ("HERO", "GRPO", "env-feedback SD", "full-demo teacher", "untrained base"):
-        assert label in table
-    assert "| env | method | budget | success %" in table
-    assert "results.md" not in proc.stderr  # no traceback mentioning outputs
+    for label in ("HERO", "GRPO", "Env-feedback SD", "Full-demo", "HERO (rules)", "Base"):
+        assert f"| {label} |" in table
+    assert "no difference detected" in table and "(reference)" in table and "Model: `tiny`" in table
+    # per-step progress lines with the matrix position and an ETA, also when stdout is not a terminal
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("[") and "ETA" in ln]
+    assert any("trained " in ln for ln in lines) and any("budget" in ln for ln in lines)
 
 
-def test_rerun_skips_finished_cells(quick_run):
+def test_rerun_reuses_cells_and_keeps_wall_time(quick_run):
     out, _ = quick_run
+    before = json.loads((out / "results.json").read_text())["provenance"]
     stamps = {p: p.stat().st_mtime_ns for p in (out / "cells").glob("*/result.json")}
-    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "run_all.py"), "--quick", "--out", str(out)],
-                          capture_output=True, text=True, timeout=300, cwd=REPO)
+    proc = _run("--quick", "--out", str(out), cwd=REPO)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
+    assert f"{len(stamps)} cells reused from {out}" in proc.stdout
+    after = json.loads((out / "results.json").read_text())["provenance"]
+    assert after["reused_cells"] == len(stamps)
+    assert after["wall_seconds"] == pytest.approx(before["wall_seconds"])
+    assert "cells reused from" in (out / "results.md").read_text()
+
+
+def test_report_only_rebuilds(quick_run):
+    out, _ = quick_run
+    (out / "results.md").unlink()
+    proc = _run("--report-only", "--out", str(out), cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (out / "results.md").exists() and "report rebuilt from" in proc.stdout
+
+
+def test_report_only_on_an_empty_folder_is_one_clear_error(tmp_path):
+    proc = _run("--report-only", "--out", str(tmp_path / "missing"), cwd=tmp_path)
+    assert proc.returncode != 0 and "no finished cells" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "missing").exists()

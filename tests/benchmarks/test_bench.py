@@ -1,0 +1,181 @@
+"""The benchmark protocol's pieces: snapshot choice, statistics, options, comparisons, reuse."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from hero_gym.agents import bench
+
+
+# ------------------------------------------------------------------ snapshots
+def test_snapshot_for_budget_takes_the_largest_snapshot_within_the_budget():
+    snaps = {0: Path("s0"), 6: Path("s6"), 11: Path("s11"), 18: Path("s18")}
+    assert bench.snapshot_for_budget(snaps, 0) == (0, Path("s0"))
+    assert bench.snapshot_for_budget(snaps, 10) == (6, Path("s6"))
+    assert bench.snapshot_for_budget(snaps, 11) == (11, Path("s11"))
+    assert bench.snapshot_for_budget(snaps, 100) == (18, Path("s18"))
+    with pytest.raises(ValueError, match="no snapshot"):
+        bench.snapshot_for_budget({5: Path("s5")}, 4)
+
+
+def test_steps_at_counts_updates_within_the_turns():
+    rows = [{"update": 1, "turns_used": 6}, {"update": 2, "turns_used": 11}, {"update": 3, "turns_used": 17}]
+    assert [bench.steps_at(rows, t) for t in (0, 5, 6, 16, 17, 99)] == [0, 0, 1, 2, 3, 3]
+    assert bench.steps_at([{"optimizer_steps": 4, "turns_used": 3}], 3) == 4
+
+
+# ------------------------------------------------------------------ statistics
+def test_paired_bootstrap_ci_known_cases():
+    assert bench.paired_bootstrap_ci([1, 0, 1], [1, 0, 1]) == (0.0, 0.0, 0.0)
+    assert bench.paired_bootstrap_ci([1, 1, 1, 1], [0, 0, 0, 0]) == (1.0, 1.0, 1.0)
+    d, lo, hi = bench.paired_bootstrap_ci([1, 0] * 50, [0, 0] * 50, n_boot=4000)
+    assert d == pytest.approx(0.5)
+    # the sample mean of 100 Bernoulli(0.5) differences has SE 0.05: the 95% interval is about +-0.1
+    assert 0.38 < lo < 0.42 and 0.58 < hi < 0.62
+    # deterministic for a seed, and pairing matters: the same marginals, paired differently
+    assert bench.paired_bootstrap_ci([1, 0, 1, 0], [0, 1, 0, 1], seed=3) == bench.paired_bootstrap_ci(
+        [1, 0, 1, 0], [0, 1, 0, 1], seed=3)
+    _, lo_p, hi_p = bench.paired_bootstrap_ci([1, 0] * 20, [1, 0] * 20)
+    _, lo_u, hi_u = bench.paired_bootstrap_ci([1, 0] * 20, [0, 1] * 20)
+    assert (lo_p, hi_p) == (0.0, 0.0) and lo_u < -0.2 and hi_u > 0.2   # differences of +-1: SE 0.16
+
+
+def test_paired_bootstrap_ci_rejects_bad_input():
+    with pytest.raises(ValueError, match="equal length"):
+        bench.paired_bootstrap_ci([1, 0], [1])
+    with pytest.raises(ValueError, match="at least one pair"):
+        bench.paired_bootstrap_ci([], [])
+    with pytest.raises(ValueError, match="level"):
+        bench.paired_bootstrap_ci([1], [0], level=1.5)
+
+
+def test_mean_se():
+    m, se = bench.mean_se([0.0, 1.0, None])
+    assert m == 0.5 and se == pytest.approx(0.5)
+    assert np.isnan(bench.mean_se([0.3])[1]) and np.isnan(bench.mean_se([])[0])
+
+
+# ------------------------------------------------------------------ comparisons
+def _cell(env, method, budget, seed, successes):
+    per_task = [{"task": i, "success": float(s), "score": float(s), "turns": 2, "valid_turns": 2}
+                for i, s in enumerate(successes)]
+    return {"env": env, "method": method, "budget": budget, "seed": seed, "per_task": per_task,
+            **bench._summarise(per_task), "optimizer_steps": budget // 4, "snapshot_turns": budget}
+
+
+def test_compare_pairs_over_seed_and_goal_and_uses_the_base_for_every_seed():
+    cells = [_cell("E", "base", 0, None, [0, 0, 0, 0])]
+    for seed in (0, 1, 2):
+        cells.append(_cell("E", "hero", 8, seed, [1, 1, 0, 0]))
+        cells.append(_cell("E", "grpo", 8, seed, [1, 1, 0, 0]))
+        cells.append(_cell("E", "envfb_sd", 8, seed, [0, 0, 0, 0]))
+    comps = {c["other"]: c for c in bench.compare(cells, "hero", [0, 1, 2], n_boot=500)}
+    assert set(comps) == {"base", "grpo", "envfb_sd"}
+    assert comps["grpo"]["diff"] == 0 and comps["grpo"]["verdict"] == "no difference detected"
+    assert comps["envfb_sd"]["diff"] == pytest.approx(0.5) and comps["envfb_sd"]["pairs"] == 12
+    assert comps["envfb_sd"]["ci_low"] > 0 and comps["envfb_sd"]["verdict"] == "hero better"
+    assert comps["base"]["pairs"] == 12 and comps["base"]["seeds"] == 3
+
+
+def test_summarise_orders_methods_and_averages_over_seeds():
+    cells = [_cell("E", "hero", 8, 0, [1, 0]), _cell("E", "hero", 8, 1, [1, 1]), _cell("E", "base", 0, None, [0, 0]),
+             _cell("E", "grpo", 8, 0, [0, 0])]
+    rows = bench.summarise(cells, [0, 1], [8])
+    assert [(r["method"], r["budget"]) for r in rows] == [("base", 0), ("grpo", 8), ("hero", 8)]
+    hero = rows[-1]
+    assert hero["success_rate"] == pytest.approx(0.75) and hero["success_rate_se"] == pytest.approx(0.25)
+
+
+# ------------------------------------------------------------------ options
+def test_presets_and_overrides():
+    o = bench.parse_args([])
+    assert o.preset == "default" and o.warm_start and o.envs == ["WebShop"] and len(o.seeds) >= 3
+    q = bench.parse_args(["--quick", "--budgets", "12", "6", "--no-warm-start"])
+    assert q.model == "tiny" and q.budgets == [6, 12] and q.out == "runs/quick"
+    c = bench.parse_args(["--preset", "cpu"])
+    assert set(c.envs) == {"WebShop", "TauRetail"} and len(c.seeds) >= 3
+    assert c.methods[0] == "base" and set(bench.available_methods()) <= set(c.methods) | set(bench.METHOD_ORDER)
+    assert bench.parse_args(["--methods", "grpo"]).reference is None   # nothing to compare against
+
+
+@pytest.mark.parametrize("argv, msg", [
+    (["--envs", "Nope"], "unknown env"),
+    (["--methods", "bogus"], "unknown method"),
+    (["--budgets", "8", "8"], "distinct positive"),
+    (["--budgets", "0"], "distinct positive"),
+    (["--methods", "grpo", "--reference", "hero"], "reference method"),
+    (["--quick", "--preset", "cpu"], "exclusive"),
+])
+def test_bad_options_give_one_line_errors(argv, msg, capsys):
+    with pytest.raises(SystemExit) as e:
+        bench.parse_args(argv)
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert msg in err and len(err.splitlines()) == 1
+
+
+def test_out_is_relative_to_the_current_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert bench.resolve_out("runs/x") == tmp_path / "runs" / "x"
+    assert bench.resolve_out("/abs/dir") == Path("/abs/dir")
+
+
+def test_report_only_on_an_empty_folder_errors_and_creates_nothing(tmp_path):
+    target = tmp_path / "nothing_here"
+    with pytest.raises(SystemExit, match="no finished cells"):
+        bench.main(["--report-only", "--out", str(target)])
+    assert not target.exists()
+
+
+def test_code_fingerprint_is_stable_and_excludes_the_bench_module():
+    fp = bench.code_fingerprint()
+    assert len(fp) == 16 and fp == bench.code_fingerprint()
+
+
+def test_method_labels():
+    assert bench.method_label("base", warm_start=True) == "Warm-started base"
+    assert bench.method_label("hero") == "HERO" and bench.method_label("grpo") == "GRPO"
+    assert bench.method_label("hero_shuffled") == "HERO (shuffled diagnoses)"
+
+
+def test_cli_bench_help_lists_the_options():
+    from typer.testing import CliRunner
+
+    from hero_gym.cli import app
+
+    res = CliRunner().invoke(app, ["bench", "--help"])
+    assert res.exit_code == 0
+    for opt in ("--preset", "--quick", "--budgets", "--seeds", "--methods", "--out", "--report-only", "--warm-start"):
+        assert opt in res.output
+
+
+def test_report_only_rebuilds_from_saved_cells(tmp_path):
+    """A finished run's folder (cells + results.json) is enough to rebuild every output."""
+    out = tmp_path / "run"
+    cells = [_cell("Lookup", "base", 0, None, [0, 1, 0])]
+    for seed in (0, 1):
+        for m in ("grpo", "hero_rules"):
+            for b in (4, 8):
+                cells.append(_cell("Lookup", m, b, seed, [seed % 2, 1, b // 8]))
+    for c in cells:
+        d = out / "cells" / bench.cell_key(c["env"], c["method"], c["budget"], c["seed"])
+        d.mkdir(parents=True)
+        (d / "result.json").write_text(json.dumps({**c, "eval_seconds": 1.0, "wall_seconds": 2.0}))
+    opts = bench.Options(preset="quick", envs=["Lookup"], methods=["base", "grpo", "hero_rules"],
+                         reference="hero_rules", budgets=[4, 8], seeds=[0, 1], out=str(out))
+    prov = {"options": json.loads(json.dumps(bench.asdict(opts))), "out": str(out), "reused_cells": 0,
+            "invocation_seconds": 1.0, "wall_seconds": 30.0, "git_commit": "abc",
+            "hardware": {"device": "cpu", "cpu_count": 2, "processor": "x", "torch": "2", "torch_threads": 1},
+            "envs": {"Lookup": {"env_id": "hero_gym/Lookup-v0", "eval_kwargs": {}, "eval_tasks": 3, "max_turns": 4,
+                                "data": {"source": "generated", "fingerprint": "f00"}}}}
+    (out / "results.json").write_text(json.dumps({"provenance": prov}))
+    res = bench.main(["--report-only", "--out", str(out)])
+    assert len(res["cells"]) == len(cells)
+    table = (out / "results.md").read_text()
+    assert "HERO (rules) − method" in table and "| Lookup | 8 | GRPO |" in table
+    assert (out / "curves_Lookup.png").read_bytes()[:4] == b"\x89PNG"
+    assert len(list((out / "results.csv").read_text().splitlines())) == len(cells) + 1

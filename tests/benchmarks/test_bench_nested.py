@@ -1,0 +1,60 @@
+"""Nested budgets: one training run per (method, seed); each budget evaluates the right snapshot."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from hero_gym.agents import bench
+
+
+def _opts(out: Path) -> bench.Options:
+    return bench.Options(preset="quick", model="tiny", warm_start=False, envs=["Lookup"], methods=["base", "envfb_sd"],
+                         reference=None, budgets=[8, 12], seeds=[0], eval_tasks=2, max_turns=3, max_new_tokens=8,
+                         group_size=2, tasks_per_update=1, out=str(out))
+
+
+def test_each_budget_reads_the_largest_snapshot_within_it(tmp_path, monkeypatch):
+    loaded: list[Path] = []
+    real_load = bench.load_snapshot
+
+    def recording_load(policy, path):
+        loaded.append(Path(path))
+        real_load(policy, path)
+
+    monkeypatch.setattr(bench, "load_snapshot", recording_load)
+    logs: list[str] = []
+    b = bench.Bench(_opts(tmp_path), tmp_path, log=logs.append)
+    cells: list[dict] = []
+    run = b.run_cells(bench.Run("Lookup", "envfb_sd", 0), cells.append)
+
+    # one training run to the largest budget, with a snapshot at the start and after every update
+    assert sum(line.startswith("trained ") for line in logs) == 1
+    snaps = bench.list_snapshots(tmp_path / "runs" / "Lookup__envfb_sd__s0" / "train")
+    turns = [m["turns_used"] for m in run["metrics"]]
+    assert sorted(snaps) == [0, *turns] and turns[-1] >= 12 - 6 and len(turns) >= 2
+    # snapshots hold different weights (env-feedback SD has a gradient even when every reward is 0;
+    # GRPO on a model that never succeeds would not), so reading the wrong one would show
+    w = {t: (p / "adapter_model.safetensors").read_bytes() for t, p in snaps.items()
+         if (p / "adapter_model.safetensors").exists()}
+    assert len(set(w.values())) == len(w)
+
+    expected = [bench.snapshot_for_budget(snaps, budget) for budget in (8, 12)]
+    assert loaded == [p for _, p in expected]
+    assert [c["budget"] for c in cells] == [8, 12]
+    assert [c["snapshot_turns"] for c in cells] == [t for t, _ in expected]
+    assert [c["optimizer_steps"] for c in cells] == [bench.steps_at(run["metrics"], t) for t, _ in expected]
+
+    # a second pass with the same settings reuses the run and every cell (fingerprints match)
+    loaded.clear()
+    b2 = bench.Bench(_opts(tmp_path), tmp_path, log=logs.append)
+    again: list[dict] = []
+    b2.run_cells(bench.Run("Lookup", "envfb_sd", 0), again.append)
+    assert loaded == [] and b2.reused == 2 and all(c["reused"] for c in again)
+    assert [c["success_rate"] for c in again] == [c["success_rate"] for c in cells]
+
+    # another setting (here the learning rate) changes the fingerprint: the run is redone, not reused
+    o = _opts(tmp_path)
+    o.lr = 1e-3
+    b3 = bench.Bench(o, tmp_path, log=logs.append)
+    b3.run_cells(bench.Run("Lookup", "envfb_sd", 0), lambda c: None)
+    assert b3.reused == 0 and b3.rerun_stale == 2
