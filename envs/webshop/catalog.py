@@ -22,6 +22,7 @@ Facts about the original benchmark that this module follows (from the WebShop pa
 
 from __future__ import annotations
 
+import itertools
 import json
 import random
 import re
@@ -57,7 +58,7 @@ class Product:
     price_tag: str                     # "$12.99" or "$12.99 to $19.99" (shown on pages)
     rating: str = "N.A."
     reviews: tuple[tuple[int, str], ...] = ()
-    nouns: frozenset[str] = frozenset()  # title nouns (type reward), precomputed
+    nouns: tuple[str, ...] = ()        # title nouns in title order, repeats kept (type reward), precomputed
 
     def option_dict(self) -> dict[str, tuple[str, ...]]:
         return dict(self.options)
@@ -81,8 +82,9 @@ class Goal:
     query: str
     category: str
     breadcrumb: str
-    nouns: frozenset[str]              # nouns of the goal product's title
+    nouns: tuple[str, ...]             # nouns of the goal product's title (in order, repeats kept)
     split: str = "train"
+    typed_options: bool = True         # options are {type: value} (synthetic goals), not plain values (human)
 
     def to_dict(self) -> dict[str, Any]:
         return {"goal_id": self.goal_id, "asin": self.asin, "instruction": self.instruction,
@@ -147,8 +149,8 @@ def _split_indices(n_goals: int, seed: int) -> dict[str, list[int]]:
 _NOUN_LEXICON = frozenset(w for kinds in lexicon.KINDS.values() for noun, _, _ in kinds for w in noun.split())
 
 
-def _title_nouns(title: str, lex: frozenset[str]) -> frozenset[str]:
-    return frozenset(w for w in re.findall(r"[a-z0-9\-]+", title.lower()) if w in lex)
+def _title_nouns(title: str, lex: frozenset[str]) -> tuple[str, ...]:
+    return tuple(w for w in re.findall(r"[a-z0-9\-]+", title.lower()) if w in lex)
 
 
 def _brand(rng: random.Random) -> str:
@@ -265,18 +267,57 @@ def generate_catalog(num_products: int = 1000, seed: int = 0) -> Catalog:
 
 
 # --------------------------------------------------------------------------- official loader
-def _parse_pricing(pricing: Any) -> list[float]:
-    """``pricing`` is a string like "$12.99" / "$12.99 - $19.99" or a list of numbers/strings."""
+# Facts from the original's loader and goal builder (``web_agent_site/engine/engine.py``
+# ``load_products`` / ``generate_product_prices`` and ``engine/goal.py``), reproduced here:
+PRICE_BOUNDS = [10.0 * i for i in range(1, 100)]   # the original's PRICE_RANGE: 10, 20, ..., 990
+NO_PRICE_BOUND = 1000000                           # the bound when fewer than two multiples are left
+GOAL_SHUFFLE_SEED = 233                            # goals are shuffled with random.seed(233)
+OFFICIAL_SPLITS = (("test", 0, 500), ("eval", 500, 1500), ("train", 1500, None))   # goal positions
+DUMMY_ATTRIBUTE = "DUMMY_ATTR"                     # attributes of a product missing from items_ins_v2
+
+
+def official_pricing(pricing: Any, asin: str = "?") -> tuple[list[float], str]:
+    """The original's price parsing: ``"$12.99"`` -> [12.99] ("$12.99"); ``"$12.99 - $19.99"`` ->
+    [12.99, 19.99] ("$12.99 to $19.99"); each "$"-separated piece keeps only digits and dots; no
+    pricing -> [100.0] ("$100.0"). The tag uses Python's float text, as the original's page does."""
     if pricing is None or pricing == "" or pricing == []:
-        return []
-    if isinstance(pricing, (int, float)):
-        return [float(pricing)]
-    if isinstance(pricing, list):
-        out: list[float] = []
-        for item in pricing:
-            out.extend(_parse_pricing(item))
-        return out
-    return [float(x) for x in re.findall(r"\d+(?:\.\d+)?", str(pricing).replace(",", ""))]
+        return [100.0], "$100.0"
+    if not isinstance(pricing, str):
+        raise ValueError(f"product {asin}: pricing must be a string like '$12.99', got {pricing!r}")
+    values = []
+    for piece in pricing.split("$")[1:]:
+        digits = re.sub(r"[^\d.]", "", piece)
+        try:
+            values.append(float(digits))
+        except ValueError:
+            raise ValueError(f"product {asin}: unreadable price {piece!r} in {pricing!r}") from None
+    if not values:
+        raise ValueError(f"product {asin}: no '$' price in {pricing!r}")
+    if len(values) == 1:
+        return values, f"${values[0]}"
+    return values[:2], f"${values[0]} to ${values[1]}"
+
+
+def official_option_value(value: Any) -> str:
+    """The original's option-value text: stripped, "/" -> " | ", lower-cased."""
+    return str(value).strip().replace("/", " | ").lower()
+
+
+def draw_price_bound(rng: random.Random, price: float) -> tuple[float, str]:
+    """The original's goal price bound: the next four multiples of $10 above the price; with at
+    least two of them, the larger of two drawn without replacement (``random.sample``), and the
+    instruction gets ", and price lower than X.XX dollars"; else 1,000,000 and no text (no draw)."""
+    choices = [b for b in PRICE_BOUNDS if b > price][:4]
+    if len(choices) >= 2:
+        _, upper = sorted(rng.sample(choices, 2))
+        return upper, f", and price lower than {upper:.2f} dollars"
+    return NO_PRICE_BOUND, ""
+
+
+def official_split_indices(n_goals: int) -> dict[str, list[int]]:
+    """The original's split of the shuffled goal list: test = positions 0-499, eval = 500-1499,
+    train = the rest (a small catalog may leave eval/train empty)."""
+    return {name: list(range(lo, n_goals if hi is None else min(hi, n_goals))) for name, lo, hi in OFFICIAL_SPLITS}
 
 
 def _load_json(path: Path) -> Any:
@@ -284,111 +325,159 @@ def _load_json(path: Path) -> Any:
         return json.load(f)
 
 
+@dataclass
+class _RawProduct:
+    """What goal building needs from one official product record, as the original processes it."""
+
+    product: Product
+    options: dict[str, list[str]]      # option type -> values (original processing, repeats kept)
+
+
+def _official_product(item: dict[str, Any], info: dict[str, Any] | None, price: float, tag: str) -> _RawProduct:
+    from hero_gym.envs.webshop.reward import title_nouns
+
+    asin = str(item["asin"]).upper()
+    raw_opts: dict[str, list[str]] = {}
+    for otype, contents in (item.get("customization_options") or {}).items():
+        if contents is None:
+            continue
+        raw_opts[str(otype).lower()] = [official_option_value(c["value"] if isinstance(c, dict) else c)
+                                        for c in contents]
+    # The pages show each value once (a click names a value): later repeats are dropped there.
+    shown: list[tuple[str, tuple[str, ...]]] = []
+    used: set[str] = set()
+    for otype, values in raw_opts.items():
+        vals = []
+        for v in values:
+            text = clean(v)
+            if text and text not in used:
+                used.add(text)
+                vals.append(text)
+        if vals:
+            shown.append((clean(otype), tuple(vals)))
+    small = item.get("small_description")
+    bullets = tuple(clean(b) for b in (small if isinstance(small, list) else [small]) if b is not None)
+    attrs = info["attributes"] if info is not None and "attributes" in info else [DUMMY_ATTRIBUTE]
+    title = clean(item.get("name") or "")
+    reviews = []
+    for r in item.get("Reviews") or item.get("reviews") or []:
+        if isinstance(r, dict):
+            try:
+                score = int(float(r.get("score", r.get("stars", 0))))
+            except (TypeError, ValueError):
+                score = 0
+            reviews.append((score, clean(r.get("body") or r.get("review") or r.get("title") or "")))
+    rating = item.get("average_rating") or item.get("Rating") or "N.A."
+    product = Product(
+        asin=asin, title=title, category=clean(item.get("category", "")).lower(),
+        breadcrumb=clean(item.get("product_category", "")), query=str(item.get("query", "")).lower().strip(),
+        description=clean(item.get("full_description") or ""), bullets=bullets,
+        attributes=tuple(clean(a) for a in attrs), options=tuple(shown),
+        price=price, price_tag=tag, rating=clean(rating), reviews=tuple(reviews),
+        nouns=title_nouns(title, None),
+    )
+    return _RawProduct(product, {k: [clean(v) for v in vals] for k, vals in raw_opts.items()})
+
+
+def _synthetic_goals(raw: _RawProduct, info: dict[str, Any] | None, rng: random.Random) -> list[dict[str, Any]]:
+    """The original's synthetic goals of one product: one goal per combination of its option values
+    (option types in sorted order), all sharing one drawn price bound."""
+    if info is None or info.get("instruction") is None:
+        return []
+    attributes = list(info.get("instruction_attributes") or [])
+    if not attributes:
+        return []      # the original asserts there is at least one; we skip the product
+    upper, price_text = draw_price_bound(rng, raw.product.price)
+    names = sorted(raw.options)
+    goals = []
+    for combo in itertools.product(*(raw.options[n] for n in names)):
+        options = tuple(zip(names, combo))
+        option_text = ", and ".join(f"{k}: {v}" for k, v in options)
+        option_text = f" with {option_text}" if option_text else ""
+        goals.append({"instruction": f"{info['instruction']}{option_text}{price_text}",
+                      "attributes": tuple(attributes), "options": options, "price_upper": upper,
+                      "typed_options": True})
+    return goals
+
+
+def _human_goals(raw: _RawProduct, instructions: list[dict[str, Any]], rng: random.Random) -> list[dict[str, Any]]:
+    """The original's human goals of one product: one per instruction with a non-empty attribute
+    list (others are skipped), the instruction's text kept (trailing dots stripped), a price bound
+    drawn per goal, the instruction's options as plain values."""
+    goals = []
+    for ins in instructions:
+        attributes = list(ins.get("instruction_attributes") or [])
+        if not attributes:
+            continue
+        upper, price_text = draw_price_bound(rng, raw.product.price)
+        values = [clean(v) for v in ins.get("instruction_options") or []]
+        options = tuple((raw.product.option_type_of(v) or "", v) for v in values)
+        goals.append({"instruction": str(ins.get("instruction", "")).strip(".") + price_text,
+                      "attributes": tuple(attributes), "options": options, "price_upper": upper,
+                      "typed_options": False})
+    return goals
+
+
 def load_official(items_path: str | Path, attrs_path: str | Path | None = None,
                   human_path: str | Path | None = None, *, human_goals: bool = False,
                   num_products: int | None = None, seed: int = 0) -> Catalog:
-    """Load products and goals from the official WebShop files.
+    """Load products and build goals from the official WebShop files, the original's way.
 
-    ``items_path``: ``items_shuffle*.json``; ``attrs_path``: ``items_ins_v2*.json`` (synthetic goals
-    and mined attributes); ``human_path``: ``items_human_ins.json`` (used when ``human_goals``).
-    Prices in a range are drawn uniformly inside it with ``seed``. Title nouns for the type reward use
-    :func:`hero_gym.envs.webshop.reward.title_nouns` (an optional POS tagger, else a fallback).
+    ``items_path``: ``items_shuffle*.json`` (a list of products); ``attrs_path``:
+    ``items_ins_v2*.json`` (asin -> ``attributes``, ``instruction``, ``instruction_attributes``);
+    ``human_path``: ``items_human_ins.json`` (asin -> list of instructions; used when
+    ``human_goals``). Products: the first ``num_products`` records, skipping an asin of "nan" or
+    longer than 10 characters and repeats; option values as :func:`official_option_value`.
+
+    Randomness follows the original's order of draws on one generator, ``random.Random(seed)``:
+    a price range becomes ``uniform(first, second)`` for each ranged product in product order, then
+    each goal's price bound is drawn (:func:`draw_price_bound`) in goal-building order. The goals
+    are then shuffled with ``random.Random(233)`` and split by position (test 0-499, eval 500-1499,
+    train the rest). The original draws prices and bounds from Python's unseeded global generator;
+    seeding it with ``seed`` first gives exactly these values.
+
+    Synthetic goals (default): every product with an ``instruction`` and a non-empty
+    ``instruction_attributes`` gives one goal per combination of its option values. Human goals:
+    one per human instruction with attributes.
     """
-    from hero_gym.envs.webshop.reward import title_nouns
-
-    raw = _load_json(Path(items_path))
+    raw_items = _load_json(Path(items_path))
+    if not isinstance(raw_items, list):
+        raise ValueError(f"{items_path}: expected a list of products (items_shuffle format)")
     if num_products is not None:
-        raw = raw[:num_products]
+        raw_items = raw_items[:num_products]
     attrs_map = _load_json(Path(attrs_path)) if attrs_path else {}
     human_map = _load_json(Path(human_path)) if (human_path and human_goals) else {}
-    rng = random.Random(f"webshop-official-{seed}")
-    products: list[Product] = []
+    rng = random.Random(seed)
+    kept: list[tuple[dict[str, Any], list[float], str]] = []
     seen: set[str] = set()
-    for item in raw:
-        asin = str(item.get("asin", "")).upper()
-        if not asin or asin in seen:
+    for item in raw_items:
+        asin = str(item.get("asin", ""))
+        if not asin or asin == "nan" or len(asin) > 10 or asin in seen:
             continue
         seen.add(asin)
-        prices = _parse_pricing(item.get("pricing"))
-        if not prices:
-            prices = [100.0]   # a product without a price gets a placeholder, like the original site
-        if len(prices) == 1:
-            price, tag = prices[0], f"${prices[0]:.2f}"
+        pricing, tag = official_pricing(item.get("pricing"), asin)
+        kept.append((item, pricing, tag))
+    raws = []
+    for item, pricing, tag in kept:     # prices are drawn after loading, in product order
+        price = pricing[0] if len(pricing) == 1 else rng.uniform(*pricing[:2])
+        raws.append(_official_product(item, attrs_map.get(item["asin"]), price, tag))
+    built: list[tuple[_RawProduct, dict[str, Any]]] = []
+    for raw, (item, _, _) in zip(raws, kept):
+        if human_goals:
+            goals_of = _human_goals(raw, human_map.get(item["asin"]) or [], rng)
         else:
-            lo, hi = min(prices[:2]), max(prices[:2])
-            price, tag = round(rng.uniform(lo, hi), 2), f"${lo:.2f} to ${hi:.2f}"
-        opts: list[tuple[str, tuple[str, ...]]] = []
-        used_vals: set[str] = set()
-        for otype, values in (item.get("customization_options") or {}).items():
-            vals = []
-            for v in values or []:
-                text = clean(v.get("value", "") if isinstance(v, dict) else v).lower()
-                if text and text not in used_vals:
-                    used_vals.add(text)
-                    vals.append(text)
-            if vals:
-                opts.append((clean(otype).lower(), tuple(vals)))
-        small = item.get("small_description") or []
-        bullets = tuple(clean(b) for b in ([small] if isinstance(small, str) else small) if clean(b))
-        info = attrs_map.get(asin) or attrs_map.get(item.get("asin", "")) or {}
-        title = clean(item.get("name") or item.get("Title") or "")
-        reviews = []
-        for r in item.get("Reviews") or item.get("reviews") or []:
-            if isinstance(r, dict):
-                try:
-                    score = int(float(r.get("score", 0)))
-                except (TypeError, ValueError):
-                    score = 0
-                reviews.append((score, clean(r.get("body") or r.get("title") or "")))
-        rating = item.get("average_rating") or item.get("Rating") or "N.A."
-        products.append(Product(
-            asin=asin, title=title, category=clean(item.get("category", "")).lower(),
-            breadcrumb=clean(item.get("product_category", "")), query=clean(item.get("query", "")).lower(),
-            description=clean(item.get("full_description") or ""), bullets=bullets,
-            attributes=tuple(clean(a).lower() for a in info.get("attributes", [])), options=tuple(opts),
-            price=price, price_tag=tag, rating=clean(rating), reviews=tuple(reviews),
-            nouns=title_nouns(title, None),
-        ))
-    by_asin = {p.asin: p for p in products}
-    goals: list[Goal] = []
-
-    def add_goal(p: Product, g: dict) -> None:
-        attrs = tuple(clean(a).lower() for a in g.get("instruction_attributes") or [])
-        raw_opts = g.get("instruction_options") or []
-        if isinstance(raw_opts, dict):
-            raw_opts = list(raw_opts.values())
-        opts = []
-        for v in raw_opts:
-            v = clean(v).lower()
-            if ":" in v:
-                t, v = (s.strip() for s in v.split(":", 1))
-            else:
-                t = p.option_type_of(v) or "option"
-            opts.append((t, v))
-        upper = rng.choice(price_upper_choices(p.price))
-        text = clean(g.get("instruction", "")).lower()
-        if "price lower than" not in text:
-            text = f"{text}, and price lower than {upper:.2f} dollars"
-        goals.append(Goal(goal_id=len(goals), asin=p.asin, instruction=text, attributes=attrs,
-                          options=tuple(opts), price_upper=upper, query=p.query, category=p.category,
-                          breadcrumb=p.breadcrumb, nouns=p.nouns))
-
-    if human_goals:
-        for asin, lst in human_map.items():
-            p = by_asin.get(asin.upper())
-            for g in lst if isinstance(lst, list) else [lst]:
-                if p is not None and g.get("instruction"):
-                    add_goal(p, g)
-    else:
-        for asin, g in attrs_map.items():
-            p = by_asin.get(asin.upper())
-            if p is not None and g.get("instruction"):
-                add_goal(p, g)
-    splits = _split_indices(len(goals), seed) if goals else {"train": [], "eval": [], "test": []}
-    for name, idxs in splits.items():
-        for i in idxs:
-            object.__setattr__(goals[i], "split", name)
-    return Catalog(products=products, goals=goals, splits=splits, noun_lexicon=None, source="official")
+            goals_of = _synthetic_goals(raw, attrs_map.get(item["asin"]), rng)
+        built += [(raw, g) for g in goals_of]
+    random.Random(GOAL_SHUFFLE_SEED).shuffle(built)
+    splits = official_split_indices(len(built))
+    split_of = {i: name for name, idxs in splits.items() for i in idxs}
+    goals = [Goal(goal_id=i, asin=raw.product.asin, instruction=g["instruction"], attributes=g["attributes"],
+                  options=g["options"], price_upper=g["price_upper"], query=raw.product.query,
+                  category=raw.product.category, breadcrumb=raw.product.breadcrumb, nouns=raw.product.nouns,
+                  split=split_of[i], typed_options=g["typed_options"])
+             for i, (raw, g) in enumerate(built)]
+    return Catalog(products=[r.product for r in raws], goals=goals, splits=splits, noun_lexicon=None,
+                   source="official")
 
 
 # --------------------------------------------------------------------------- shared cache

@@ -1,6 +1,6 @@
 """Word lists for the synthetic WebShop catalog.
 
-Everything here is hand-written for hero-gym. The five top-level categories are the ones the
+Everything here is hand-written for hero-gym, except :data:`COLORS` (the original's colour list). The five top-level categories are the ones the
 WebShop paper scraped (beauty, grocery, fashion, furniture, electronics); the product kinds,
 attributes and option values are plausible shop vocabulary, not data from the original release.
 
@@ -136,13 +136,26 @@ ATTRIBUTES = {
                     "stereo sound", "dual band", "aluminum alloy", "touch control"],
 }
 
-# Colour words used by option values *and* by colour normalisation in the reward. The order
-# matters: normalisation returns the first entry of this list that occurs in a string, so e.g.
-# "navy blue" normalises to "navy" (listed before "blue"). "grey" and "gray" are deliberately two
-# separate entries (the original benchmark does not merge them either).
-COLORS = ["black", "white", "navy", "blue", "red", "green", "pink", "purple", "yellow", "orange",
-          "brown", "beige", "grey", "gray", "silver", "gold", "khaki", "burgundy", "ivory", "teal",
-          "olive", "walnut", "oak", "espresso", "nude", "coral", "plum", "berry"]
+# Colour normalisation in the reward: the original's colour list, in its order (a fact reproduced from
+# WebShop's ``web_agent_site/engine/normalize.py``, ``COLOR_SET``). Normalisation returns the first
+# entry that occurs in the string, so "navy blue" -> "blue" ("blue" comes first), "light blue" ->
+# "blue", "grey heather" -> "grey"; "grey" and "gray" stay two different words.
+COLORS = [
+    "alabaster", "apricot", "aqua", "ash", "asphalt", "azure",
+    "banana", "beige", "black", "blue", "blush", "bordeaux", "bronze",
+    "brown", "burgundy", "camel", "camo", "caramel", "champagne",
+    "charcoal", "cheetah", "chestnut", "chocolate", "christmas", "coffee",
+    "cognac", "copper", "coral", "cranberry", "cream", "crystal", "dark",
+    "denim", "eggplant", "elephant", "espresso", "fuchsia", "gold", "granite",
+    "grape", "graphite", "grass", "gray", "green", "grey", "heather", "indigo",
+    "ivory", "ivy", "khaki", "lavender", "lemon", "leopard", "light", "lilac",
+    "lime", "magenta", "maroon", "mauve", "merlot", "midnight", "mint", "mocha",
+    "multicolor", "mushroom", "mustard", "natural", "navy", "nude", "olive",
+    "orange", "peach", "pewter", "pink", "plum", "purple", "rainbow", "red",
+    "rose", "royal", "rust", "sand", "sapphire", "seashell", "silver", "skull",
+    "slate", "steel", "stone", "stonewash", "sunflower", "tan", "taupe", "teal",
+    "tiger", "turquoise", "violet", "walnut", "wheat", "white", "wine", "yellow",
+]
 
 OPTION_VALUES = {
     "beauty": {

@@ -1,6 +1,8 @@
 """Catalog generator, official-format loader and the shared-catalog cache."""
 
 import json
+import random
+from pathlib import Path
 
 import pytest
 
@@ -94,71 +96,125 @@ def test_catalog_scales_to_100k():
     assert cat.index.search("shampoo")
 
 
-def _write_official(tmp_path):
-    items = [
-        {"asin": "B000TEST01", "name": "Acme Sulfate Free Shampoo for Dry Hair", "category": "beauty",
-         "query": "shampoo", "product_category": "Beauty & Personal Care › Hair Care › Shampoos",
-         "full_description": "A gentle shampoo.", "small_description": ["Paraben free formula", "Smells nice"],
-         "pricing": "$12.50", "customization_options": {"Size": [{"value": "8 Fl Oz", "image": None},
-                                                                  {"value": "16 Fl Oz", "image": None}]},
-         "average_rating": 4.5},
-        {"asin": "B000TEST02", "name": "Zed Wireless Headphones", "category": "electronics",
-         "query": "headphones", "product_category": "Electronics › Headphones",
-         "full_description": "Over-ear.", "small_description": "Noise cancelling",
-         "pricing": "$20.00 - $40.00", "customization_options": None},
-        {"asin": "B000TEST03", "name": "No Price Mug", "category": "furniture", "query": "mug",
-         "product_category": "Home & Kitchen", "full_description": "", "small_description": [],
-         "pricing": None, "customization_options": {}},
+FIXTURE = Path(__file__).parent / "official_fixture"
+ITEMS, INS, HUMAN = (FIXTURE / n for n in ("items_shuffle_fixture.json", "items_ins_v2_fixture.json",
+                                           "items_human_ins.json"))
+BOUNDS = [10.0 * i for i in range(1, 100)]   # the original's PRICE_RANGE
+
+
+def _original_draws(seed, human=False):
+    """The original's draws, replayed by hand on ``random.Random(seed)`` (its global generator seeded
+    with ``seed``): prices of ranged products in product order (B0FIX00002 "$20.00 - $40.00",
+    B0FIX00009 "$5.00 - $7.00"), then one bound per goal-building step that has two or more of the
+    next four multiples of $10 above the price (products above $980 draw nothing)."""
+    r = random.Random(seed)
+    p2, p9 = r.uniform(20.0, 40.0), r.uniform(5.0, 7.0)
+    if human:   # human goals: B0FIX00001's first instruction (the second has no attributes); B0FIX00004 > $980
+        return {"p2": p2, "p9": p9, "b1": sorted(r.sample([20.0, 30.0, 40.0, 50.0], 2))[1]}
+    b1 = sorted(r.sample([20.0, 30.0, 40.0, 50.0], 2))[1]                          # B0FIX00001 at $12.50
+    b2 = sorted(r.sample([b for b in BOUNDS if b > p2][:4], 2))[1]                 # B0FIX00002
+    b9 = sorted(r.sample([10.0, 20.0, 30.0, 40.0], 2))[1]                          # B0FIX00009 at $5-7
+    return {"p2": p2, "p9": p9, "b1": b1, "b2": b2, "b9": b9}
+
+
+def test_official_products_are_processed_like_the_original():
+    cat = load_official(ITEMS, INS, seed=0)
+    # "nan" and the repeated B0FIX00001 are skipped
+    assert [p.asin for p in cat.products] == ["B0FIX00001", "B0FIX00002", "B0FIX00003", "B0FIX00004",
+                                              "B0FIX00007", "B0FIX00008", "B0FIX00009"]
+    p = cat.product("B0FIX00001")
+    assert p.query == "shampoo"                                  # lower-cased and stripped
+    assert p.options == (("size", ("8 fl oz", "16 fl oz")), ("color", ("navy blue", "black | white")))   # "/" -> " | "
+    assert p.attributes == ("sulfate free", "paraben free") and p.price == 12.5 and p.price_tag == "$12.5"
+    d = _original_draws(0)
+    assert cat.product("B0FIX00002").price == d["p2"] and cat.product("B0FIX00002").price_tag == "$20.0 to $40.0"
+    assert cat.product("B0FIX00009").price == d["p9"]
+    assert cat.product("B0FIX00003").price == 100.0 and cat.product("B0FIX00003").price_tag == "$100.0"
+    assert cat.product("B0FIX00008").price == 1299.99           # "$1,299.99": digits and dots kept
+    assert cat.product("B0FIX00007").attributes == ("DUMMY_ATTR",)   # not in items_ins_v2
+    assert cat.product("B0FIX00002").bullets == ("Noise cancelling",)   # a string becomes one bullet
+
+
+@pytest.mark.parametrize("seed", [0, 1, 7])
+def test_official_synthetic_goals_follow_the_original_procedure(seed):
+    cat = load_official(ITEMS, INS, seed=seed)
+    d = _original_draws(seed)
+    # B0FIX00001: color x size = 2 x 2; B0FIX00002: no options -> 1; B0FIX00003: no attributes -> 0;
+    # B0FIX00004: 2 sizes; B0FIX00007: no instruction; B0FIX00008: an empty option list -> 0;
+    # B0FIX00009: 3 flavours. Option types in sorted order.
+    s1 = "i need a sulfate free shampoo"
+    t1 = f", and price lower than {d['b1']:.2f} dollars"
+    expected = [
+        ("B0FIX00001", (("color", "navy blue"), ("size", "8 fl oz")), d["b1"], f"{s1} with color: navy blue, and size: 8 fl oz{t1}"),
+        ("B0FIX00001", (("color", "navy blue"), ("size", "16 fl oz")), d["b1"], f"{s1} with color: navy blue, and size: 16 fl oz{t1}"),
+        ("B0FIX00001", (("color", "black | white"), ("size", "8 fl oz")), d["b1"], f"{s1} with color: black | white, and size: 8 fl oz{t1}"),
+        ("B0FIX00001", (("color", "black | white"), ("size", "16 fl oz")), d["b1"], f"{s1} with color: black | white, and size: 16 fl oz{t1}"),
+        ("B0FIX00002", (), d["b2"], f"i want wireless headphones, and price lower than {d['b2']:.2f} dollars"),
+        ("B0FIX00004", (("size", "small"),), 1000000, "i need a solid wood dining table with size: small"),
+        ("B0FIX00004", (("size", "large"),), 1000000, "i need a solid wood dining table with size: large"),
+        ("B0FIX00009", (("flavor name", "honey"),), d["b9"], f"i want gluten free granola with flavor name: honey, and price lower than {d['b9']:.2f} dollars"),
+        ("B0FIX00009", (("flavor name", "cocoa"),), d["b9"], f"i want gluten free granola with flavor name: cocoa, and price lower than {d['b9']:.2f} dollars"),
+        ("B0FIX00009", (("flavor name", "berry"),), d["b9"], f"i want gluten free granola with flavor name: berry, and price lower than {d['b9']:.2f} dollars"),
     ]
-    ins = {
-        "B000TEST01": {"attributes": ["sulfate free", "paraben free"], "instruction": "i need a sulfate free shampoo",
-                       "instruction_attributes": ["sulfate free"], "instruction_options": ["16 fl oz"]},
-        "B000TEST02": {"attributes": ["noise cancelling"], "instruction": "wireless headphones please",
-                       "instruction_attributes": ["noise cancelling"], "instruction_options": []},
-    }
-    human = {"B000TEST01": [{"asin": "B000TEST01", "instruction": "Shampoo for dry hair, 8 fl oz",
-                             "instruction_attributes": ["dry hair"], "instruction_options": ["8 fl oz"],
-                             "assignment_id": "x", "worker_id": "y"}]}
-    (tmp_path / "items_shuffle_1000.json").write_text(json.dumps(items))
-    (tmp_path / "items_ins_v2_1000.json").write_text(json.dumps(ins))
-    (tmp_path / "items_human_ins.json").write_text(json.dumps(human))
-    return tmp_path
+    random.Random(233).shuffle(expected)        # the original shuffles all goals with seed 233
+    got = [(g.asin, g.options, g.price_upper, g.instruction) for g in cat.goals]
+    assert got == expected
+    assert all(g.typed_options for g in cat.goals)
+    assert [g.attributes for g in cat.goals if g.asin == "B0FIX00009"][0] == ("gluten free", "non gmo")
+    # 10 goals: all in the original's test split (positions 0-499)
+    assert cat.splits == {"test": list(range(10)), "eval": [], "train": []}
+    assert [g.goal_id for g in cat.goals] == list(range(10)) and {g.split for g in cat.goals} == {"test"}
 
 
-def test_official_loader_reads_the_official_schema(tmp_path):
-    d = _write_official(tmp_path)
-    cat = load_official(d / "items_shuffle_1000.json", d / "items_ins_v2_1000.json", seed=0)
-    assert len(cat.products) == 3 and cat.source == "official" and cat.noun_lexicon is None
-    p = cat.product("B000TEST01")
-    assert p.title == "Acme Sulfate Free Shampoo for Dry Hair"
-    assert p.breadcrumb == "Beauty & Personal Care › Hair Care › Shampoos"
-    assert p.bullets == ("Paraben free formula", "Smells nice")
-    assert p.options == (("size", ("8 fl oz", "16 fl oz")),)
-    assert p.attributes == ("sulfate free", "paraben free")
-    assert p.price == 12.5 and p.price_tag == "$12.50"
-    q = cat.product("B000TEST02")
-    assert 20.0 <= q.price <= 40.0 and q.price_tag == "$20.00 to $40.00"
-    assert q.bullets == ("Noise cancelling",)
-    assert cat.product("B000TEST03").price == 100.0
-    assert len(cat.goals) == 2
-    g = next(g for g in cat.goals if g.asin == "B000TEST01")
-    assert g.options == (("size", "16 fl oz"),) and g.attributes == ("sulfate free",)
-    assert g.price_upper in price_upper_choices(12.5)
-    assert "price lower than" in g.instruction
-    human = load_official(d / "items_shuffle_1000.json", d / "items_ins_v2_1000.json",
-                          d / "items_human_ins.json", human_goals=True)
-    assert [g.instruction.split(",")[0] for g in human.goals] == ["shampoo for dry hair"]
+def test_official_human_goals_keep_their_text():
+    cat = load_official(ITEMS, INS, HUMAN, human_goals=True, seed=3)
+    d = _original_draws(3, human=True)
+    got = sorted((g.asin, g.instruction, g.price_upper, g.options) for g in cat.goals)
+    assert got == [
+        ("B0FIX00001", f"I want a Navy Blue shampoo for dry hair, 16 fl oz, and price lower than {d['b1']:.2f} dollars",
+         d["b1"], (("color", "navy blue"), ("size", "16 fl oz"))),
+        ("B0FIX00004", "Large Oak table", 1000000, (("size", "large"),)),       # "..." stripped, no price text
+    ]
+    assert not any(g.typed_options for g in cat.goals)
+    assert cat.splits["test"] == [0, 1]
 
 
-def test_official_data_through_the_env(tmp_path):
+def test_official_split_positions(tmp_path):
+    """One product with 40 x 40 option values: 1600 goals -> test 0-499, eval 500-1499, train 1500-1599."""
+    item = {"asin": "B0FIXSPLIT", "name": "Many Option Shirt", "category": "fashion", "query": "shirt",
+            "product_category": "Clothing › Shirts", "full_description": "", "small_description": [],
+            "pricing": "$15.00", "images": [""],
+            "customization_options": {"Color": [{"value": f"c{i}"} for i in range(40)],
+                                      "Size": [{"value": f"s{i}"} for i in range(40)]}}
+    (tmp_path / "items.json").write_text(json.dumps([item]))
+    (tmp_path / "ins.json").write_text(json.dumps({"B0FIXSPLIT": {
+        "attributes": ["cotton"], "instruction": "a shirt", "instruction_attributes": ["cotton"]}}))
+    cat = load_official(tmp_path / "items.json", tmp_path / "ins.json", seed=0)
+    assert len(cat.goals) == 1600
+    assert cat.splits["test"] == list(range(500)) and cat.splits["eval"] == list(range(500, 1500))
+    assert cat.splits["train"] == list(range(1500, 1600))
+    unshuffled = [(("color", f"c{i}"), ("size", f"s{j}")) for i in range(40) for j in range(40)]
+    random.Random(233).shuffle(unshuffled)
+    assert [g.options for g in cat.goals[:5]] == unshuffled[:5]
+
+
+def test_official_loader_errors_are_clear(tmp_path):
+    (tmp_path / "bad.json").write_text(json.dumps({"not": "a list"}))
+    with pytest.raises(ValueError, match="list of products"):
+        load_official(tmp_path / "bad.json")
+    (tmp_path / "bad2.json").write_text(json.dumps([{"asin": "B0X", "pricing": "$abc"}]))
+    with pytest.raises(ValueError, match="B0X"):
+        load_official(tmp_path / "bad2.json")
+
+
+def test_official_data_through_the_env():
     from hero_gym.envs.webshop.env import WebShopEnv
 
-    d = _write_official(tmp_path)
-    env = WebShopEnv(data_dir=str(d), split="train")
+    env = WebShopEnv(data_dir=str(FIXTURE), split="test")
     obs, info = env.reset(options={"goal_id": 0})
     assert "Instruction:" in obs
     goal = env.catalog.goals[0]
-    env.step("search[sulfate free shampoo]")
+    env.step(f"search[{env.catalog.product(goal.asin).title}]")
     obs, *_ , info = env.step(f"click[{goal.asin.lower()}]")
     for _, v in goal.options:
         env.step(f"click[{v}]")
