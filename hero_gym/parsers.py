@@ -220,18 +220,11 @@ def _rename_keyword_args(args: str) -> tuple[str, dict[str, str]]:
 
 
 def _parse_call(args: str) -> tuple[ast.Call | None, dict[str, str]]:
-    """Parse ``_(<args>)``; tool names and argument names that are Python keywords are allowed.
-    Returns the call node (``None`` if the text is not a single call) and the renamed arguments."""
-    try:
-        tree = ast.parse(f"_({args})", mode="eval")
-        names: dict[str, str] = {}
-    except SyntaxError:
-        if not _KEYWORD_ARG.search(args):
-            raise
-        renamed, names = _rename_keyword_args(args)
-        if not names:
-            raise
-        tree = ast.parse(f"_({renamed})", mode="eval")
+    """Parse ``_(<args>)``; tool names and argument names that are Python keywords are allowed
+    (renamed to placeholders first when the text has a ``keyword=``). Returns the call node
+    (``None`` if the text is not a single call) and placeholder -> argument name."""
+    renamed, names = _rename_keyword_args(args) if _KEYWORD_ARG.search(args) else (args, {})
+    tree = ast.parse(f"_({renamed})", mode="eval")
     return (tree.body if isinstance(tree.body, ast.Call) else None), names
 
 
