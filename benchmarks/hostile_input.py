@@ -15,7 +15,9 @@ Two tables:
 
 Shapes are the ones that made backtracking regular expressions quadratic: a long run of letters
 (before a missing ``[``), unclosed ``click[``, ``<tool_call>`` with unterminated JSON, whitespace
-inside a code fence, an unclosed call ``f(``, prose. Times are medians of ``--repeat`` runs.
+inside a code fence, an unclosed call ``f(``, prose; and the costliest *valid* input, a functional
+call with thousands of keyword arguments (Python's own parser builds a node per argument: linear,
+but the slowest per character). Times are medians of ``--repeat`` runs.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ def shapes(n: int) -> dict[str, str]:
         "unclosed tool_call": fit('<tool_call>{"name": "x", "arguments": {"q": "', "a"),
         "fence+spaces": fit("```json\n", " "),
         "unclosed f(": fit("f(", "a"),
+        "many kwargs": ("f(" + "from=1, " * ((n - 3) // 8)).ljust(n - 1) + ")",
         "prose": fit("", "I will search for it now. "),
     }
 

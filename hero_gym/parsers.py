@@ -53,12 +53,19 @@ class ParsedReply:
 
 Parser = Callable[[Any], ParsedReply]
 
-_FENCE = re.compile(r"^\s*```[a-zA-Z0-9_-]*\s*\n?(.*?)\n?\s*```\s*$", re.DOTALL)
+_FENCE_LANG = frozenset(string.ascii_letters + string.digits + "_-")
 
 
 def _strip_fence(text: str) -> str:
-    m = _FENCE.match(text)
-    return m.group(1) if m else text
+    """The body of a Markdown code block that is the whole of ``text`` (```` ```lang ... ``` ````,
+    body stripped), else ``text`` unchanged. String operations only: linear time."""
+    s = text.strip()
+    if len(s) < 6 or not s.startswith("```") or not s.endswith("```"):
+        return text
+    i = 3
+    while i < len(s) - 3 and s[i] in _FENCE_LANG:   # the language tag
+        i += 1
+    return s[i:-3].strip()
 
 
 def _loads(text: str, what: str) -> Any:
@@ -149,49 +156,59 @@ def _literal(node: ast.AST) -> Any:
 _KEYWORD_ARG = re.compile(r"\b(?:" + "|".join(sorted(keyword.kwlist)) + r")\s*=")
 
 
+_MAX_NESTING = 200   # CPython's tokenizer refuses deeper bracket nesting
+_ARG_TOKEN = re.compile(r"""\s+|[^\W\d]\w*|\d[\w.]*|'''|\"\"\"|["'()\[\]{},]|.""", re.DOTALL)
+# The rest of a string literal after its opening quote. Each pattern is unambiguous and always
+# matches (an unterminated string runs to the end), so it is one linear scan without backtracking.
+_STRING_REST = {
+    "'": re.compile(r"(?:[^'\\]|\\.)*(?:'|\\?\Z)", re.DOTALL),
+    '"': re.compile(r'(?:[^"\\]|\\.)*(?:"|\\?\Z)', re.DOTALL),
+    "'''": re.compile(r"(?:[^'\\]|\\.|'(?!''))*(?:'''|\\?\Z)", re.DOTALL),
+    '"""': re.compile(r'(?:[^"\\]|\\.|"(?!""))*(?:"""|\\?\Z)', re.DOTALL),
+}
+
+
 def _keyword_arg_spans(args: str) -> list[tuple[int, int]]:
     """Spans of argument names in ``args`` (the text between a call's parentheses) that are Python
-    keywords (``from=``, ``as=``). One left-to-right pass: string literals (any quote style, with
-    escapes) and nested brackets are skipped, so a keyword inside a value is never touched."""
+    keywords (``from=``, ``as=``). One left-to-right pass over tokens: string literals (any quote
+    style, with escapes) and nested brackets are skipped, so a keyword inside a value is never
+    touched. Linear time: tokens and strings are matched by unambiguous regular expressions."""
     spans: list[tuple[int, int]] = []
     i, n, depth, expect_name = 0, len(args), 0, True
+    pending: tuple[int, int] | None = None   # a keyword in name position, waiting for its "="
     while i < n:
-        c = args[i]
-        if c in "\"'":
-            quote = args[i:i + 3] if args[i:i + 3] in ('"""', "'''") else c
-            i += len(quote)
-            while i < n and not args.startswith(quote, i):
-                i += 2 if args[i] == "\\" else 1
-            i += len(quote)
+        j = _ARG_TOKEN.match(args, i).end()
+        text = args[i:j]
+        if text.isspace():
+            i = j
+            continue
+        if pending is not None and text == "=" and not args.startswith("==", i):
+            spans.append(pending)
+        pending = None
+        if text in _STRING_REST:
+            j = _STRING_REST[text].match(args, j).end()
             expect_name = False
-        elif c in "([{":
-            depth, expect_name, i = depth + 1, False, i + 1
-        elif c in ")]}":
-            depth, expect_name, i = depth - 1, False, i + 1
-        elif c == ",":
-            expect_name, i = depth == 0, i + 1
-        elif c.isspace():
-            i += 1
-        elif expect_name and (c.isalpha() or c == "_"):
-            j = i + 1
-            while j < n and (args[j].isalnum() or args[j] == "_"):
-                j += 1
-            k = j
-            while k < n and args[k].isspace():
-                k += 1
-            if keyword.iskeyword(args[i:j]) and args.startswith("=", k) and not args.startswith("==", k):
-                spans.append((i, j))
-            expect_name, i = False, j
+        elif text in ("(", "[", "{"):
+            depth, expect_name = depth + 1, False
+            if depth > _MAX_NESTING:   # Python's parser rejects this anyway: stop scanning
+                return []
+        elif text in (")", "]", "}"):
+            depth, expect_name = depth - 1, False
+        elif text == ",":
+            expect_name = depth == 0
         else:
-            expect_name, i = False, i + 1
+            if expect_name and keyword.iskeyword(text):
+                pending = (i, j)
+            expect_name = False
+        i = j
     return spans
 
 
 def _rename_keyword_args(args: str) -> tuple[str, dict[str, str]]:
     """``args`` with keyword argument names replaced by placeholders, and placeholder -> name."""
-    prefix = "hero_kw_"
-    while prefix in args:   # placeholders must not clash with anything in the reply
-        prefix += "x"
+    # placeholders must not occur in the reply: one more "x" than the longest run after any "hero_kw_"
+    longest = max((len(m.group(1)) for m in re.finditer(r"hero_kw_(x*)", args)), default=-1)
+    prefix = "hero_kw_" + "x" * (longest + 1)
     out, names, last = [], {}, 0
     for k, (a, b) in enumerate(_keyword_arg_spans(args)):
         placeholder = f"{prefix}{k}"
@@ -203,18 +220,11 @@ def _rename_keyword_args(args: str) -> tuple[str, dict[str, str]]:
 
 
 def _parse_call(args: str) -> tuple[ast.Call | None, dict[str, str]]:
-    """Parse ``_(<args>)``; tool names and argument names that are Python keywords are allowed.
-    Returns the call node (``None`` if the text is not a single call) and the renamed arguments."""
-    try:
-        tree = ast.parse(f"_({args})", mode="eval")
-        names: dict[str, str] = {}
-    except SyntaxError:
-        if not _KEYWORD_ARG.search(args):
-            raise
-        renamed, names = _rename_keyword_args(args)
-        if not names:
-            raise
-        tree = ast.parse(f"_({renamed})", mode="eval")
+    """Parse ``_(<args>)``; tool names and argument names that are Python keywords are allowed
+    (renamed to placeholders first when the text has a ``keyword=``). Returns the call node
+    (``None`` if the text is not a single call) and placeholder -> argument name."""
+    renamed, names = _rename_keyword_args(args) if _KEYWORD_ARG.search(args) else (args, {})
+    tree = ast.parse(f"_({renamed})", mode="eval")
     return (tree.body if isinstance(tree.body, ast.Call) else None), names
 
 

@@ -294,7 +294,7 @@ class WebShopBrowserEnv(WebShopBase):
                 if self._driver is None:
                     self._start_browser()
                     self.browser_restarts += 1
-                self._sid = uuid.uuid4().hex[:16]
+                self._sid = self._sid or uuid.uuid4().hex[:16]   # one server session per env, restarted
                 self._driver.get(f"{url}/{self._sid}/start?goal={self.goal.goal_id}")
                 obs = self._read()
                 break

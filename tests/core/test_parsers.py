@@ -42,6 +42,7 @@ OK_CASES = [
     ("functional", 'get(from="A", to="B")', [C(name="get", arguments={"from": "A", "to": "B"})], ""),
     ("functional", "if(if='if(x=1)', class_=[1, {'from': 2}], None=null, lambda = 'a\\'from=')",
      [C(name="if", arguments={"if": "if(x=1)", "class_": [1, {"from": 2}], "None": None, "lambda": "a'from="})], ""),
+    ("functional", "f(hero_kw_0=1, hero_kw_x0=2, from=3)", [C(name="f", arguments={"hero_kw_0": 1, "hero_kw_x0": 2, "from": 3})], ""),
     ("functional", 'f(x="from=1", y=\'\'\'import=2\'\'\')', [C(name="f", arguments={"x": "from=1", "y": "import=2"})], ""),
     ("bracket", "search[red shoes]", [C(name="search", arguments={"query": "red shoes"})], ""),
     ("bracket", "Thought: buy it.\nAction: click[Buy Now]", [C(name="click", arguments={"target": "Buy Now"})], "Thought: buy it. Action:"),
@@ -200,6 +201,7 @@ HOSTILE = {
     "parens": "f(" + ") " * (_MB // 2),
     "unclosed_string": "f(from='" + "\\'" * (_MB // 2),
     "keyword_args": "f(" + "from=1 " * (_MB // 7),
+    "placeholder_clash": "f(from=1, " + "hero_kw_" * (_MB // 16) + "x" * (_MB // 2) + "=2)",
 }
 
 
