@@ -3,6 +3,7 @@
 ``hero-gym list``                 registered envs (shipped and plugins)
 ``hero-gym play ENV_ID``          play an env in the terminal: type actions, see observations
 ``hero-gym webshop-serve``        run the WebShop web server alone
+``hero-gym serve ENV_ID``         serve an env over HTTP (sessions) and OpenEnv's WebSocket protocol
 ``hero-gym train`` / ``eval``     train a policy with HERO or a baseline / evaluate it
 ``hero-gym bench``                the benchmark matrix (``benchmarks/run_all.py``)
 
@@ -127,6 +128,23 @@ def webshop_serve(
     from hero_gym.envs.webshop.server import serve
 
     serve(host=host, port=port, num_products=num_products, seed=seed)
+
+
+@app.command()
+def serve(
+    env_id: str = typer.Argument(..., help="a registered env id, e.g. hero_gym/TauRetail-v0"),
+    host: str = typer.Option("127.0.0.1", help="interface to bind (loopback by default)"),
+    port: int = typer.Option(8000),
+    kwarg: Optional[list[str]] = typer.Option(None, "--kwarg", "-k", help="env constructor key=value"),
+    max_sessions: int = typer.Option(64, help="concurrent sessions (HTTP and WebSocket)"),
+    session_timeout: float = typer.Option(600.0, help="close sessions idle for this many seconds"),
+) -> None:
+    """Serve an env over HTTP+JSON sessions and OpenEnv's WebSocket protocol (blocking)."""
+    from hero_gym.serve import serve as run_server
+
+    console.print(f"Serving {env_id} on http://{host}:{port} (OpenEnv: ws://{host}:{port}/ws)")
+    run_server(env_id, _parse_kv(kwarg), host=host, port=port, max_sessions=max_sessions,
+               session_timeout=session_timeout)
 
 
 def _policy(model: str, device: str | None, adapter: Path | None = None) -> Any:
