@@ -3,6 +3,7 @@
 ``hero-gym list``                 registered envs (shipped and plugins)
 ``hero-gym play ENV_ID``          play an env in the terminal: type actions, see observations
 ``hero-gym webshop-serve``        run the WebShop web server alone
+``hero-gym serve ENV_ID``         serve an env over HTTP (sessions) and OpenEnv's WebSocket protocol
 ``hero-gym train`` / ``eval``     train a policy with HERO or a baseline / evaluate it
 ``hero-gym bench``                the HERO benchmark (``hero-gym bench --help``)
 
@@ -259,6 +260,26 @@ def webshop_serve(
     serve(host=host, port=port, num_products=num_products, seed=seed)
 
 
+@app.command()
+def serve(
+    env_id: str = typer.Argument(..., help="a registered env id, e.g. hero_gym/TauRetail-v0"),
+    host: str = typer.Option("127.0.0.1", help="interface to bind (loopback by default)"),
+    port: int = typer.Option(8000),
+    kwarg: Optional[list[str]] = typer.Option(None, "--kwarg", "-k", help="env constructor key=value"),
+    max_sessions: int = typer.Option(64, help="concurrent sessions (HTTP and WebSocket)"),
+    session_timeout: float = typer.Option(600.0, help="close sessions idle for this many seconds"),
+) -> None:
+    """Serve an env over HTTP+JSON sessions and OpenEnv's WebSocket protocol (blocking)."""
+    from hero_gym.serve import serve as run_server
+
+    _check_env_id(env_id)
+    env_kwargs = _parse_kv(kwarg)
+    _check_env_kwargs(env_id, env_kwargs)
+    console.print(f"Serving {env_id} on http://{host}:{port} (OpenEnv: ws://{host}:{port}/ws)")
+    run_server(env_id, env_kwargs, host=host, port=port, max_sessions=max_sessions,
+               session_timeout=session_timeout)
+
+
 TRAIN_EXTRA_HINT = "this command needs the training extra: pip install 'hero-gym[train]' (and torch)"
 BASE_MODEL_FILE = "hero_cli.json"  # written next to a CLI-trained adapter: which base model it belongs to
 
@@ -303,7 +324,9 @@ def _policy(model: str, device: str | None, adapter: Path | None = None) -> Any:
 
 def _train_config(agents: Any, env_id: str, method: str, budget: int, out: Path,
                   kwarg: list[str] | None, config: list[str] | None) -> Any:
-    methods = list(typing.get_args(typing.get_type_hints(agents.TrainConfig)["method"]))
+    from hero_gym.agents.methods import METHODS
+
+    methods = list(METHODS)
     if method not in methods:
         raise _one_of("method", method, methods)
     fields = [f.name for f in dataclasses.fields(agents.TrainConfig)]
@@ -323,7 +346,7 @@ def _train_config(agents: Any, env_id: str, method: str, budget: int, out: Path,
 @app.command()
 def train(
     env_id: str = typer.Argument(..., help="a registered env id"),
-    method: str = typer.Option("hero", help="the training method (see hero_gym.agents.TrainConfig)"),
+    method: str = typer.Option("hero", help="a key of hero_gym.agents.methods.METHODS (grpo, envfb_sd, full_demo, hero_rules, hero, hero_shuffled)"),
     budget: int = typer.Option(200, help="training budget in environment turns"),
     model: str = typer.Option("smollm2", help="smollm2 (embedded default) | tiny | HF id or local path"),
     device: Optional[str] = typer.Option(None, help="cpu | cuda (default: cuda if available)"),
