@@ -3,7 +3,7 @@
 PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-TAUBENCH ?= $(firstword $(wildcard $(HERO_GYM_TAUBENCH_DIR) ../shared/taubench))
+TAUBENCH ?= $(firstword $(wildcard $(HERO_GYM_TAUBENCH_DIR)))
 export HERO_GYM_TAUBENCH_DIR := $(if $(TAUBENCH),$(abspath $(TAUBENCH)),)
 
 .PHONY: install bench test test-slow browser
