@@ -12,7 +12,8 @@ Observation modes: ``text`` (segments joined by ``" [SEP] "``), ``text_rich`` (b
 
 ``info`` on every step, error steps included: ``available_actions`` ({"has_search_bar",
 "clickables"}), ``page`` (page kind) and the core keys (``success`` is reward == 1 on the purchase
-step); at reset also ``task`` (the goal), ``task_id`` and ``task_index``; when the episode ends with
+step); at reset also ``task`` (the goal), ``task_id``, ``task_index`` and ``data`` (the catalog:
+source, folder, size, seed); when the episode ends with
 a purchase also ``reward_info`` (the reward breakdown) and ``score`` (100 x reward).
 """
 
@@ -84,11 +85,16 @@ class WebShopBase(MultiTurnEnv):
         if observation_mode not in OBSERVATION_MODES:
             raise ValueError(f"observation_mode must be one of {OBSERVATION_MODES}, not {observation_mode!r}")
         self.observation_mode = observation_mode
+        built_here = catalog is None   # a catalog passed in does not say where it came from
         if catalog is None:
             if num_products is None and data_dir is None:
                 num_products = 1000
             catalog = get_catalog(num_products, catalog_seed, data_dir, human_goals)
         self.catalog = catalog   # shared and read-only
+        self.data_info = {"source": catalog.source, "num_products": len(catalog.products),
+                          "path": str(data_dir) if built_here and data_dir is not None else None,
+                          "catalog_seed": catalog_seed if built_here else None,
+                          "human_goals": human_goals if built_here else None}
         self.shop = Shop(catalog)
         self.split = self.check_split(split)
         self.goal: Goal | None = None
@@ -156,7 +162,7 @@ class WebShopBase(MultiTurnEnv):
 
     def _task_info(self, goal: Goal, index: int) -> dict[str, Any]:
         return {"task": goal.to_dict(), "task_id": f"webshop-{goal.goal_id}", "task_index": index,
-                "instruction": goal.instruction}
+                "instruction": goal.instruction, "data": dict(self.data_info)}
 
     def _purchase_info(self, reward: float, breakdown: dict[str, Any]) -> dict[str, Any]:
         return {"reward_info": breakdown, "success": _is_one(reward), "score": 100.0 * reward}

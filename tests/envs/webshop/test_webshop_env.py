@@ -33,6 +33,8 @@ def test_search_page_and_tools(env):
     assert [t["function"]["name"] for t in info["tools"]] == ["search"]
     assert env.default_parser == "bracket" and env.allow_text_messages is False and env.max_turns == 15
     assert info["system_prompt"] and "search[" in info["system_prompt"]
+    assert info["data"] == {"source": "generated", "num_products": 1000, "path": None, "catalog_seed": 0,
+                            "human_goals": False}
 
 
 def test_full_flow_with_pages_and_reward(env):
