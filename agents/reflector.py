@@ -58,10 +58,14 @@ class TurnReflection:
     diagnosis: str
     confidence: Confidence = "low"
     next_action_target: dict[str, Any] | None = None
+    verdict: Literal["error", "good"] | None = None
+    """Set by :class:`RuleReflector`: whether the turn was judged a mistake or a right step."""
 
     def to_dict(self) -> dict[str, Any]:
-        return {"diagnosis": self.diagnosis, "confidence": self.confidence,
-                "next_action_target": self.next_action_target}
+        d = {"diagnosis": self.diagnosis, "confidence": self.confidence, "next_action_target": self.next_action_target}
+        if self.verdict is not None:
+            d["verdict"] = self.verdict
+        return d
 
 
 @dataclass
@@ -280,10 +284,16 @@ def build_reflection_messages(
             f"## Turn {i + 1}\nAgent action:\n{_clip(turn.action_text, max_obs_chars)}{err}\n"
             f"Observation after it ({turn.observation_role}):\n{_clip(turn.observation, max_obs_chars)}"
         )
-    outcome = "succeeded" if episode.success else "did not succeed"
+    if episode.success:
+        outcome = f"The task succeeded; total reward {episode.total_reward:g} after {len(episode.turns)} agent turns."
+    elif _episode_unfinished(episode):
+        outcome = (f"The episode was stopped after {len(episode.turns)} agent turns, before the task was "
+                   "finished (a turn limit, not a verdict that the agent failed).")
+    else:
+        outcome = (f"The task did not succeed; total reward {episode.total_reward:g} after "
+                   f"{len(episode.turns)} agent turns.")
     parts.append(
-        f"## Outcome\nThe task {outcome}; total reward {episode.total_reward:g} after "
-        f"{len(episode.turns)} agent turns.\n\nNow write the JSON object with keys "
+        f"## Outcome\n{outcome}\n\nNow write the JSON object with keys "
         + ", ".join(f'"turn{i + 1}"' for i in range(len(episode.turns))) + "."
     )
     return [{"role": "system", "content": REFLECTION_RULES}, {"role": "user", "content": "\n\n".join(parts)}]
@@ -382,10 +392,29 @@ def _as_generate_fn(obj: Any, *, max_new_tokens: int, temperature: float) -> Gen
 # The rule-based reflector
 # --------------------------------------------------------------------------------------
 
+VISIBLE_INFO_KEYS = ("page", "available_actions", "no_op", "noop", "invalid_action", "invalid")
+"""The only ``Turn.info`` keys the rule reflector reads: page state the agent could see. Task internals
+(``info["task"]``, ``info["expected"]``, gold actions, reward breakdowns) are never read."""
+
+_NOOP_FLAGS = ("no_op", "noop", "invalid_action", "invalid")
+_WEBSHOP_NAV = {"back to search", "< prev", "next >", "description", "features", "reviews", "buy now"}
+_WS_INSTRUCTION = re.compile(r"Instruction:\s*\[SEP\]\s*(.*?)\s*\[SEP\]", re.S)
+_WS_PRICE_LIMIT = re.compile(r"price lower than\s*\$?([0-9]+(?:\.[0-9]+)?)", re.I)
+_WS_PAGE_PRICE = re.compile(r"Price:\s*\$([0-9]+(?:\.[0-9]+)?)")
+_WS_LISTED_PRICE = re.compile(r"\$([0-9]+(?:\.[0-9]+)?)")
+
+
+def _visible(turn: Turn | None) -> dict[str, Any]:
+    if turn is None:
+        return {}
+    return {k: turn.info[k] for k in VISIBLE_INFO_KEYS if k in turn.info}
+
+
 def _action_key(turn: Turn) -> str | None:
     if turn.parsed_action is None:
         return None
-    return json.dumps(turn.parsed_action, sort_keys=True, default=str)
+    pa = {k: v for k, v in turn.parsed_action.items() if k != "id"}
+    return json.dumps(pa, sort_keys=True, default=str)
 
 
 def _describe(turn: Turn) -> str:
@@ -398,26 +427,116 @@ def _describe(turn: Turn) -> str:
     return "an action that could not be parsed"
 
 
-_NOOP_FLAGS = ("no_op", "noop", "invalid_action", "invalid")
+def _click_target(turn: Turn) -> str | None:
+    pa = turn.parsed_action or {}
+    if pa.get("name") != "click" or turn.action_error:
+        return None
+    return str((pa.get("arguments") or {}).get("target", "")).strip().lower() or None
+
+
+def _episode_unfinished(ep: Episode) -> bool:
+    """Stopped by a turn cap, the context window, the budget or an env error, not by the env's verdict."""
+    last = ep.turns[-1] if ep.turns else None
+    return not ep.success and (last is None or not last.terminated or bool(ep.metadata.get("cut_short")))
+
+
+class _WebShopView:
+    """What a WebShop agent could see: the instruction and the pages, read from observations and the
+    visible buttons (``info["available_actions"]``) only."""
+
+    def __init__(self, ep: Episode):
+        m = _WS_INSTRUCTION.search(ep.initial_observation)
+        self.instruction = m.group(1).lower() if m else ""
+        limit = _WS_PRICE_LIMIT.search(self.instruction)
+        self.price_limit = float(limit.group(1)) if limit else None
+
+    @staticmethod
+    def applies(ep: Episode) -> bool:
+        return "Instruction:" in ep.initial_observation and "[SEP]" in ep.initial_observation
+
+    def requested_options(self, buttons: Sequence[str]) -> list[str]:
+        """Option buttons of a product page that the instruction asks for (``"<attribute>: <value>"``)."""
+        return [b for b in buttons if b not in _WEBSHOP_NAV and f": {b}" in self.instruction]
+
+    def judge(self, ep: Episode, t: int) -> TurnReflection | None:
+        """Diagnoses of clicks that contradict the visible instruction (price, requested options)."""
+        turn = ep.turns[t]
+        target = _click_target(turn)
+        before = _visible(ep.turns[t - 1]) if t > 0 else {}
+        page_text = ep.turns[t - 1].observation if t > 0 else ep.initial_observation
+        if target is None or not before:
+            return None
+        if target == "buy now" and before.get("page") == "item":
+            return self._judge_purchase(ep, t, page_text, before)
+        if before.get("page") == "results" and target not in _WEBSHOP_NAV and self.price_limit is not None:
+            price = self._listed_price(page_text, target)
+            if price is not None and price > self.price_limit:
+                return TurnReflection(
+                    f"Decision error: opened product {target.upper()}, listed at ${price:.2f}, although the "
+                    f"instruction asks for a price lower than ${self.price_limit:.2f}.", "medium", verdict="error")
+        return None
+
+    def _judge_purchase(self, ep: Episode, t: int, page_text: str, before: dict[str, Any]) -> TurnReflection | None:
+        start = t - 1    # the turn that opened this product page (option clicks keep it on "item")
+        while start > 0 and _visible(ep.turns[start - 1]).get("page") == "item":
+            start -= 1
+        clicked = {_click_target(ep.turns[k]) for k in range(start + 1, t)}
+        buttons = list((before.get("available_actions") or {}).get("clickables") or [])
+        missing = [o for o in self.requested_options(buttons) if o not in clicked]
+        if missing:
+            return TurnReflection(
+                "Decision error: clicked buy now without selecting " + ", ".join(repr(o) for o in missing)
+                + ", which the instruction asks for and the product page offers.", "high", verdict="error")
+        m = _WS_PAGE_PRICE.search(page_text)
+        if m and self.price_limit is not None and float(m.group(1)) > self.price_limit:
+            return TurnReflection(
+                f"Decision error: bought at ${float(m.group(1)):.2f}, although the instruction asks for a price "
+                f"lower than ${self.price_limit:.2f}.", "high", verdict="error")
+        return None
+
+    @staticmethod
+    def _listed_price(results_page: str, product: str) -> float | None:
+        segs = [s.strip() for s in results_page.split("[SEP]")]
+        for i, s in enumerate(segs):
+            if s.lower() == product:
+                for nxt in segs[i + 1:i + 4]:
+                    m = _WS_LISTED_PRICE.match(nxt)
+                    if m:
+                        return float(m.group(1))
+        return None
+
+
+def _is_option_selection(ep: Episode, t: int) -> bool:
+    """A click on a product page that stays on it: selecting an option (the text page does not show the
+    selection, so an unchanged observation is expected)."""
+    target = _click_target(ep.turns[t])
+    before = _visible(ep.turns[t - 1]) if t > 0 else {}
+    return (target is not None and target not in _WEBSHOP_NAV and before.get("page") == "item"
+            and _visible(ep.turns[t]).get("page") == "item")
 
 
 class RuleReflector:
-    """Diagnoses from structured env signals only; never needs a model.
+    """Diagnoses from what the agent could see (observations, visible page state); never needs a model
+    and never reads task internals or gold data (see :data:`VISIBLE_INFO_KEYS`).
 
-    Signals, in priority order per turn:
+    Per turn, the first rule that fires:
       * ``action_error`` (execution error: parse / no_action / unknown_tool / invalid_arguments /
-        too_many_calls) -> confidence high; the message from the env is quoted.
-      * an exact repeat of an earlier call -> redundant, confidence high.
-      * ``info`` flags ``no_op`` / ``invalid_action`` or an observation identical to the previous
-        one -> no effect, confidence medium.
-      * the final turn -> the outcome (success: high; failure: medium).
-      * otherwise -> the episode outcome as weak evidence (success: medium; failure: low),
-        or masked when ``diagnose_uninformative=False``.
-    ``target_fn(episode, t) -> dict | None`` may supply a known-correct action (e.g. from an
-    env's gold data); it is attached (with confidence high) to every non-successful turn.
+        too_many_calls) -> error, confidence high; the env's message is quoted.
+      * the same action taken again *on the same observation* -> redundant, high. (Repeating an action on
+        a different page, e.g. ``click[next >]`` while paging, is not redundant.)
+      * WebShop: a click that contradicts the visible instruction (buying without a requested option
+        the product page offers, a price above the stated limit) -> decision error.
+      * ``info`` flags ``no_op`` / ``invalid_action``, or a tool observation identical to the previous
+        one (except selecting an option on a WebShop product page) -> no effect, medium.
+      * the final turn of a finished episode -> the outcome (success: good, high; failure: error, medium).
+        Episodes cut by a turn cap, the context window or the budget get no outcome verdict.
+      * otherwise nothing (the turn is masked), or with ``diagnose_uninformative=True`` a weak note from the
+        outcome (success: medium; failure: low).
+    ``target_fn(episode, t) -> dict | None`` may supply a known-correct action (e.g. from an env's gold data,
+    for oracle ablations only); it is attached (confidence high) to every turn judged an error.
     """
 
-    def __init__(self, *, diagnose_uninformative: bool = True,
+    def __init__(self, *, diagnose_uninformative: bool = False,
                  target_fn: Callable[[Episode, int], dict[str, Any] | None] | None = None):
         self.diagnose_uninformative = diagnose_uninformative
         self.target_fn = target_fn
@@ -427,54 +546,55 @@ class RuleReflector:
 
     def reflect_one(self, ep: Episode) -> dict[int, TurnReflection]:
         out: dict[int, TurnReflection] = {}
-        seen: dict[str, int] = {}
+        seen: dict[tuple[str, str], int] = {}
+        webshop = _WebShopView(ep) if _WebShopView.applies(ep) else None
         prev_obs = ep.initial_observation
-        last = len(ep.turns) - 1
         for t, turn in enumerate(ep.turns):
-            key = _action_key(turn)
-            what = _describe(turn)
-            refl: TurnReflection | None = None
-            flags = [f for f in _NOOP_FLAGS if turn.info.get(f)]
-            if turn.action_error:
-                kind = turn.action_error.get("kind", "error")
-                msg = str(turn.action_error.get("message", ""))[:300]
-                refl = TurnReflection(
-                    f"Execution error ({kind}), not a decision the environment could act on: {msg} "
-                    "The turn was wasted; the reply must be a single well-formed call to an available tool "
-                    "with valid arguments.", "high")
-            elif key is not None and key in seen:
-                refl = TurnReflection(
-                    f"Redundant: {what} repeats turn {seen[key] + 1} exactly and cannot yield new "
-                    "information; a different action was needed.", "high")
-            elif flags or (turn.observation == prev_obs and t > 0):
-                refl = TurnReflection(
-                    f"{what[0].upper() + what[1:]} had no effect on the environment (the observation did "
-                    "not change), so the turn made no progress.", "medium")
-            elif t == last and (turn.terminated or turn.truncated):
-                if ep.success:
-                    refl = TurnReflection(f"Correct: {what} completed the task successfully.", "high")
-                elif turn.terminated:
-                    refl = TurnReflection(
-                        f"Decision error: {what} ended the episode without success "
-                        f"(reward {turn.reward:g}).", "medium")
-                else:
-                    refl = TurnReflection(
-                        f"{what[0].upper() + what[1:]} was the last turn before the turn budget ran out "
-                        "with the task unfinished; the agent progressed too slowly.", "low")
-            elif self.diagnose_uninformative:
-                if ep.success:
-                    refl = TurnReflection(f"Reasonable: {what} was part of a trajectory that succeeded.", "medium")
-                else:
-                    refl = TurnReflection(
-                        f"No direct error signal for {what}, but the episode ultimately failed, so it "
-                        "may not have moved toward the goal.", "low")
+            refl = self._judge(ep, t, seen, prev_obs, webshop)
             if refl is not None:
-                if self.target_fn is not None and not (ep.success and not turn.action_error):
+                if self.target_fn is not None and refl.verdict == "error":
                     tgt = self.target_fn(ep, t)
                     if tgt:
                         refl.next_action_target, refl.confidence = tgt, "high"
                 out[t] = refl
-            if key is not None and key not in seen and not turn.action_error:
-                seen[key] = t
+            key = _action_key(turn)
+            if key is not None and not turn.action_error:
+                seen.setdefault((key, prev_obs), t)
             prev_obs = turn.observation
         return out
+
+    def _judge(self, ep: Episode, t: int, seen: dict[tuple[str, str], int], prev_obs: str,
+               webshop: _WebShopView | None) -> TurnReflection | None:
+        turn = ep.turns[t]
+        what = _describe(turn)
+        key = _action_key(turn)
+        if turn.action_error:
+            kind = turn.action_error.get("kind", "error")
+            msg = str(turn.action_error.get("message", ""))[:300]
+            return TurnReflection(
+                f"Execution error ({kind}), not a decision the environment could act on: {msg} "
+                "The turn was wasted; the reply must be a single well-formed call to an available tool "
+                "with valid arguments.", "high", verdict="error")
+        if key is not None and (key, prev_obs) in seen:
+            return TurnReflection(
+                f"Redundant: {what} repeats turn {seen[(key, prev_obs)] + 1} on the same observation and cannot "
+                "yield new information; a different action was needed.", "high", verdict="error")
+        judged = webshop.judge(ep, t) if webshop is not None else None
+        if judged is not None:
+            return judged
+        flags = [f for f in _NOOP_FLAGS if _visible(turn).get(f)]
+        unchanged = t > 0 and turn.observation == prev_obs and turn.observation_role == "tool"
+        if flags or (unchanged and not _is_option_selection(ep, t)):
+            return TurnReflection(
+                f"{what[0].upper() + what[1:]} had no effect on the environment (the observation did "
+                "not change), so the turn made no progress.", "medium", verdict="error")
+        if t == len(ep.turns) - 1 and not _episode_unfinished(ep):
+            if ep.success:
+                return TurnReflection(f"Correct: {what} completed the task successfully.", "high", verdict="good")
+            return TurnReflection(f"Decision error: {what} ended the episode without success "
+                                  f"(reward {turn.reward:g}).", "medium", verdict="error")
+        if not self.diagnose_uninformative:
+            return None
+        if ep.success:
+            return TurnReflection(f"Reasonable: {what} was part of a trajectory that succeeded.", "medium")
+        return TurnReflection(f"No direct error signal for {what}.", "low")

@@ -23,7 +23,16 @@ from typing import Any
 
 from hero_gym.agents.policy import Generation, SamplingConfig
 
-__all__ = ["VLLMPolicy", "vllm_available"]
+__all__ = ["VLLMPolicy", "row_seed", "vllm_available"]
+
+
+def row_seed(seed: int, row: int) -> int:
+    """The sampling seed of ``row`` in a call seeded with ``seed``: a hash of the pair (NumPy's
+    ``SeedSequence``), so rows and successive calls draw independent streams. (``seed + row`` would give
+    row 1 of step ``s`` the stream of row 0 of step ``s + 1``.)"""
+    import numpy as np
+
+    return int(np.random.SeedSequence([int(seed) % 2**63, int(row)]).generate_state(1, dtype=np.uint64)[0] % 2**63)
 
 
 def vllm_available() -> bool:
@@ -106,7 +115,7 @@ class VLLMPolicy:  # pragma: no cover - needs vllm + a GPU
             SamplingParams(
                 n=1, temperature=max(sc.temperature, 0.0), top_p=sc.top_p, top_k=sc.top_k if sc.top_k > 0 else -1,
                 max_tokens=max(1, cap), stop=list(sc.stop) or None, stop_token_ids=stop_ids, logprobs=0,
-                seed=None if sc.seed is None else sc.seed + i, skip_special_tokens=True,
+                seed=None if sc.seed is None else row_seed(sc.seed, i), skip_special_tokens=True,
                 include_stop_str_in_output=True,
             )
             for i, cap in enumerate(caps)

@@ -13,7 +13,7 @@ from hero_gym.agents.reflector import (
     build_reflection_messages,
     parse_reflection,
 )
-from hero_gym.records import Episode, Turn
+from hero_gym.records import Episode, Turn  # noqa: F401
 
 
 def _ep(actions, *, success=False, task_id="t0"):
@@ -88,6 +88,7 @@ def test_garbage_masks_everything(garbage):
 def test_prompt_carries_rules_and_trajectory():
     ep = _ep([("<tool_call>x</tool_call>", {"name": "lookup", "arguments": {"key": "fig"}}, None, "412"),
               ("answer", {"name": "answer", "arguments": {"code": "1"}}, None, "Wrong code.")])
+    ep.turns[-1].terminated = True
     msgs = build_reflection_messages(ep)
     assert msgs[0]["content"] == REFLECTION_RULES
     for needle in ("every", "decision error", "execution error", "null", "word for word", "repeat", "JSON"):
@@ -136,24 +137,179 @@ def test_rule_reflector_signals():
         ("hi", {"message": "hi"}, None, "Please use the tools"),
         ("a", {"name": "answer", "arguments": {"code": "412"}}, None, "Correct."),
     ], success=True)
-    out = RuleReflector().reflect([ep])[0].turns
+    out = RuleReflector(diagnose_uninformative=True).reflect([ep])[0].turns
     assert "Execution error (parse)" in out[0].diagnosis and out[0].confidence == "high"
     assert "Reasonable" in out[1].diagnosis
-    assert "Redundant" in out[2].diagnosis and "turn 2" in out[2].diagnosis
+    assert "no effect" in out[2].diagnosis and out[2].verdict == "error"    # same result again
     assert out[4].diagnosis.startswith("Correct") and out[4].confidence == "high"
+    assert 1 not in RuleReflector().reflect([ep])[0].turns     # default: uninformative turns are masked
+    again = _ep([("l", lookup, None, "412"), ("l", lookup, None, "412")])
+    again.initial_observation = "412"                             # both acted on the same observation
+    assert "Redundant" in RuleReflector().reflect([again])[0].turns[1].diagnosis
     failed = _ep([("a", {"name": "answer", "arguments": {"code": "1"}}, None, "Wrong code.")])
     failed.turns[0].terminated = True
     o = RuleReflector(target_fn=lambda e, t: {"name": "lookup", "arguments": {"key": "fig"}}).reflect([failed])[0]
     assert "Decision error" in o.turns[0].diagnosis and o.turns[0].confidence == "high"
     assert o.turns[0].next_action_target["name"] == "lookup"
     quiet = _ep([("a", {"name": "lookup", "arguments": {"key": "x"}}, None, "o"), ("b", None, None, "o2")])
-    assert RuleReflector(diagnose_uninformative=False).reflect([quiet])[0].turns == {}
+    assert RuleReflector().reflect([quiet])[0].turns == {}
+
+
+def test_turn_capped_episode_is_not_called_failed():
+    """Issue 9 item 2: an episode cut by the turn cap is unfinished, not failed."""
+    ep = _ep([("l", {"name": "lookup", "arguments": {"key": "fig"}}, None, "412")])
+    ep.turns[0].truncated = True
+    assert RuleReflector().reflect([ep])[0].turns == {}
+    user = build_reflection_messages(ep)[1]["content"]
+    assert "did not succeed" not in user and "not a verdict" in user
 
 
 def test_function_reflector():
     ep = _ep([("a", None, None, "o")])
     [res] = FunctionReflector(lambda e: {0: TurnReflection("x", "high", {"name": "y"})}).reflect([ep])
     assert res.to_json() == {"turn1": {"diagnosis": "x", "confidence": "high", "next_action_target": {"name": "y"}}}
+
+
+# --------------------------------------------------------------------------- scripted experts (issue 9 item 1)
+
+class Recorder:
+    """Wraps an env and records the episode an agent plays through it, as :func:`collect` would."""
+
+    def __init__(self, env, env_id):
+        self.env, self.env_id, self.unwrapped = env, env_id, env.unwrapped
+
+    def reset(self, **kw):
+        obs, info = self.env.reset(**kw)
+        self.episode = Episode(env_id=self.env_id, task_id=info.get("task_id"), initial_observation=str(obs))
+        return obs, info
+
+    def step(self, action):
+        obs, reward, term, trunc, info = self.env.step(action)
+        ep = self.episode
+        ep.turns.append(Turn(index=len(ep.turns), action_text=str(action), parsed_action=info.get("parsed_action"),
+                             action_error=info.get("action_error"), observation=str(obs),
+                             observation_role=info.get("observation_role", "tool"), reward=float(reward),
+                             terminated=term, truncated=trunc,
+                             info={k: v for k, v in info.items() if k != "tools"}))
+        ep.total_reward += float(reward)
+        if term or trunc:
+            ep.success = bool(info.get("success", term and reward > 0))
+        return obs, reward, term, trunc, info
+
+
+def _play(rec, agent_fn, **reset_kw):
+    obs, info = rec.reset(**reset_kw)
+    done = False
+    while not done:
+        obs, _, term, trunc, info = rec.step(agent_fn(obs, info))
+        done = term or trunc
+    return rec.episode
+
+
+def _webshop_expert_episodes(n):
+    import hero_gym
+    from hero_gym.envs.webshop.expert import ExpertAgent
+
+    rec = Recorder(hero_gym.make("hero_gym/WebShop-v0"), "hero_gym/WebShop-v0")
+    eps = []
+    for i in range(n):
+        agent = ExpertAgent()
+        obs, info = rec.reset(options={"task_index": i})
+        agent.reset(info)
+        done = False
+        while not done:
+            obs, _, term, trunc, info = rec.step(agent.act(obs, info))
+            done = term or trunc
+        eps.append(rec.episode)
+    return eps
+
+
+def _lookup_solver_episodes(n):
+    import hero_gym
+
+    rec = Recorder(hero_gym.make("hero_gym/Lookup-v0"), "hero_gym/Lookup-v0")
+    eps = []
+    for i in range(n):
+        def solver(obs, info):
+            if obs.startswith("What is the code"):
+                return '<tool_call>{"name": "lookup", "arguments": {"key": "%s"}}</tool_call>' % obs.split()[-1][:-1]
+            return '<tool_call>{"name": "answer", "arguments": {"code": "%s"}}</tool_call>' % obs.strip()
+        eps.append(_play(rec, solver, options={"task_index": i}))
+    return eps
+
+
+def _tau_gold_episodes(n):
+    from hero_gym.envs.tau_bench.env import TauRetailEnv
+    from hero_gym.envs.tau_bench.gold import play_gold
+
+    rec = Recorder(TauRetailEnv(data="generated", split="test"), "hero_gym/TauRetail-v0")
+    eps = []
+    for i in range(n):
+        play_gold(rec, seed=i, options={"task_index": i})
+        eps.append(rec.episode)
+    return eps
+
+
+@pytest.mark.parametrize("source", [_webshop_expert_episodes, _lookup_solver_episodes, _tau_gold_episodes])
+def test_scripted_expert_successes_have_no_error_turn(source):
+    eps = [ep for ep in source(8) if ep.success]
+    assert len(eps) >= 5
+    for ep in eps:
+        for t, refl in RuleReflector().reflect_one(ep).items():
+            assert refl.verdict != "error", (ep.turns[t].action_text, refl.diagnosis)
+
+
+def test_webshop_paging_and_option_clicks_are_not_errors_but_a_missing_option_is():
+    eps = _webshop_expert_episodes(8)
+    paged = [ep for ep in eps if sum(t.action_text == "click[next >]" for t in ep.turns) >= 1]
+    opts = [ep for ep in eps if any(t.info.get("page") == "item" and eps and t.action_text not in
+                                    ("click[buy now]",) for t in ep.turns[1:])]
+    assert paged and opts
+    ep = opts[0].model_copy(deep=True)       # drop the option clicks: buying without them is an error
+    buy = ep.turns[-1]
+    opened = next(k for k, t in enumerate(ep.turns) if t.info.get("page") == "item")
+    ep.turns = ep.turns[:opened + 1] + [buy]
+    ep.success = False
+    refl = RuleReflector().reflect_one(ep)
+    assert refl[len(ep.turns) - 1].verdict == "error" and "without selecting" in refl[len(ep.turns) - 1].diagnosis
+
+
+class _Spy(dict):
+    """An info dict that records every key read."""
+
+    def __init__(self, *a, **kw):
+        super().__init__(*a, **kw)
+        self.read = set()
+
+    def __getitem__(self, k):
+        self.read.add(k)
+        return super().__getitem__(k)
+
+    def get(self, k, default=None):
+        self.read.add(k)
+        return super().get(k, default)
+
+    def __contains__(self, k):
+        self.read.add(k)
+        return super().__contains__(k)
+
+
+FORBIDDEN = {"task", "expected", "gold", "gold_actions", "actions", "reward_info", "instruction", "asin", "goal"}
+
+
+@pytest.mark.parametrize("source", [_webshop_expert_episodes, _lookup_solver_episodes, _tau_gold_episodes])
+def test_rule_reflector_never_reads_task_internals(source):
+    eps = source(3)
+    spies = []
+    for ep in eps:
+        for turn in ep.turns:
+            info = _Spy({**turn.info, "task": {"secret": 1}, "expected": "SECRET", "gold": ["SECRET"]})
+            object.__setattr__(turn, "info", info)
+            spies.append(info)
+        ep.metadata["task"] = {"secret": 1}
+    out = RuleReflector().reflect(eps)
+    assert spies and not set().union(*(s.read for s in spies)) & FORBIDDEN
+    assert "SECRET" not in json.dumps([r.to_json() for r in out])
 
 
 def test_llm_reflector_with_a_real_policy_masks_garbage():

@@ -143,3 +143,49 @@ def test_prefix_cache_with_teacher_weights_matches_naive():
     part, _ = teacher_logits_prefix_cache(model, eps, tctx, lay, chain_indices=[1, 2], as_hidden=True)
     n0 = sum(s.length for s in lay.spans if s.episode == 0)
     torch.testing.assert_close(part.dense(), naive[n0:], atol=2e-5, rtol=1e-4)
+
+
+def test_ema_teacher_projects_with_its_own_head():
+    """Issue 9 item 4: the lazily projected teacher used the *live* output head after the EMA context ended;
+    with a trainable head (full fine-tuning / LoRA on the head) that is not the teacher's head."""
+    from hero_gym.agents.scoring import teacher_logits_prefix_cache
+    from hero_gym.agents.teachers import TeacherWeights
+
+    rng = random.Random(7)
+    model = tiny("sdpa", seed=3)
+    eps = [make_episode(rng, 3)]
+    tctx = [teacher_ctx(rng, eps[0])]
+    lay = build_layout(eps)
+    teacher = TeacherWeights(model, "ema", ema_rate=0.05)       # every weight trainable, the head included
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))                   # the live weights move away from the EMA
+    with torch.no_grad(), teacher.active():
+        want, _ = teacher_logits_naive(model, eps, tctx, lay)
+        lazy, _ = teacher_logits_prefix_cache(model, eps, tctx, lay, as_hidden=True)
+    live, _ = teacher_logits_naive(model, eps, tctx, lay)
+    assert (live - want).abs().max() > 1e-2
+    torch.testing.assert_close(lazy.dense(), want, atol=2e-5, rtol=1e-4)
+
+
+def test_student_hidden_through_head_equals_student_logits():
+    from hero_gym.agents.scoring import student_hidden
+
+    rng = random.Random(8)
+    model = tiny()
+    eps = [make_episode(rng, 4), make_episode(rng, 3, break_at=1)]
+    logits, lay = student_logits(model, eps)
+    hidden, head = student_hidden(model, eps, lay)
+    assert hidden.requires_grad
+    torch.testing.assert_close(head(hidden), logits, atol=2e-5, rtol=1e-4)
+
+
+def test_teacher_scoring_refuses_kernels_that_ignore_4d_masks():
+    from types import SimpleNamespace
+
+    from hero_gym.agents.scoring import _require_4d_mask_support
+
+    for ok in ("eager", "sdpa"):
+        _require_4d_mask_support(SimpleNamespace(config=SimpleNamespace(_attn_implementation=ok)))
+    with pytest.raises(ValueError, match="eager"):
+        _require_4d_mask_support(SimpleNamespace(config=SimpleNamespace(_attn_implementation="flash_attention_2")))

@@ -109,3 +109,11 @@ def test_teacher_weights_ema_and_base():
     base = TeacherWeights(lin, "base")           # no adapter: same as live
     with base.active() as m:
         assert torch.allclose(m.weight, torch.full((1, 2), 3.0))
+
+
+def test_vllm_row_seeds_do_not_collide_across_rows_and_steps():
+    """Issue 9 item 9: seeds ``seed + row`` gave row 1 of step s the draws of row 0 of step s + 1."""
+    from hero_gym.agents.vllm_policy import row_seed
+
+    seeds = {row_seed(s, r) for s in range(50) for r in range(8)}
+    assert len(seeds) == 400 and row_seed(3, 1) == row_seed(3, 1) and all(0 <= x < 2**63 for x in seeds)

@@ -230,3 +230,111 @@ def test_smollm2_train_and_evaluate(tmp_path, env_id, method):
     assert res.updates >= 1 and res.turns_used >= 8
     ev = evaluate(policy, env_id, task_indices=[0], max_turns=3, max_new_tokens=64)
     assert len(ev.episodes) == 1 and ev.mean_turns >= 1
+
+
+# --------------------------------------------------------------------------- issue 9: budget, counters, snapshots
+
+def _small(tmp, **kw):
+    base = dict(method="grpo", env_id=LOOKUP, env_kwargs={"num_items": 4}, turn_budget=7, tasks_per_update=1,
+                group_size=2, max_turns=2, max_new_tokens=6, lr=1e-3, checkpoint_dir=str(tmp), seed=5)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def test_budget_counts_whole_batches_no_episode_cut(tok, tmp_path):
+    """Item 2: the budget used to close running episodes (stop_reason "budget"), trained on as failures."""
+    res = train(HFPolicy(tiny_model(tok, seed=4), tok), _small(tmp_path, method="hero_rules"))
+    eps = load_jsonl(tmp_path / "episodes.jsonl")
+    assert res.turns_used >= 7 and sum(len(e.turns) for e in eps) == res.turns_used
+    assert all(e.metadata["stop_reason"] in ("terminated", "truncated") for e in eps)
+    before_last = res.metrics[-2]["turns_used"] if len(res.metrics) > 1 else 0
+    assert before_last < 7        # the last batch started while budget was left
+
+
+def _ep_with(tok_ids, reward, *, terminated, task="t"):
+    turn = Turn(index=0, action_text="", observation="", context_token_ids=tok_ids[:-3], action_token_ids=tok_ids[-3:],
+                action_logprobs=[-1.0] * 3, terminated=terminated, truncated=not terminated, reward=reward)
+    return Episode(env_id=LOOKUP, task_id=task, initial_observation="", turns=[turn], total_reward=reward,
+                   success=terminated and reward > 0,
+                   metadata={"cut_short": False, "stop_reason": "terminated" if terminated else "truncated"})
+
+
+def test_grpo_leaves_unfinished_episodes_out_and_counts_steps(tok):
+    """Items 2 and 8: truncated episodes get no advantage; a batch without signal takes no optimizer step."""
+    policy = HFPolicy(tiny_model(tok, seed=6), tok)
+    opt = torch.optim.AdamW(policy.trainable_parameters(), lr=1e-3)
+    ids = list(range(100, 112))
+    cfg = TrainConfig(method="grpo")
+    mixed = [_ep_with(ids, 1.0, terminated=True), _ep_with(ids, 0.0, terminated=True),
+             _ep_with(ids, 0.0, terminated=False), _ep_with(ids, 0.0, terminated=False)]
+    stats = update(policy, opt, mixed, None, cfg)
+    assert stats.stepped and stats.grpo_tokens == 6 and stats.tokens_trained == 6
+    capped = [_ep_with(ids, 1.0, terminated=True), _ep_with(ids, 0.0, terminated=False)]
+    stats = update(policy, opt, capped, None, cfg)   # the capped one is not a failure: nothing to compare
+    assert not stats.stepped and stats.tokens_trained == 0
+    equal = [_ep_with(ids, 0.0, terminated=True), _ep_with(ids, 0.0, terminated=True)]
+    assert not update(policy, opt, equal, None, cfg).stepped
+    nodemo = [_ep_with(ids, 0.0, terminated=True, task="a")]
+    from hero_gym.agents.methods import build_notes as notes_for
+    assert not update(policy, opt, nodemo, notes_for("full_demo", nodemo), TrainConfig(method="full_demo")).stepped
+
+
+def test_snapshots_for_nested_budgets(tok, tmp_path):
+    from hero_gym.agents.checkpoint import list_snapshots, load_snapshot, snapshot_for_budget
+
+    policy = HFPolicy(tiny_model(tok, seed=7), tok)
+    res = train(policy, _small(tmp_path, method="envfb_sd", turn_budget=8))
+    snaps = list_snapshots(tmp_path)
+    assert 0 in snaps and len(snaps) == res.optimizer_steps + 1 >= 2
+    last = max(snaps)
+    assert last == res.turns_used
+    meta = json.loads((snaps[last] / "snapshot.json").read_text())
+    assert meta == {"turns": last, "episodes": res.episodes, "optimizer_steps": res.optimizer_steps,
+                    "tokens_trained": res.tokens_trained}
+    fresh = HFPolicy(tiny_model(tok, seed=7), tok)
+    trained = {n: p.detach().clone() for n, p in policy.model.named_parameters() if p.requires_grad}
+    load_snapshot(fresh, snaps[last])
+    for n, p in fresh.model.named_parameters():
+        if p.requires_grad:
+            assert torch.equal(p, trained[n])
+    assert snapshot_for_budget(tmp_path, last - 1) == snaps[max(t for t in snaps if t <= last - 1)]
+    load_snapshot(fresh, snaps[0])      # budget 0 = the starting weights: a fresh LoRA (B = 0) is the base
+    assert all(float(p.detach().abs().sum()) == 0 for n, p in fresh.model.named_parameters() if "lora_B" in n)
+
+
+def test_lora_init_is_seeded_per_cell(tok, tmp_path):
+    """Item 7: a cell built after other RNG use gets the same LoRA init as the same cell alone."""
+    def init_after(global_seed, cell_seed):
+        torch.manual_seed(global_seed)
+        policy = HFPolicy(tiny_model(tok, seed=8), tok)
+        train(policy, _small(tmp_path / f"{global_seed}-{cell_seed}", seed=cell_seed, max_updates=0))
+        return {n: p.detach().clone() for n, p in policy.model.named_parameters() if "lora_A" in n}
+
+    a, b, c = init_after(1, 3), init_after(2, 3), init_after(1, 4)
+    assert all(torch.equal(a[n], b[n]) for n in a)
+    assert not all(torch.equal(a[n], c[n]) for n in a)
+
+
+def test_rollout_backend_gets_the_resumed_adapter_before_sampling(tok, tmp_path):
+    """Item 9: after a resume the rollout engine used to sample from the base until the first update."""
+    train(HFPolicy(tiny_model(tok, seed=3), tok), _small(tmp_path, max_updates=1))
+    events = []
+
+    class Backend(RecordingRollout):
+        def generate(self, *a, **kw):
+            events.append("generate")
+            return super().generate(*a, **kw)
+
+        def set_lora(self, path):
+            events.append("set_lora")
+            super().set_lora(path)
+
+    policy = HFPolicy(tiny_model(tok, seed=3), tok)
+    train(policy, _small(tmp_path, max_updates=2), rollout_policy=Backend(policy))
+    assert events[0] == "set_lora"
+
+
+def test_eval_result_repr_is_short(tok):
+    policy = HFPolicy(tiny_model(tok, seed=2), tok)
+    ev = evaluate(policy, LOOKUP, {"num_items": 4}, task_indices=[0], max_turns=1, max_new_tokens=4)
+    assert len(repr(ev)) < 200 and "n_episodes=1" in repr(ev) and "token" not in repr(ev)
