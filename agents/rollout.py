@@ -12,6 +12,14 @@ what it sampled (stop token included) and ``Turn.action_logprobs`` the sampling 
 those ids back (:func:`hero_gym.chat.tokenize_episode`); nothing is re-tokenised. A chat template that is not
 prefix-preserving makes :class:`~hero_gym.chat.ChatRenderer` raise before any rollout starts.
 
+Since every context extends the previous one, each env slot keeps the policy's KV cache of its episode
+(``kv_cache=True``, when the policy has ``new_kv_cache()``): a turn encodes only the tokens after the cached
+prefix (the reply's last token, the rendered observation and the generation prompt), so the prefill cost of an
+episode grows linearly in its turns instead of quadratically.
+
+Each env runs in a slot (``_Slot``): ``start`` resets the env and renders the first context, ``step`` applies
+one reply and extends the context, ``finish`` closes the episode and frees the slot for the next task.
+
 Cost is counted in environment turns: every ``env.step`` spends one unit of the :class:`TurnBudget`
 (shared across calls, so a trainer can pass the same object to every ``collect``). When the budget runs
 out, running episodes are closed and marked (``metadata["stop_reason"] == "budget"``).
@@ -45,7 +53,8 @@ __all__ = ["TOOL_PROMPTS", "Task", "TurnBudget", "collect", "compact_tool_prompt
 
 
 class Policy(Protocol):
-    """What :func:`collect` needs from a policy (HFPolicy and VLLMPolicy both qualify)."""
+    """What :func:`collect` needs from a policy (HFPolicy and VLLMPolicy both qualify). A policy that also
+    has ``new_kv_cache()`` gets ``kv_caches=[one per row]`` in ``generate`` (see ``collect(kv_cache=...)``)."""
 
     tokenizer: Any
 
@@ -384,10 +393,9 @@ def collect(
             n_steps += 1
             for s, g in zip(active, gens):
                 budget.spend(1)
-                order = s.order
                 ended = s.step(g, generate_s)
                 if ended is not None:
-                    done(ended, order)
+                    done(ended, s.order)
                     refill(s)
     finally:
         if bar is not None:
