@@ -183,6 +183,28 @@ def eval_cmd(
     console.print(json.dumps(result.summary(), indent=2))
 
 
+@app.command()
+def warmstart(
+    env_id: str = typer.Argument(..., help="hero_gym/WebShop-v0 or hero_gym/Lookup-v0"),
+    model: str = typer.Option("smollm2", help="base model: smollm2 | tiny | HF id or local path"),
+    device: Optional[str] = typer.Option(None, help="cpu | cuda (default: cuda if available)"),
+    kwarg: Optional[list[str]] = typer.Option(None, "--kwarg", "-k",
+                                              help="env constructor key=value, e.g. -k max_results=5"),
+    config: Optional[list[str]] = typer.Option(None, "--config", "-c", help="WarmStartConfig field=value"),
+) -> None:
+    """Warm-start a model by behaviour cloning the env's expert (cached); print where and the held-out eval."""
+    from hero_gym.agents.warmstart import WarmStartConfig, read_report, warm_start
+
+    try:
+        cfg = WarmStartConfig(env_id=env_id, env_kwargs=_parse_kv(kwarg), progress=True, **_parse_kv(config))
+    except (TypeError, ValueError) as e:
+        raise typer.BadParameter(str(e)) from e
+    path = warm_start(cfg, base="default" if model == "smollm2" else model, device=device)
+    report = read_report(path)
+    console.print(f"warm-started model cached at {path}")
+    console.print(json.dumps({"eval": report.get("eval"), "train_seconds": report.get("train_seconds")}, indent=2))
+
+
 def _bench_main(argv: list[str]) -> None:
     root = Path(__file__).resolve().parent.parent / "benchmarks" / "run_all.py"
     if not root.exists():
