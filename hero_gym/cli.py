@@ -389,6 +389,37 @@ def eval_cmd(
     console.print(json.dumps(result.summary(), indent=2), markup=False)
 
 
+@app.command()
+def warmstart(
+    env_id: str = typer.Argument(..., help="hero_gym/WebShop-v0 or hero_gym/Lookup-v0"),
+    model: str = typer.Option("smollm2", help="base model: smollm2 | tiny | HF id or local path"),
+    device: Optional[str] = typer.Option(None, help="cpu | cuda (default: cuda if available)"),
+    kwarg: Optional[list[str]] = typer.Option(None, "--kwarg", "-k",
+                                              help="env constructor key=value, e.g. -k max_results=5"),
+    config: Optional[list[str]] = typer.Option(None, "--config", "-c", help="WarmStartConfig field=value"),
+) -> None:
+    """Warm-start a model by behaviour cloning the env's expert (cached); print where and the held-out eval."""
+    _train_modules()
+    from hero_gym.agents.warmstart import WarmStartConfig, read_report, warm_start
+
+    _check_env_id(env_id)
+    env_kwargs = _parse_kv(kwarg)
+    _check_env_kwargs(env_id, env_kwargs)
+    overrides = _parse_kv(config)
+    fields = [f.name for f in dataclasses.fields(WarmStartConfig)]
+    for key in overrides:
+        if key not in fields:
+            raise _one_of("WarmStartConfig field", key, fields)
+    try:
+        cfg = WarmStartConfig(env_id=env_id, env_kwargs=env_kwargs, progress=True, **overrides)
+    except (TypeError, ValueError) as e:
+        raise CLIError(f"invalid warm-start config: {e}") from e
+    path = warm_start(cfg, base="default" if model == "smollm2" else model, device=device)
+    report = read_report(path)
+    console.print(f"warm-started model cached at {path}", markup=False)
+    console.print(json.dumps({"eval": report.get("eval"), "train_seconds": report.get("train_seconds")}, indent=2), markup=False)
+
+
 @app.command(add_help_option=False,
              context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def bench(ctx: typer.Context) -> None:

@@ -1,0 +1,623 @@
+"""Warm start by behaviour cloning from an env's own expert, with DAgger-style recovery data.
+
+A small model that never emits a valid action gives every training method the same 0 %. The warm start
+fine-tunes the base model (a LoRA adapter) on expert demonstrations from the **training split**, merges the
+adapter into the base weights and caches the result, so every benchmark cell can start a fresh LoRA on top
+of an agent that already acts sensibly. It is under-trained on purpose (few episodes, one epoch) so that
+the methods compared afterwards still have headroom.
+
+Recipe (:func:`warm_start`):
+
+1. **Demonstrations.** The env's expert plays ``episodes`` training tasks through
+   :func:`~hero_gym.agents.rollout.collect` (an :class:`ExpertPolicy` stands in for the model), so each
+   recorded turn holds exactly the context ids the model will see at rollout time (same system message,
+   same tool prompt, same chat rendering) and the expert's action ids (closed by the end-of-turn token).
+   With ``noise > 0`` a share of the expert's actions is replaced by a noisy one (a random button or a
+   corrupted copy of the expert's action, often invalid); those actions get no loss, but the expert's
+   next actions from the resulting state (after an error observation, on a wrong page) teach recovery.
+2. **Behaviour cloning.** Cross-entropy on the expert's action tokens only (the episode's action mask:
+   prompt, observations and template tokens get no loss; noisy actions neither), one episode per
+   example, ``batch_episodes`` examples per optimiser step, ``epochs`` passes, AdamW with ``lr``.
+3. **Recovery rounds (DAgger).** The fine-tuned model plays ``recovery_episodes`` fresh training tasks
+   (greedy, ``max_turns``); each episode is replayed in a fresh env and the expert labels every state
+   visited from the first turn where the model disagreed with it. Those (model context, expert action)
+   pairs, mixed with as many demonstrations, are trained on for one pass. Repeated ``recovery_rounds``
+   times.
+4. **Merge and cache.** The adapter is merged into the base weights and saved with the tokenizer under
+   ``cache_dir() / "warmstart" / <key>`` (``<key>`` hashes the base model name and every setting that
+   changes the weights); ``warmstart.json`` there records the settings, training figures and a greedy
+   held-out evaluation (``eval_goals`` test goals, ``eval_max_turns`` turns). A second call with the
+   same settings returns the cached directory without training.
+
+Experts (:func:`make_expert`): WebShop uses
+:class:`~hero_gym.envs.webshop.expert.InstructionExpert` (does not know the goal product, acts from any
+page); Lookup uses its solver (look the item up, answer the code). Other envs raise ``ValueError``.
+
+Valid actions: a turn is *valid* when the env reported no ``action_error`` (WebShop: a parseable
+``search``/``click`` whose button is on the page; Tau/Lookup: a well-formed tool call or a message).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from hero_gym.agents.models import cache_dir, load_model, load_named_model
+from hero_gym.agents.policy import Generation, HFPolicy, SamplingConfig, default_lora_config
+from hero_gym.agents.rollout import TOOL_PROMPTS, Task, collect
+from hero_gym.chat import ChatRenderer, tokenize_episode
+from hero_gym.records import Episode
+
+__all__ = [
+    "ExpertPolicy",
+    "LookupSolver",
+    "RECIPE_VERSION",
+    "WarmStartConfig",
+    "WebShopExpert",
+    "build_examples",
+    "cache_key",
+    "evaluate_valid",
+    "load_warm_started",
+    "make_expert",
+    "read_report",
+    "recovery_examples",
+    "warm_start",
+]
+
+RECIPE_VERSION = 1
+"""Bumped when the recipe changes the weights it produces (part of the cache key)."""
+
+REPORT_FILE = "warmstart.json"
+
+
+@dataclass
+class WarmStartConfig:
+    """Settings of a warm start. Every field except ``progress`` is part of the cache key.
+
+    Attributes:
+        env_id: the env to clone the expert on (WebShop or Lookup).
+        env_kwargs: env constructor kwargs for demonstrations, recovery rollouts and the evaluation
+            (e.g. the small-model observation options ``{"max_results": 5, "instruction_once": True}``);
+            use the same ones as the runs that start from this model.
+        episodes: expert demonstration episodes (distinct training tasks while they last).
+        epochs: passes over the demonstrations.
+        max_steps: stop behaviour cloning after this many optimiser steps (``None``: no cap).
+        batch_episodes: examples (episodes or recovery pairs) per optimiser step.
+        lr: AdamW learning rate.
+        weight_decay: AdamW weight decay.
+        lora_r, lora_alpha, lora_dropout: the LoRA adapter (all linear layers); it is merged at the end.
+        noise: share of expert actions replaced by a noisy action (no loss on it; recovery after it is
+            learned). ``0`` = clean demonstrations.
+        demo_max_turns: turn cap of a demonstration episode (``None``: the env's default).
+        recovery_rounds: DAgger rounds after behaviour cloning (``0``: none).
+        recovery_episodes: model rollouts per recovery round.
+        recovery_temperature: sampling temperature of the recovery rollouts (``0``: greedy).
+        max_turns: turn cap of recovery rollouts.
+        max_new_tokens: reply cap of every rollout (>= 64: WebShop search queries copy the instruction).
+        eval_goals: held-out (test) tasks in the final greedy evaluation (``0``: skip it).
+        eval_max_turns: turn cap of the evaluation episodes.
+        tool_prompt: ``"full"`` or ``"compact"`` tool description in the system message (as in
+            :class:`~hero_gym.agents.trainer.TrainConfig`; use the same as the later runs).
+        seed: seeds task sampling, noise, shuffling and torch.
+        progress: print progress lines to stderr (not part of the cache key).
+    """
+
+    env_id: str = "hero_gym/WebShop-v0"
+    env_kwargs: dict[str, Any] = field(default_factory=dict)
+    episodes: int = 150
+    epochs: int = 1
+    max_steps: int | None = None
+    batch_episodes: int = 1
+    lr: float = 3e-4
+    weight_decay: float = 0.0
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.0
+    noise: float = 0.1
+    demo_max_turns: int | None = None
+    recovery_rounds: int = 1
+    recovery_episodes: int = 40
+    recovery_temperature: float = 0.0
+    max_turns: int = 8
+    max_new_tokens: int = 64
+    eval_goals: int = 20
+    eval_max_turns: int = 8
+    tool_prompt: str = "full"
+    seed: int = 0
+    progress: bool = False
+
+    def __post_init__(self) -> None:
+        if self.episodes < 1:
+            raise ValueError(f"episodes must be >= 1, got {self.episodes}")
+        if self.epochs < 0 or self.recovery_rounds < 0 or self.recovery_episodes < 0 or self.eval_goals < 0:
+            raise ValueError("epochs, recovery_rounds, recovery_episodes and eval_goals must be >= 0")
+        if self.batch_episodes < 1:
+            raise ValueError(f"batch_episodes must be >= 1, got {self.batch_episodes}")
+        if not 0.0 <= self.noise < 1.0:
+            raise ValueError(f"noise must be in [0, 1), got {self.noise}")
+        if self.lr <= 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+        if self.lora_r < 1:
+            raise ValueError(f"lora_r must be >= 1, got {self.lora_r}")
+        if self.max_new_tokens < 1 or self.max_turns < 1 or self.eval_max_turns < 1:
+            raise ValueError("max_new_tokens, max_turns and eval_max_turns must be >= 1")
+        if self.tool_prompt not in TOOL_PROMPTS:
+            raise ValueError(f"tool_prompt must be one of {sorted(TOOL_PROMPTS)}, not {self.tool_prompt!r}")
+        self.env_kwargs = dict(self.env_kwargs)
+
+    def key_fields(self) -> dict[str, Any]:
+        """The settings that determine the weights (everything but ``progress``)."""
+        d = asdict(self)
+        d.pop("progress")
+        return d
+
+
+# ====================================================================================== experts
+
+
+class WebShopExpert:
+    """WebShop's non-privileged :class:`~hero_gym.envs.webshop.expert.InstructionExpert`, plus its noise.
+
+    Noisy actions: half a click on a random button of the page (or a search of a few instruction words on
+    the search page), half the expert's own action with one character of its argument changed (a
+    mis-copied product id or option: usually an invalid action).
+    """
+
+    def __init__(self, env: Any):
+        from hero_gym.envs.webshop.expert import InstructionExpert
+
+        self.env = env.unwrapped
+        self._expert = InstructionExpert(self.env)
+
+    def action(self) -> str:
+        return self._expert.action()
+
+    def noisy_action(self, rng: random.Random) -> str:
+        good = self.action()
+        env = self.env
+        if rng.random() < 0.5:
+            if env.state.kind == "search":
+                words = env.goal.instruction.split()
+                k = rng.randint(1, min(4, len(words)))
+                return f"search[{' '.join(rng.sample(words, k))}]"
+            clickables = env.shop.available_actions(env.state)["clickables"]
+            return f"click[{rng.choice(clickables)}]" if clickables else good
+        return _corrupt(good, rng)
+
+
+class LookupSolver:
+    """The Lookup env's solver: ``lookup`` the requested item on the first turn, then ``answer`` its code."""
+
+    def __init__(self, env: Any):
+        self.env = env.unwrapped
+
+    def action(self) -> str:
+        item = self.env._item
+        if self.env.turn == 0:
+            return _hermes("lookup", {"key": item})
+        return _hermes("answer", {"code": self.env.table[item]})
+
+    def noisy_action(self, rng: random.Random) -> str:
+        other = rng.choice(sorted(self.env.table))
+        if rng.random() < 0.5:
+            return _hermes("lookup", {"key": other + rng.choice("xyz")})
+        return f"The code for {self.env._item} is probably {rng.randint(100, 999)}."
+
+
+def _hermes(name: str, arguments: dict[str, Any]) -> str:
+    return "<tool_call>\n" + json.dumps({"name": name, "arguments": arguments}) + "\n</tool_call>"
+
+
+def _corrupt(action: str, rng: random.Random) -> str:
+    """The action with one character of its bracketed argument replaced (``click[b0abc] -> click[b0axc]``)."""
+    lo, hi = action.find("[") + 1, action.rfind("]")
+    if lo <= 0 or hi <= lo:
+        return action + "]"
+    i = rng.randrange(lo, hi)
+    choices = [c for c in "abcdefghijklmnopqrstuvwxyz0123456789" if c != action[i]]
+    return action[:i] + rng.choice(choices) + action[i + 1:]
+
+
+def make_expert(env: Any) -> WebShopExpert | LookupSolver:
+    """The expert for ``env`` (an env made with ``hero_gym.make``): it reads the env's current state and
+    must be asked after every ``reset``/``step`` of that same env."""
+    from hero_gym.envs.example.lookup import LookupEnv
+    from hero_gym.envs.webshop.env import WebShopEnv
+
+    inner = env.unwrapped
+    if isinstance(inner, WebShopEnv):
+        return WebShopExpert(env)
+    if isinstance(inner, LookupEnv):
+        return LookupSolver(env)
+    raise ValueError(f"no warm-start expert for {type(inner).__name__}: supported are WebShopEnv "
+                     "(hero_gym/WebShop-v0) and LookupEnv (hero_gym/Lookup-v0)")
+
+
+class ExpertPolicy:
+    """A :class:`~hero_gym.agents.rollout.collect` policy that plays an expert in ONE env instance.
+
+    ``generate`` must get exactly one context (collect it with ``envs=<that env instance>``); it returns
+    the expert's action (or, with probability ``noise``, a noisy one) as token ids closed by the chat
+    template's end-of-turn token, so ``collect`` records token-exact contexts around it. ``noisy`` lists,
+    per ``generate`` call in order, whether that action was noise.
+    """
+
+    def __init__(self, env: Any, tokenizer: Any, *, noise: float = 0.0, seed: int = 0):
+        self.env = env
+        self.tokenizer = tokenizer
+        self.expert = make_expert(env)
+        self.renderer = ChatRenderer(tokenizer)
+        if self.renderer.end_of_turn_id is None:
+            raise ValueError("ExpertPolicy needs a chat template with an end-of-turn token")
+        self.noise = float(noise)
+        self.rng = random.Random(seed)
+        self.noisy: list[bool] = []
+        self.truncated = 0
+
+    def generate(self, contexts: Sequence[Sequence[int]], sampling: Any = None, *,
+                 max_new_tokens: Sequence[int] | None = None) -> list[Generation]:
+        if len(contexts) != 1:
+            raise ValueError("ExpertPolicy plays one env: collect with envs=<the env instance it was built on>")
+        noisy = self.noise > 0 and self.rng.random() < self.noise
+        text = self.expert.noisy_action(self.rng) if noisy else self.expert.action()
+        self.noisy.append(noisy)
+        ids = self.renderer.encode(text) + [int(self.renderer.end_of_turn_id)]
+        cap = getattr(sampling, "max_new_tokens", None)
+        if max_new_tokens is not None:
+            cap = min(cap, int(max_new_tokens[0])) if cap is not None else int(max_new_tokens[0])
+        reason = "stop"
+        if cap is not None and len(ids) > cap:
+            ids, reason = ids[:cap], "length"
+            text = self.tokenizer.decode(ids, skip_special_tokens=True)
+            self.truncated += 1
+        return [Generation(token_ids=ids, logprobs=[0.0] * len(ids), text=text, finish_reason=reason)]
+
+
+# ====================================================================================== tasks
+
+
+def _tasks(env: Any, split: str, n: int, seed: int, *, shuffle: bool) -> list[Task]:
+    """``n`` tasks of ``split`` (WebShop) or of the env's task list (others), cycling when ``n`` exceeds it."""
+    inner = env.unwrapped
+    has_split = hasattr(inner, "split")
+    total = inner.num_tasks(split) if has_split else inner.num_tasks()
+    if not total:
+        raise ValueError(f"{type(inner).__name__} has no indexed tasks")
+    order = list(range(total))
+    if shuffle:
+        random.Random(seed).shuffle(order)
+    out = []
+    for i in range(n):
+        opts: dict[str, Any] = {"task_index": order[i % total]}
+        if has_split:
+            opts["split"] = split
+        out.append(Task(seed=seed * 100_003 + i, options=opts))
+    return out
+
+
+# ====================================================================================== examples
+
+
+@dataclass
+class Example:
+    """One training sequence: ``input_ids`` with a 0/1 ``loss_mask`` (1 = a target token)."""
+
+    input_ids: list[int]
+    loss_mask: list[int]
+
+
+def build_examples(episodes: Sequence[Episode], tokenizer: Any, noisy: Sequence[bool] | None = None) -> list[Example]:
+    """One example per demonstration episode: its token-exact ids with the loss on action tokens only.
+
+    ``noisy`` (one flag per turn, episodes in order, as :attr:`ExpertPolicy.noisy`) removes noisy actions
+    from the loss."""
+    flags = list(noisy) if noisy is not None else None
+    n_turns = sum(len(ep.turns) for ep in episodes)
+    if flags is not None and len(flags) != n_turns:
+        raise ValueError(f"noise flags do not match the episodes: {len(flags)} flags, {n_turns} turns")
+    pos = 0
+    out = []
+    for ep in episodes:
+        if not ep.turns:
+            continue
+        tok = tokenize_episode(ep, tokenizer)
+        mask = list(tok.action_mask)
+        for (s, e) in tok.turn_spans:
+            if flags is not None and flags[pos]:
+                mask[s:e] = [0] * (e - s)
+            pos += 1
+        if any(mask):
+            out.append(Example(tok.input_ids, mask))
+    return out
+
+
+def recovery_examples(episodes: Sequence[Episode], env: Any, tokenizer: Any) -> tuple[list[Example], dict[str, int]]:
+    """DAgger labels: replay each model episode in ``env`` and let the expert label its states.
+
+    For every turn from the first one where the model's action differs from the expert's, the example is
+    the model's recorded context followed by the expert's action (loss on the expert's tokens only).
+    Replays must reproduce the recorded observations (the env must be deterministic given seed and
+    options); an episode whose replay diverges is labelled only up to the divergence."""
+    renderer = ChatRenderer(tokenizer)
+    eot = int(renderer.end_of_turn_id)
+    out: list[Example] = []
+    stats = {"turns": 0, "labelled": 0, "disagreements": 0, "diverged": 0}
+    for ep in episodes:
+        if not ep.turns:
+            continue
+        env.reset(seed=ep.seed, options=dict(ep.options) or None)
+        expert = make_expert(env)
+        off = False
+        for t in ep.turns:
+            stats["turns"] += 1
+            if t.context_token_ids is None:
+                break
+            label = expert.action()
+            if label.strip() != t.action_text.strip():
+                stats["disagreements"] += 1
+                off = True
+            if off:
+                target = renderer.encode(label) + [eot]
+                ctx = list(t.context_token_ids)
+                out.append(Example(ctx + target, [0] * len(ctx) + [1] * len(target)))
+                stats["labelled"] += 1
+            if t.terminated or t.truncated:
+                break
+            obs, *_ = env.step(t.action_text)
+            if obs != t.observation:
+                stats["diverged"] += 1
+                break
+    return out, stats
+
+
+# ====================================================================================== training
+
+
+def _decoder_and_head(model: Any) -> tuple[Any, Any]:
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    decoder = base.get_decoder() if hasattr(base, "get_decoder") else base.model
+    return decoder, base.get_output_embeddings()
+
+
+def example_loss(model: Any, ex: Example, device: torch.device) -> tuple[torch.Tensor, int]:
+    """Summed cross-entropy of ``ex``'s target tokens (teacher forcing) and their count. Only the target
+    positions are projected onto the vocabulary."""
+    decoder, head = _decoder_and_head(model)
+    ids = torch.tensor([ex.input_ids], dtype=torch.long, device=device)
+    hidden = decoder(input_ids=ids).last_hidden_state[0]
+    tgt_pos = torch.tensor([i for i, m in enumerate(ex.loss_mask) if m and i > 0], dtype=torch.long, device=device)
+    logits = head(hidden[tgt_pos - 1]).float()
+    loss = torch.nn.functional.cross_entropy(logits, ids[0, tgt_pos], reduction="sum")
+    return loss, int(tgt_pos.numel())
+
+
+def _train_pass(policy: HFPolicy, optimizer: Any, examples: Sequence[Example], cfg: WarmStartConfig,
+                rng: random.Random, max_steps: int | None, log: Any) -> dict[str, float]:
+    """One shuffled pass; returns mean token loss, steps and target tokens."""
+    order = list(range(len(examples)))
+    rng.shuffle(order)
+    model = policy.model
+    model.train()
+    steps, tokens, total = 0, 0, 0.0
+    t0 = time.perf_counter()
+    try:
+        for b in range(0, len(order), cfg.batch_episodes):
+            if max_steps is not None and steps >= max_steps:
+                break
+            batch = [examples[i] for i in order[b:b + cfg.batch_episodes]]
+            n_tok = sum(sum(e.loss_mask) for e in batch)
+            optimizer.zero_grad(set_to_none=True)
+            for ex in batch:
+                loss, n = example_loss(model, ex, policy.device)
+                (loss / max(1, n_tok)).backward()
+                total += float(loss.detach())
+            tokens += n_tok
+            optimizer.step()
+            steps += 1
+            if steps % 10 == 0:
+                log(f"  step {steps}: token loss {total / max(1, tokens):.4f} "
+                    f"({time.perf_counter() - t0:.0f} s)")
+    finally:
+        model.eval()
+    return {"loss": total / max(1, tokens), "steps": steps, "tokens": tokens}
+
+
+# ====================================================================================== evaluation
+
+
+def evaluate_valid(policy: Any, cfg: WarmStartConfig, n_goals: int | None = None) -> dict[str, Any]:
+    """Greedy evaluation on the first held-out tasks (WebShop ``test`` split; the task list otherwise):
+    success rate, mean reward, valid-action share (turns without ``action_error``), mean turns."""
+    import hero_gym
+
+    from hero_gym.agents.trainer import evaluate
+
+    n = cfg.eval_goals if n_goals is None else n_goals
+    probe = hero_gym.make(cfg.env_id, **cfg.env_kwargs)
+    try:
+        inner = probe.unwrapped
+        total = inner.num_tasks("test") if hasattr(inner, "split") else inner.num_tasks()
+    finally:
+        probe.close()
+    kwargs = dict(cfg.env_kwargs)
+    if hasattr(inner, "split"):
+        kwargs["split"] = "test"
+    t0 = time.perf_counter()
+    res = evaluate(policy, cfg.env_id, kwargs, task_indices=list(range(min(n, total))),
+                   max_new_tokens=cfg.max_new_tokens, max_turns=cfg.eval_max_turns,
+                   tool_prompt=cfg.tool_prompt)  # type: ignore[arg-type]
+    turns = [t for e in res.episodes for t in e.turns]
+    valid = sum(1 for t in turns if not t.action_error)
+    return {"episodes": len(res.episodes), "success_rate": res.success_rate, "mean_reward": res.mean_reward,
+            "valid_action_rate": valid / max(1, len(turns)), "mean_turns": res.mean_turns,
+            "seconds": time.perf_counter() - t0}
+
+
+# ====================================================================================== the warm start
+
+
+def cache_key(cfg: WarmStartConfig, base: str = "default") -> str:
+    """A short hash of the recipe version, the base model name and ``cfg.key_fields()``."""
+    blob = json.dumps({"recipe": RECIPE_VERSION, "base": base, **cfg.key_fields()}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _cached(path: Path) -> bool:
+    return (path / REPORT_FILE).is_file() and (path / "config.json").is_file() and any(path.glob("*.safetensors"))
+
+
+def read_report(path: str | os.PathLike) -> dict[str, Any]:
+    """The ``warmstart.json`` of a warm-started model directory (settings, training and eval figures)."""
+    return json.loads((Path(path) / REPORT_FILE).read_text())
+
+
+def warm_start(cfg: WarmStartConfig, *, base: str = "default", device: str | None = None) -> Path:
+    """Build (once) and cache a warm-started model; return its directory.
+
+    ``base`` is a name :func:`~hero_gym.agents.models.load_named_model` resolves (``"default"`` /
+    ``"smollm2"``: SmolLM2-135M-Instruct; ``"tiny"``: the random tiny test model; an HF id or a local
+    path). The directory, ``cache_dir() / "warmstart" / cache_key(cfg, base)``, holds the merged model
+    (loadable with ``from_pretrained``), its tokenizer and ``warmstart.json``. When it already exists
+    nothing is trained. See the module docstring for the recipe.
+    """
+    target = cache_dir() / "warmstart" / cache_key(cfg, base)
+    if _cached(target):
+        return target
+    log = _logger(cfg.progress)
+    import hero_gym
+
+    t_start = time.perf_counter()
+    torch.manual_seed(cfg.seed)
+    rng = random.Random(cfg.seed)
+    model, tokenizer = load_named_model(base, device=device)
+    lora = default_lora_config(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout)
+    policy = HFPolicy(model, tokenizer, lora=lora, device=device)
+    tool_prompt = TOOL_PROMPTS[cfg.tool_prompt]
+    report: dict[str, Any] = {"recipe": RECIPE_VERSION, "base": base, "config": cfg.key_fields()}
+
+    # 1. demonstrations on the training split
+    demo_kwargs = dict(cfg.env_kwargs)
+    if cfg.demo_max_turns is not None:
+        demo_kwargs["max_turns"] = cfg.demo_max_turns
+    env = hero_gym.make(cfg.env_id, **demo_kwargs)
+    try:
+        expert_policy = ExpertPolicy(env, tokenizer, noise=cfg.noise, seed=cfg.seed)
+        t0 = time.perf_counter()
+        demos = collect(expert_policy, env, tasks=_tasks(env, "train", cfg.episodes, cfg.seed, shuffle=True),
+                        sampling=SamplingConfig(max_new_tokens=cfg.max_new_tokens), tool_prompt=tool_prompt)
+        examples = build_examples(demos, tokenizer, expert_policy.noisy)
+    finally:
+        env.close()
+    report["demos"] = {"episodes": len(demos), "success_rate": sum(e.success for e in demos) / max(1, len(demos)),
+                       "turns": len(expert_policy.noisy), "noisy_turns": sum(expert_policy.noisy),
+                       "truncated_actions": expert_policy.truncated,
+                       "target_tokens": sum(sum(e.loss_mask) for e in examples),
+                       "seconds": time.perf_counter() - t0}
+    log(f"warm start: {len(demos)} expert episodes (success {report['demos']['success_rate']:.2f}, "
+        f"{report['demos']['noisy_turns']} noisy turns of {report['demos']['turns']})")
+
+    # 2. behaviour cloning
+    optimizer = torch.optim.AdamW(policy.trainable_parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    t0 = time.perf_counter()
+    passes = []
+    steps_left = cfg.max_steps
+    for epoch in range(cfg.epochs):
+        if steps_left is not None and steps_left <= 0:
+            break
+        stats = _train_pass(policy, optimizer, examples, cfg, rng, steps_left, log)
+        passes.append(stats)
+        if steps_left is not None:
+            steps_left -= int(stats["steps"])
+        log(f"epoch {epoch + 1}: {stats['steps']} steps, token loss {stats['loss']:.4f}")
+    report["clone"] = {"passes": passes, "seconds": time.perf_counter() - t0}
+
+    # 3. recovery rounds (DAgger)
+    rounds = []
+    for r in range(cfg.recovery_rounds):
+        if cfg.recovery_episodes == 0:
+            break
+        t0 = time.perf_counter()
+        roll_kwargs = {**cfg.env_kwargs, "max_turns": cfg.max_turns}
+        env = hero_gym.make(cfg.env_id, **roll_kwargs)
+        try:
+            tasks = _tasks(env, "train", cfg.recovery_episodes, cfg.seed + 1 + r, shuffle=True)
+            sampling = SamplingConfig(max_new_tokens=cfg.max_new_tokens, temperature=cfg.recovery_temperature,
+                                      seed=cfg.seed + 1 + r)
+            rolled = collect(policy, cfg.env_id, tasks=tasks, sampling=sampling, env_kwargs=roll_kwargs,
+                             tool_prompt=tool_prompt, num_envs=8)
+            rec, rstats = recovery_examples(rolled, env, tokenizer)
+        finally:
+            env.close()
+        t_roll = time.perf_counter() - t0
+        mix = rec + rng.sample(examples, min(len(examples), len(rec)))
+        stats = _train_pass(policy, optimizer, mix, cfg, rng, None, log) if mix else {"steps": 0, "loss": 0.0}
+        n_turns = sum(len(e.turns) for e in rolled)
+        valid = sum(1 for e in rolled for t in e.turns if not t.action_error)
+        rounds.append({"episodes": len(rolled), "success_rate": sum(e.success for e in rolled) / max(1, len(rolled)),
+                       "valid_action_rate": valid / max(1, n_turns), **rstats, "train": stats,
+                       "rollout_seconds": t_roll, "seconds": time.perf_counter() - t0})
+        log(f"recovery round {r + 1}: rollouts valid {rounds[-1]['valid_action_rate']:.2f}, success "
+            f"{rounds[-1]['success_rate']:.2f}; {rstats['labelled']} labelled states, {stats['steps']} steps")
+    report["recovery"] = rounds
+    report["train_seconds"] = time.perf_counter() - t_start
+
+    # 4. merge, evaluate, save
+    merged = policy.model.merge_and_unload()
+    merged.eval()
+    for p in merged.parameters():
+        p.requires_grad_(False)
+    _save_atomic(target, merged, tokenizer, report)
+    log(f"warm-started model saved to {target} ({report['train_seconds']:.0f} s of training)")
+    if cfg.eval_goals > 0:
+        report["eval"] = evaluate_valid(HFPolicy(merged, tokenizer, lora=None, device=device), cfg)
+        log(f"held-out eval: {json.dumps(report['eval'])}")
+    report["total_seconds"] = time.perf_counter() - t_start
+    _write_report(target, report)
+    return target
+
+
+def _write_report(target: Path, report: dict[str, Any]) -> None:
+    tmp = target / f".{REPORT_FILE}.tmp"
+    tmp.write_text(json.dumps(report, indent=2, default=str))
+    os.replace(tmp, target / REPORT_FILE)
+
+
+def _save_atomic(target: Path, model: Any, tokenizer: Any, report: dict[str, Any]) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        (tmp / REPORT_FILE).write_text(json.dumps(report, indent=2, default=str))
+        os.chmod(tmp, 0o755)
+        if target.exists():
+            shutil.rmtree(target)  # a stale, incomplete directory (a complete one returned early)
+        os.replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def load_warm_started(cfg: WarmStartConfig, *, base: str = "default", device: str | None = None) -> tuple[Any, Any]:
+    """``(model, tokenizer)`` of the warm-started model for ``cfg`` (built first when not cached)."""
+    return load_model(str(warm_start(cfg, base=base, device=device)), device=device)
+
+
+def _logger(enabled: bool) -> Any:
+    def log(msg: str) -> None:
+        if enabled:
+            print(msg, file=sys.stderr, flush=True)
+
+    return log

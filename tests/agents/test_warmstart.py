@@ -1,0 +1,111 @@
+"""Warm start by behaviour cloning (agents/warmstart.py) on the tiny random model."""
+
+from __future__ import annotations
+
+import types
+
+import pytest
+
+import hero_gym
+from hero_gym.agents.policy import Generation, HFPolicy
+from hero_gym.agents.rollout import Task, collect
+from hero_gym.agents.warmstart import (
+    ExpertPolicy,
+    WarmStartConfig,
+    build_examples,
+    cache_key,
+    evaluate_valid,
+    load_warm_started,
+    make_expert,
+    read_report,
+    recovery_examples,
+    warm_start,
+)
+from hero_gym.chat import ChatRenderer
+
+SMALL = {"max_results": 2, "instruction_once": True}
+
+
+def _train_tasks(n):
+    return [Task(seed=i, options={"split": "train", "task_index": i}) for i in range(n)]
+
+
+def test_expert_demonstrations_are_token_exact(smol_tokenizer):
+    env = hero_gym.make("hero_gym/WebShop-v0", **SMALL)
+    pol = ExpertPolicy(env, smol_tokenizer)
+    eps = collect(pol, env, tasks=_train_tasks(4))
+    eot = ChatRenderer(smol_tokenizer).end_of_turn_id
+    assert len(eps) == 4 and sum(e.success for e in eps) >= 2
+    for ep in eps:
+        assert ep.turns[0].action_text.startswith("search[")
+        for t in ep.turns:
+            assert t.action_error is None
+            assert t.action_token_ids[-1] == eot
+            assert smol_tokenizer.decode(t.action_token_ids[:-1]) == t.action_text
+    examples = build_examples(eps, smol_tokenizer, pol.noisy)
+    assert len(examples) == 4
+    for ep, ex in zip(eps, examples):
+        assert sum(ex.loss_mask) == sum(len(t.action_token_ids) for t in ep.turns)   # action tokens only
+        last = ep.turns[-1]
+        assert ex.input_ids == last.context_token_ids + last.action_token_ids
+
+
+def test_noisy_actions_get_no_loss_and_the_expert_recovers(smol_tokenizer):
+    env = hero_gym.make("hero_gym/WebShop-v0", max_turns=10, **SMALL)
+    pol = ExpertPolicy(env, smol_tokenizer, noise=0.4, seed=3)
+    eps = collect(pol, env, tasks=_train_tasks(6))
+    turns = [t for e in eps for t in e.turns]
+    assert len(pol.noisy) == len(turns) and 0 < sum(pol.noisy) < len(turns)
+    assert any(t.action_error for t, n in zip(turns, pol.noisy) if n)   # some noise is an invalid action
+    assert not any(t.action_error for t, n in zip(turns, pol.noisy) if not n)  # the expert never errs
+    examples = build_examples(eps, smol_tokenizer, pol.noisy)
+    clean_tokens = sum(len(t.action_token_ids) for t, n in zip(turns, pol.noisy) if not n)
+    assert sum(sum(ex.loss_mask) for ex in examples) == clean_tokens
+    with pytest.raises(ValueError):
+        build_examples(eps, smol_tokenizer, pol.noisy[:-1])
+
+
+class _Always:
+    """A scripted 'model' that always replies the same text (token ids closed by <|im_end|>)."""
+
+    def __init__(self, tokenizer, text):
+        self.tokenizer, self.text = tokenizer, text
+        self.renderer = ChatRenderer(tokenizer)
+
+    def generate(self, contexts, sampling=None, *, max_new_tokens=None):
+        ids = self.renderer.encode(self.text) + [self.renderer.end_of_turn_id]
+        return [Generation(ids, [0.0] * len(ids), self.text, "stop") for _ in contexts]
+
+
+def test_recovery_labels_the_states_a_wrong_policy_visits(smol_tokenizer):
+    kwargs = {"max_turns": 3, **SMALL}
+    eps = collect(_Always(smol_tokenizer, "click[buy now]"), "hero_gym/WebShop-v0", tasks=_train_tasks(2),
+                  env_kwargs=kwargs, num_envs=2)
+    env = hero_gym.make("hero_gym/WebShop-v0", **kwargs)
+    examples, stats = recovery_examples(eps, env, smol_tokenizer)
+    assert stats == {"turns": 6, "labelled": 6, "disagreements": 6, "diverged": 0}
+    for ex, t in zip(examples, [t for e in eps for t in e.turns]):
+        n = len(t.context_token_ids)
+        assert ex.input_ids[:n] == t.context_token_ids and not any(ex.loss_mask[:n])
+        target = smol_tokenizer.decode(ex.input_ids[n:-1])
+        assert target.startswith("search[") and all(ex.loss_mask[n:])   # the expert's action, every token
+    # a policy that agrees with the expert gets no labels
+    good = collect(ExpertPolicy(env, smol_tokenizer), env, tasks=_train_tasks(2))
+    assert recovery_examples(good, env, smol_tokenizer)[0] == []
+
+
+def test_config_validation_and_cache_key():
+    with pytest.raises(ValueError):
+        WarmStartConfig(noise=1.0)
+    with pytest.raises(ValueError):
+        WarmStartConfig(tool_prompt="long")
+    a = WarmStartConfig(episodes=10)
+    assert cache_key(a) == cache_key(WarmStartConfig(episodes=10, progress=True))
+    assert cache_key(a) != cache_key(WarmStartConfig(episodes=11))
+    assert cache_key(a) != cache_key(a, base="tiny")
+    assert cache_key(a) != cache_key(WarmStartConfig(episodes=10, env_kwargs={"max_results": 5}))
+
+
+def test_unsupported_env_is_a_clear_error():
+    with pytest.raises(ValueError, match="no warm-start expert"):
+        make_expert(types.SimpleNamespace(unwrapped=object()))
