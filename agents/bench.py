@@ -613,18 +613,25 @@ class Bench:
         self.source = ModelSource(opts)
         self.reused = 0
         self.rerun_stale = 0
+        self._n_eval_cache: dict[str, int] = {}
 
     # ------------------------------------------------------------------ fingerprints
     def _n_eval(self, setup: EnvSetup) -> int:
+        """Held-out tasks evaluated: ``eval_tasks``, or every task of the eval split when it is 0."""
         if setup.eval_tasks:
             return setup.eval_tasks
-        import hero_gym
+        if setup.name not in self._n_eval_cache:
+            import hero_gym
 
-        env = hero_gym.make(setup.env_id, **setup.eval_kwargs)
-        try:
-            return int(env.unwrapped.num_tasks() or 0) or 50
-        finally:
-            env.close()
+            env = hero_gym.make(setup.env_id, **setup.eval_kwargs)
+            try:
+                n = env.unwrapped.num_tasks()
+            finally:
+                env.close()
+            if not n:
+                raise SystemExit(f"{setup.env_id} does not index its tasks: pass --eval-tasks N (N > 0)")
+            self._n_eval_cache[setup.name] = int(n)
+        return self._n_eval_cache[setup.name]
 
     def eval_settings(self, setup: EnvSetup) -> dict[str, Any]:
         return {"env_id": setup.env_id, "eval_kwargs": setup.eval_kwargs, "eval_tasks": self._n_eval(setup),
@@ -705,24 +712,45 @@ class Bench:
         del policy
         return self._write_cell(cdir, result, episodes)
 
+    def _valid_cell(self, setup: EnvSetup, rfp: str, budget: int, cdir: Path) -> dict[str, Any] | None:
+        """A finished cell of this run whose fingerprint matches (checked against its own snapshot)."""
+        f = cdir / "result.json"
+        if not f.exists():
+            return None
+        res = json.loads(f.read_text())
+        if res.get("budget") == budget and res.get("fingerprint") == self.eval_fingerprint(
+                setup, rfp, int(res.get("snapshot_turns", -1))):
+            return res
+        return None
+
+    def _run_meta(self, rdir: Path, rfp: str) -> dict[str, Any] | None:
+        """The run record if ``rdir`` holds this fingerprint's run; a run by other code or settings is removed."""
+        meta_f, fp_f = rdir / "run.json", rdir / "fingerprint"
+        meta = json.loads(meta_f.read_text()) if meta_f.exists() else None
+        ours = (fp_f.exists() and fp_f.read_text() == rfp) or (meta is not None and meta.get("fingerprint") == rfp)
+        if rdir.exists() and not ours:
+            shutil.rmtree(rdir)   # trained (or half-trained) by other code or settings: start over
+            return None
+        return meta if meta is not None and meta.get("fingerprint") == rfp else None
+
     def run_cells(self, run: Run, on_cell: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
-        """Train one (env, method, seed) run to the largest budget (or reuse it) and evaluate every
-        budget's snapshot (or reuse it). Returns the run's record."""
+        """Train one (env, method, seed) run to the largest budget and evaluate every budget's snapshot,
+        reusing whatever ``out`` already holds under the same fingerprint. Returns the run's record."""
         setup = self.setups[run.env]
         rdir = self.out / "runs" / run.key
         rfp = self.run_fingerprint(setup, run)
         top = max(self.opts.budgets)
-        meta_f = rdir / "run.json"
-        meta = json.loads(meta_f.read_text()) if meta_f.exists() else None
-        if meta is not None and meta.get("fingerprint") != rfp:
-            shutil.rmtree(rdir)
-            meta = None
-        need_train = meta is None or meta["turn_budget"] < top
+        cdirs = {b: self.out / "cells" / cell_key(run.env, run.method, b, run.seed) for b in self.opts.budgets}
+        done = {b: r for b in self.opts.budgets if (r := self._valid_cell(setup, rfp, b, cdirs[b])) is not None}
+        self.rerun_stale += sum((cdirs[b] / "result.json").exists() for b in self.opts.budgets if b not in done)
+        meta = self._run_meta(rdir, rfp)
         policy = None
-        if need_train:
+        if len(done) < len(self.opts.budgets) and (meta is None or meta["turn_budget"] < top):
             from hero_gym.agents.trainer import TrainConfig
 
             t0 = time.perf_counter()
+            rdir.mkdir(parents=True, exist_ok=True)
+            (rdir / "fingerprint").write_text(rfp)   # an interrupted run resumes only under the same fingerprint
             policy = self.source.policy(setup, run.seed)
             cfg = TrainConfig(
                 env_id=setup.env_id, env_kwargs=setup.train_kwargs, turn_budget=top, max_turns=setup.max_turns,
@@ -731,43 +759,44 @@ class Bench:
                 checkpoint_dir=str(rdir / "train"), tool_prompt=self.opts.tool_prompt, seed=run.seed,
                 progress=False, **{**self.train_overrides(), **_train_config_fields(run.method)})
             snaps, metrics = train_with_snapshots(policy, cfg)
-            prev = meta["train_seconds"] if meta else 0.0
             meta = {**asdict(run), "fingerprint": rfp, "turn_budget": top,
-                    "train_seconds": prev + time.perf_counter() - t0,
+                    "train_seconds": (meta["train_seconds"] if meta else 0.0) + time.perf_counter() - t0,
                     "snapshots": {str(t): str(p.relative_to(rdir)) for t, p in sorted(snaps.items())},
-                    "metrics": [{k: m[k] for k in ("update", "optimizer_steps", "turns_used", "success_rate",
-                                                   "mean_reward", "tokens_trained", "action_tokens") if k in m}
+                    "metrics": [{k: m[k] for k in ("update", "iteration", "optimizer_steps", "turns_used",
+                                                   "success_rate", "mean_reward", "tokens_trained",
+                                                   "tokens_trained_total", "action_tokens") if k in m}
                                 for m in metrics]}
-            rdir.mkdir(parents=True, exist_ok=True)
-            meta_f.write_text(json.dumps(meta, indent=2))
-            self.log(f"trained {run.key}: {len(metrics)} optimizer steps, "
-                     f"{metrics[-1]['turns_used'] if metrics else 0} turns in {time.perf_counter() - t0:.0f} s")
-        else:
+            (rdir / "run.json").write_text(json.dumps(meta, indent=2))
+            self.log(f"trained {run.key}: {steps_at(meta['metrics'], meta['metrics'][-1]['turns_used']) if metrics else 0}"
+                     f" optimizer steps, {metrics[-1]['turns_used'] if metrics else 0} turns in "
+                     f"{time.perf_counter() - t0:.0f} s")
+        elif meta is not None:
             self.log(f"training run {run.key} reused from {rdir}")
+        else:   # every cell is reused but the run folder is gone: keep what the cells recorded
+            first = next(iter(done.values()))
+            meta = {**asdict(run), "fingerprint": rfp, "turn_budget": top, "metrics": [],
+                    "train_seconds": float(first.get("run_train_seconds", 0.0)), "snapshots": {}}
+            self.log(f"training run {run.key}: every cell reused (run folder not kept)")
         snaps = {int(t): rdir / p for t, p in meta["snapshots"].items()}
-        if 0 not in snaps:
-            raise RuntimeError(f"{rdir}: the run has no start snapshot (turns 0)")
-        results = []
         for budget in self.opts.budgets:
-            turns, path = snapshot_for_budget(snaps, budget)
-            cdir = self.out / "cells" / cell_key(run.env, run.method, budget, run.seed)
-            fp = self.eval_fingerprint(setup, rfp, turns)
-            res = self._cached(cdir, fp)
-            if res is None:
+            if budget in done:
+                res = {**done[budget], "reused": True}
+                self.reused += 1
+            else:
+                turns, path = snapshot_for_budget(snaps, budget)
                 if policy is None:
                     policy = self.source.policy(setup, run.seed)
                 load_snapshot(policy, path)
                 episodes, secs = self.evaluate(policy, setup)
                 per_task = _per_task(episodes)
-                steps = steps_at(meta["metrics"], turns)
-                res = self._write_cell(cdir, {
+                res = self._write_cell(cdirs[budget], {
                     "env": run.env, "method": run.method, "budget": budget, "seed": run.seed,
-                    "snapshot_turns": turns, "optimizer_steps": steps, **_summarise(per_task), "per_task": per_task,
-                    "eval_seconds": secs,
+                    "snapshot_turns": turns, "optimizer_steps": steps_at(meta["metrics"], turns),
+                    **_summarise(per_task), "per_task": per_task, "eval_seconds": secs,
+                    "run_train_seconds": meta["train_seconds"],
                     # a cell's share of its run's training time: the budget's fraction of the turns trained
                     "wall_seconds": secs + meta["train_seconds"] * turns / max(1, top),
-                    "fingerprint": fp}, episodes)
-            results.append(res)
+                    "fingerprint": self.eval_fingerprint(setup, rfp, turns)}, episodes)
             on_cell(res)
         del policy
         return meta
@@ -1130,7 +1159,7 @@ def main(argv: Sequence[str] | None = None, parser: argparse.ArgumentParser | No
     bench = Bench(opts, out, log=lambda s: None)
     runs_plan = [Run(e, m, s) for e in opts.envs for s in opts.seeds for m in opts.methods if m != BASE]
     n_steps = len(opts.envs) + len(runs_plan) * (1 + len(opts.budgets))
-    eval_work = {e: bench.setups[e].eval_tasks * bench.setups[e].max_turns for e in opts.envs}
+    eval_work = {e: bench._n_eval(bench.setups[e]) * bench.setups[e].max_turns for e in opts.envs}
     train_work = 3 * max(opts.budgets)
     total = sum(eval_work[e] for e in opts.envs) + sum(train_work + len(opts.budgets) * eval_work[r.env]
                                                       for r in runs_plan)
@@ -1148,6 +1177,10 @@ def main(argv: Sequence[str] | None = None, parser: argparse.ArgumentParser | No
                                 "eval_tasks": bench._n_eval(s), "train_tasks": s.train_tasks,
                                 "max_turns": s.max_turns, "data": data_source(s, s.eval_kwargs),
                                 "train_data": data_source(s, s.train_kwargs)}
+            if not opts.warm_start:
+                bar.line(f"{env}: evaluating the base model")
+            elif env not in bench.source.warm_start_info:
+                bar.line(f"{env}: warm start (built once per setting, then read from the cache), then the base")
             c = bench.base_cell(env)
             cells.append(c)
             bar.advance(eval_work[env], _cell_line(c, opts))
