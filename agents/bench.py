@@ -1088,7 +1088,7 @@ class Progress:
         self.done += work
         self.n += int(step)
         if self._rich is not None:
-            self._rich.update(self._task, completed=self.done, description=text[:60])
+            self._rich.update(self._task, completed=self.done, description=f"benchmark {self.n}/{self.steps} steps")
         self.line(text)
 
     def close(self) -> None:
