@@ -303,6 +303,8 @@ class Options:
     bootstrap: int = 2000
     #: extra ``TrainConfig`` fields (only those the installed trainer has are passed)
     train_overrides: dict[str, Any] = field(default_factory=dict)
+    #: extra ``WarmStartConfig`` fields (only those the installed warm start has are passed)
+    warm_start_overrides: dict[str, Any] = field(default_factory=dict)
     out: str = "runs/default"
     report_only: bool = False
 
@@ -318,7 +320,9 @@ PRESETS: dict[str, dict[str, Any]] = {
               "seeds": [0, 1], "eval_tasks": 3, "max_turns": 3, "num_products": 100, "max_new_tokens": 12,
               "group_size": 2, "tasks_per_update": 1, "threads": 1, "bootstrap": 500, "out": "runs/quick",
               # the model reflector of a random tiny model writes noise: keep it short
-              "train_overrides": {"reflector_max_new_tokens": 24, "reflector_retries": 0}},
+              "train_overrides": {"reflector_max_new_tokens": 24, "reflector_retries": 0},
+              # with --warm-start: a token warm start (a few demonstrations, no recovery round)
+              "warm_start_overrides": {"episodes": 4, "recovery_rounds": 0, "eval_goals": 2}},
 }
 
 
@@ -531,21 +535,38 @@ class ModelSource:
         return self._bases[key]
 
     def _warm_started(self, setup: EnvSetup) -> tuple[Any, Any]:
+        """The warm start for this env (``hero_gym.agents.warmstart``: built once per setting, cached),
+        or the raw model, recorded as such, for an env the warm start has no expert for."""
         try:
             ws = importlib.import_module("hero_gym.agents.warmstart")
         except ImportError as e:
             raise SystemExit("warm start requested but this install has no hero_gym.agents.warmstart; "
                              "pass --no-warm-start") from e
-        wanted = {"env_id": setup.env_id, "model": self.opts.model, "device": self.opts.device,
+        # the same env settings, turn cap, reply cap and tool prompt as the runs that start from it
+        wanted = {"env_id": setup.env_id, "env_kwargs": {k: v for k, v in setup.train_kwargs.items() if k != "split"},
                   "max_new_tokens": self.opts.max_new_tokens, "max_turns": setup.max_turns,
-                  "env_kwargs": setup.train_kwargs}
+                  "eval_max_turns": setup.max_turns, "tool_prompt": self.opts.tool_prompt, "progress": True,
+                  **self.opts.warm_start_overrides}
         names = {f.name for f in dataclasses.fields(ws.WarmStartConfig)}
-        cfg = ws.WarmStartConfig(**{k: v for k, v in wanted.items() if k in names and v is not None})
         t0 = time.perf_counter()
-        path = ws.warm_start(cfg)
-        model, tok = ws.load_warm_started(cfg)
-        self.warm_start_info[setup.name] = {"path": str(path), "config": asdict(cfg),
-                                            "seconds_this_run": time.perf_counter() - t0}
+        try:
+            cfg = ws.WarmStartConfig(**{k: v for k, v in wanted.items() if k in names})
+            path = ws.warm_start(cfg, base=self.opts.model, device=self.opts.device)
+        except (ValueError, NotImplementedError) as e:
+            if "expert" not in str(e).lower() and "env" not in str(e).lower():
+                raise
+            self.warm_start_info[setup.name] = {"path": None, "unavailable": str(e)}
+            from hero_gym.agents import load_named_model
+
+            return load_named_model(self.opts.model, device=self.opts.device)
+        from hero_gym.agents import load_model
+
+        model, tok = load_model(str(path), device=self.opts.device)
+        report = ws.read_report(path) if hasattr(ws, "read_report") else {}
+        self.warm_start_info[setup.name] = {
+            "path": str(path), "config": {k: v for k, v in asdict(cfg).items() if k != "progress"},
+            "report": {k: v for k, v in report.items() if k in ("eval", "train_seconds", "total_seconds")},
+            "seconds_this_run": time.perf_counter() - t0}
         return model, tok
 
     def policy(self, setup: EnvSetup, seed: int) -> Any:
@@ -885,6 +906,9 @@ def write_markdown(rows: list[dict], comps: list[dict], prov: dict[str, Any], pa
                                for e, s in prov["envs"].items()),
         f"- Budgets (training env turns, nested, one run per method and seed): {o['budgets']}; seeds {o['seeds']}; "
         f"batch {o['tasks_per_update']} tasks x {o['group_size']} rollouts; lr {o['lr']}",
+        *(f"- Warm start for {e}: " + (f"`{w['path']}` (its own held-out check: {w.get('report', {}).get('eval')})"
+                                       if w.get("path") else f"none ({w.get('unavailable')}); the raw model is the base")
+          for e, w in prov.get("warm_start", {}).items()),
         f"- Hardware: {prov['hardware']['cpu_count']} CPUs ({prov['hardware']['processor']}), torch "
         f"{prov['hardware']['torch']} with {prov['hardware']['torch_threads']} threads",
         f"- Wall time: {prov['wall_seconds'] / 60:.1f} min of compute"
