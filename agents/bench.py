@@ -301,6 +301,9 @@ class Options:
     tool_prompt: str = "compact"
     threads: int | None = None
     bootstrap: int = 2000
+    #: per-env constructor kwargs added to both training and evaluation (e.g. WebShop's small-model
+    #: observation options ``{"WebShop": {"max_results": 5, "instruction_once": True}}``)
+    env_kwargs: dict[str, dict[str, Any]] = field(default_factory=dict)
     #: extra ``TrainConfig`` fields (only those the installed trainer has are passed)
     train_overrides: dict[str, Any] = field(default_factory=dict)
     #: extra ``WarmStartConfig`` fields (only those the installed warm start has are passed)
@@ -354,6 +357,9 @@ def build_parser(prog: str = "hero-gym bench") -> argparse.ArgumentParser:
     ap.add_argument("--eval-tasks", type=int, help="held-out tasks per env (0 = all)")
     ap.add_argument("--max-turns", type=int, help="turn cap per episode (default: per env)")
     ap.add_argument("--num-products", type=int, help="WebShop generated catalog size")
+    ap.add_argument("--env-kwarg", action="append", metavar="ENV:KEY=VALUE",
+                    help="env constructor argument for training and evaluation, e.g. WebShop:max_results=5 "
+                         "(VALUE is JSON when it parses, else a string; repeatable)")
     ap.add_argument("--max-new-tokens", type=int, help="tokens per action")
     ap.add_argument("--group-size", type=int, help="rollouts per task per update")
     ap.add_argument("--tasks-per-update", type=int, help="distinct tasks per update")
@@ -381,6 +387,16 @@ def parse_args(argv: Sequence[str] | None = None, parser: argparse.ArgumentParse
             setattr(o, f.name, v)
     o.report_only = bool(a.report_only)
     setups = _env_setups(o.data_dir, o.num_products)
+    for item in a.env_kwarg or []:
+        env, sep, kv = item.partition(":")
+        key, eq, value = kv.partition("=")
+        if not sep or not eq or not key or env not in setups:
+            ap.error(f"--env-kwarg wants ENV:KEY=VALUE with ENV one of {list(setups)}, got {item!r}")
+        try:
+            parsed = json.loads(value)
+        except json.JSONDecodeError:
+            parsed = value
+        o.env_kwargs = {**o.env_kwargs, env: {**o.env_kwargs.get(env, {}), key: parsed}}
     bad_envs = [e for e in o.envs if e not in setups]
     if bad_envs:
         ap.error(f"unknown env(s) {bad_envs}; choose from {list(setups)}")
@@ -410,6 +426,9 @@ def parse_args(argv: Sequence[str] | None = None, parser: argparse.ArgumentParse
 def _setups(o: Options) -> dict[str, EnvSetup]:
     out = {}
     for name, s in _env_setups(o.data_dir, o.num_products).items():
+        extra = o.env_kwargs.get(name, {})
+        if extra:
+            s = dataclasses.replace(s, train_kwargs={**s.train_kwargs, **extra}, eval_kwargs={**s.eval_kwargs, **extra})
         if o.eval_tasks is not None:
             s = dataclasses.replace(s, eval_tasks=o.eval_tasks)
         if o.max_turns is not None:
