@@ -301,8 +301,13 @@ class Options:
     tool_prompt: str = "compact"
     threads: int | None = None
     bootstrap: int = 2000
+    #: per-env constructor kwargs added to both training and evaluation (e.g. WebShop's small-model
+    #: observation options ``{"WebShop": {"max_results": 5, "instruction_once": True}}``)
+    env_kwargs: dict[str, dict[str, Any]] = field(default_factory=dict)
     #: extra ``TrainConfig`` fields (only those the installed trainer has are passed)
     train_overrides: dict[str, Any] = field(default_factory=dict)
+    #: extra ``WarmStartConfig`` fields (only those the installed warm start has are passed)
+    warm_start_overrides: dict[str, Any] = field(default_factory=dict)
     out: str = "runs/default"
     report_only: bool = False
 
@@ -318,7 +323,9 @@ PRESETS: dict[str, dict[str, Any]] = {
               "seeds": [0, 1], "eval_tasks": 3, "max_turns": 3, "num_products": 100, "max_new_tokens": 12,
               "group_size": 2, "tasks_per_update": 1, "threads": 1, "bootstrap": 500, "out": "runs/quick",
               # the model reflector of a random tiny model writes noise: keep it short
-              "train_overrides": {"reflector_max_new_tokens": 24, "reflector_retries": 0}},
+              "train_overrides": {"reflector_max_new_tokens": 24, "reflector_retries": 0},
+              # with --warm-start: a token warm start (a few demonstrations, no recovery round)
+              "warm_start_overrides": {"episodes": 4, "recovery_rounds": 0, "eval_goals": 2}},
 }
 
 
@@ -350,6 +357,9 @@ def build_parser(prog: str = "hero-gym bench") -> argparse.ArgumentParser:
     ap.add_argument("--eval-tasks", type=int, help="held-out tasks per env (0 = all)")
     ap.add_argument("--max-turns", type=int, help="turn cap per episode (default: per env)")
     ap.add_argument("--num-products", type=int, help="WebShop generated catalog size")
+    ap.add_argument("--env-kwarg", action="append", metavar="ENV:KEY=VALUE",
+                    help="env constructor argument for training and evaluation, e.g. WebShop:max_results=5 "
+                         "(VALUE is JSON when it parses, else a string; repeatable)")
     ap.add_argument("--max-new-tokens", type=int, help="tokens per action")
     ap.add_argument("--group-size", type=int, help="rollouts per task per update")
     ap.add_argument("--tasks-per-update", type=int, help="distinct tasks per update")
@@ -377,6 +387,16 @@ def parse_args(argv: Sequence[str] | None = None, parser: argparse.ArgumentParse
             setattr(o, f.name, v)
     o.report_only = bool(a.report_only)
     setups = _env_setups(o.data_dir, o.num_products)
+    for item in a.env_kwarg or []:
+        env, sep, kv = item.partition(":")
+        key, eq, value = kv.partition("=")
+        if not sep or not eq or not key or env not in setups:
+            ap.error(f"--env-kwarg wants ENV:KEY=VALUE with ENV one of {list(setups)}, got {item!r}")
+        try:
+            parsed = json.loads(value)
+        except json.JSONDecodeError:
+            parsed = value
+        o.env_kwargs = {**o.env_kwargs, env: {**o.env_kwargs.get(env, {}), key: parsed}}
     bad_envs = [e for e in o.envs if e not in setups]
     if bad_envs:
         ap.error(f"unknown env(s) {bad_envs}; choose from {list(setups)}")
@@ -406,6 +426,9 @@ def parse_args(argv: Sequence[str] | None = None, parser: argparse.ArgumentParse
 def _setups(o: Options) -> dict[str, EnvSetup]:
     out = {}
     for name, s in _env_setups(o.data_dir, o.num_products).items():
+        extra = o.env_kwargs.get(name, {})
+        if extra:
+            s = dataclasses.replace(s, train_kwargs={**s.train_kwargs, **extra}, eval_kwargs={**s.eval_kwargs, **extra})
         if o.eval_tasks is not None:
             s = dataclasses.replace(s, eval_tasks=o.eval_tasks)
         if o.max_turns is not None:
@@ -531,21 +554,38 @@ class ModelSource:
         return self._bases[key]
 
     def _warm_started(self, setup: EnvSetup) -> tuple[Any, Any]:
+        """The warm start for this env (``hero_gym.agents.warmstart``: built once per setting, cached),
+        or the raw model, recorded as such, for an env the warm start has no expert for."""
         try:
             ws = importlib.import_module("hero_gym.agents.warmstart")
         except ImportError as e:
             raise SystemExit("warm start requested but this install has no hero_gym.agents.warmstart; "
                              "pass --no-warm-start") from e
-        wanted = {"env_id": setup.env_id, "model": self.opts.model, "device": self.opts.device,
+        # the same env settings, turn cap, reply cap and tool prompt as the runs that start from it
+        wanted = {"env_id": setup.env_id, "env_kwargs": {k: v for k, v in setup.train_kwargs.items() if k != "split"},
                   "max_new_tokens": self.opts.max_new_tokens, "max_turns": setup.max_turns,
-                  "env_kwargs": setup.train_kwargs}
+                  "eval_max_turns": setup.max_turns, "tool_prompt": self.opts.tool_prompt, "progress": True,
+                  **self.opts.warm_start_overrides}
         names = {f.name for f in dataclasses.fields(ws.WarmStartConfig)}
-        cfg = ws.WarmStartConfig(**{k: v for k, v in wanted.items() if k in names and v is not None})
         t0 = time.perf_counter()
-        path = ws.warm_start(cfg)
-        model, tok = ws.load_warm_started(cfg)
-        self.warm_start_info[setup.name] = {"path": str(path), "config": asdict(cfg),
-                                            "seconds_this_run": time.perf_counter() - t0}
+        try:
+            cfg = ws.WarmStartConfig(**{k: v for k, v in wanted.items() if k in names})
+            path = ws.warm_start(cfg, base=self.opts.model, device=self.opts.device)
+        except (ValueError, NotImplementedError) as e:
+            if "expert" not in str(e).lower() and "env" not in str(e).lower():
+                raise
+            self.warm_start_info[setup.name] = {"path": None, "unavailable": str(e)}
+            from hero_gym.agents import load_named_model
+
+            return load_named_model(self.opts.model, device=self.opts.device)
+        from hero_gym.agents import load_model
+
+        model, tok = load_model(str(path), device=self.opts.device)
+        report = ws.read_report(path) if hasattr(ws, "read_report") else {}
+        self.warm_start_info[setup.name] = {
+            "path": str(path), "config": {k: v for k, v in asdict(cfg).items() if k != "progress"},
+            "report": {k: v for k, v in report.items() if k in ("eval", "train_seconds", "total_seconds")},
+            "seconds_this_run": time.perf_counter() - t0}
         return model, tok
 
     def policy(self, setup: EnvSetup, seed: int) -> Any:
@@ -613,18 +653,25 @@ class Bench:
         self.source = ModelSource(opts)
         self.reused = 0
         self.rerun_stale = 0
+        self._n_eval_cache: dict[str, int] = {}
 
     # ------------------------------------------------------------------ fingerprints
     def _n_eval(self, setup: EnvSetup) -> int:
+        """Held-out tasks evaluated: ``eval_tasks``, or every task of the eval split when it is 0."""
         if setup.eval_tasks:
             return setup.eval_tasks
-        import hero_gym
+        if setup.name not in self._n_eval_cache:
+            import hero_gym
 
-        env = hero_gym.make(setup.env_id, **setup.eval_kwargs)
-        try:
-            return int(env.unwrapped.num_tasks() or 0) or 50
-        finally:
-            env.close()
+            env = hero_gym.make(setup.env_id, **setup.eval_kwargs)
+            try:
+                n = env.unwrapped.num_tasks()
+            finally:
+                env.close()
+            if not n:
+                raise SystemExit(f"{setup.env_id} does not index its tasks: pass --eval-tasks N (N > 0)")
+            self._n_eval_cache[setup.name] = int(n)
+        return self._n_eval_cache[setup.name]
 
     def eval_settings(self, setup: EnvSetup) -> dict[str, Any]:
         return {"env_id": setup.env_id, "eval_kwargs": setup.eval_kwargs, "eval_tasks": self._n_eval(setup),
@@ -705,24 +752,45 @@ class Bench:
         del policy
         return self._write_cell(cdir, result, episodes)
 
+    def _valid_cell(self, setup: EnvSetup, rfp: str, budget: int, cdir: Path) -> dict[str, Any] | None:
+        """A finished cell of this run whose fingerprint matches (checked against its own snapshot)."""
+        f = cdir / "result.json"
+        if not f.exists():
+            return None
+        res = json.loads(f.read_text())
+        if res.get("budget") == budget and res.get("fingerprint") == self.eval_fingerprint(
+                setup, rfp, int(res.get("snapshot_turns", -1))):
+            return res
+        return None
+
+    def _run_meta(self, rdir: Path, rfp: str) -> dict[str, Any] | None:
+        """The run record if ``rdir`` holds this fingerprint's run; a run by other code or settings is removed."""
+        meta_f, fp_f = rdir / "run.json", rdir / "fingerprint"
+        meta = json.loads(meta_f.read_text()) if meta_f.exists() else None
+        ours = (fp_f.exists() and fp_f.read_text() == rfp) or (meta is not None and meta.get("fingerprint") == rfp)
+        if rdir.exists() and not ours:
+            shutil.rmtree(rdir)   # trained (or half-trained) by other code or settings: start over
+            return None
+        return meta if meta is not None and meta.get("fingerprint") == rfp else None
+
     def run_cells(self, run: Run, on_cell: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
-        """Train one (env, method, seed) run to the largest budget (or reuse it) and evaluate every
-        budget's snapshot (or reuse it). Returns the run's record."""
+        """Train one (env, method, seed) run to the largest budget and evaluate every budget's snapshot,
+        reusing whatever ``out`` already holds under the same fingerprint. Returns the run's record."""
         setup = self.setups[run.env]
         rdir = self.out / "runs" / run.key
         rfp = self.run_fingerprint(setup, run)
         top = max(self.opts.budgets)
-        meta_f = rdir / "run.json"
-        meta = json.loads(meta_f.read_text()) if meta_f.exists() else None
-        if meta is not None and meta.get("fingerprint") != rfp:
-            shutil.rmtree(rdir)
-            meta = None
-        need_train = meta is None or meta["turn_budget"] < top
+        cdirs = {b: self.out / "cells" / cell_key(run.env, run.method, b, run.seed) for b in self.opts.budgets}
+        done = {b: r for b in self.opts.budgets if (r := self._valid_cell(setup, rfp, b, cdirs[b])) is not None}
+        self.rerun_stale += sum((cdirs[b] / "result.json").exists() for b in self.opts.budgets if b not in done)
+        meta = self._run_meta(rdir, rfp)
         policy = None
-        if need_train:
+        if len(done) < len(self.opts.budgets) and (meta is None or meta["turn_budget"] < top):
             from hero_gym.agents.trainer import TrainConfig
 
             t0 = time.perf_counter()
+            rdir.mkdir(parents=True, exist_ok=True)
+            (rdir / "fingerprint").write_text(rfp)   # an interrupted run resumes only under the same fingerprint
             policy = self.source.policy(setup, run.seed)
             cfg = TrainConfig(
                 env_id=setup.env_id, env_kwargs=setup.train_kwargs, turn_budget=top, max_turns=setup.max_turns,
@@ -731,43 +799,44 @@ class Bench:
                 checkpoint_dir=str(rdir / "train"), tool_prompt=self.opts.tool_prompt, seed=run.seed,
                 progress=False, **{**self.train_overrides(), **_train_config_fields(run.method)})
             snaps, metrics = train_with_snapshots(policy, cfg)
-            prev = meta["train_seconds"] if meta else 0.0
             meta = {**asdict(run), "fingerprint": rfp, "turn_budget": top,
-                    "train_seconds": prev + time.perf_counter() - t0,
+                    "train_seconds": (meta["train_seconds"] if meta else 0.0) + time.perf_counter() - t0,
                     "snapshots": {str(t): str(p.relative_to(rdir)) for t, p in sorted(snaps.items())},
-                    "metrics": [{k: m[k] for k in ("update", "optimizer_steps", "turns_used", "success_rate",
-                                                   "mean_reward", "tokens_trained", "action_tokens") if k in m}
+                    "metrics": [{k: m[k] for k in ("update", "iteration", "optimizer_steps", "turns_used",
+                                                   "success_rate", "mean_reward", "tokens_trained",
+                                                   "tokens_trained_total", "action_tokens") if k in m}
                                 for m in metrics]}
-            rdir.mkdir(parents=True, exist_ok=True)
-            meta_f.write_text(json.dumps(meta, indent=2))
-            self.log(f"trained {run.key}: {len(metrics)} optimizer steps, "
-                     f"{metrics[-1]['turns_used'] if metrics else 0} turns in {time.perf_counter() - t0:.0f} s")
-        else:
+            (rdir / "run.json").write_text(json.dumps(meta, indent=2))
+            self.log(f"trained {run.key}: {steps_at(meta['metrics'], meta['metrics'][-1]['turns_used']) if metrics else 0}"
+                     f" optimizer steps, {metrics[-1]['turns_used'] if metrics else 0} turns in "
+                     f"{time.perf_counter() - t0:.0f} s")
+        elif meta is not None:
             self.log(f"training run {run.key} reused from {rdir}")
+        else:   # every cell is reused but the run folder is gone: keep what the cells recorded
+            first = next(iter(done.values()))
+            meta = {**asdict(run), "fingerprint": rfp, "turn_budget": top, "metrics": [],
+                    "train_seconds": float(first.get("run_train_seconds", 0.0)), "snapshots": {}}
+            self.log(f"training run {run.key}: every cell reused (run folder not kept)")
         snaps = {int(t): rdir / p for t, p in meta["snapshots"].items()}
-        if 0 not in snaps:
-            raise RuntimeError(f"{rdir}: the run has no start snapshot (turns 0)")
-        results = []
         for budget in self.opts.budgets:
-            turns, path = snapshot_for_budget(snaps, budget)
-            cdir = self.out / "cells" / cell_key(run.env, run.method, budget, run.seed)
-            fp = self.eval_fingerprint(setup, rfp, turns)
-            res = self._cached(cdir, fp)
-            if res is None:
+            if budget in done:
+                res = {**done[budget], "reused": True}
+                self.reused += 1
+            else:
+                turns, path = snapshot_for_budget(snaps, budget)
                 if policy is None:
                     policy = self.source.policy(setup, run.seed)
                 load_snapshot(policy, path)
                 episodes, secs = self.evaluate(policy, setup)
                 per_task = _per_task(episodes)
-                steps = steps_at(meta["metrics"], turns)
-                res = self._write_cell(cdir, {
+                res = self._write_cell(cdirs[budget], {
                     "env": run.env, "method": run.method, "budget": budget, "seed": run.seed,
-                    "snapshot_turns": turns, "optimizer_steps": steps, **_summarise(per_task), "per_task": per_task,
-                    "eval_seconds": secs,
+                    "snapshot_turns": turns, "optimizer_steps": steps_at(meta["metrics"], turns),
+                    **_summarise(per_task), "per_task": per_task, "eval_seconds": secs,
+                    "run_train_seconds": meta["train_seconds"],
                     # a cell's share of its run's training time: the budget's fraction of the turns trained
                     "wall_seconds": secs + meta["train_seconds"] * turns / max(1, top),
-                    "fingerprint": fp}, episodes)
-            results.append(res)
+                    "fingerprint": self.eval_fingerprint(setup, rfp, turns)}, episodes)
             on_cell(res)
         del policy
         return meta
@@ -856,6 +925,9 @@ def write_markdown(rows: list[dict], comps: list[dict], prov: dict[str, Any], pa
                                for e, s in prov["envs"].items()),
         f"- Budgets (training env turns, nested, one run per method and seed): {o['budgets']}; seeds {o['seeds']}; "
         f"batch {o['tasks_per_update']} tasks x {o['group_size']} rollouts; lr {o['lr']}",
+        *(f"- Warm start for {e}: " + (f"`{w['path']}` (its own held-out check: {w.get('report', {}).get('eval')})"
+                                       if w.get("path") else f"none ({w.get('unavailable')}); the raw model is the base")
+          for e, w in prov.get("warm_start", {}).items()),
         f"- Hardware: {prov['hardware']['cpu_count']} CPUs ({prov['hardware']['processor']}), torch "
         f"{prov['hardware']['torch']} with {prov['hardware']['torch_threads']} threads",
         f"- Wall time: {prov['wall_seconds'] / 60:.1f} min of compute"
@@ -1059,7 +1131,7 @@ class Progress:
         self.done += work
         self.n += int(step)
         if self._rich is not None:
-            self._rich.update(self._task, completed=self.done, description=text[:60])
+            self._rich.update(self._task, completed=self.done, description=f"benchmark {self.n}/{self.steps} steps")
         self.line(text)
 
     def close(self) -> None:
@@ -1130,7 +1202,7 @@ def main(argv: Sequence[str] | None = None, parser: argparse.ArgumentParser | No
     bench = Bench(opts, out, log=lambda s: None)
     runs_plan = [Run(e, m, s) for e in opts.envs for s in opts.seeds for m in opts.methods if m != BASE]
     n_steps = len(opts.envs) + len(runs_plan) * (1 + len(opts.budgets))
-    eval_work = {e: bench.setups[e].eval_tasks * bench.setups[e].max_turns for e in opts.envs}
+    eval_work = {e: bench._n_eval(bench.setups[e]) * bench.setups[e].max_turns for e in opts.envs}
     train_work = 3 * max(opts.budgets)
     total = sum(eval_work[e] for e in opts.envs) + sum(train_work + len(opts.budgets) * eval_work[r.env]
                                                       for r in runs_plan)
@@ -1148,6 +1220,10 @@ def main(argv: Sequence[str] | None = None, parser: argparse.ArgumentParser | No
                                 "eval_tasks": bench._n_eval(s), "train_tasks": s.train_tasks,
                                 "max_turns": s.max_turns, "data": data_source(s, s.eval_kwargs),
                                 "train_data": data_source(s, s.train_kwargs)}
+            if not opts.warm_start:
+                bar.line(f"{env}: evaluating the base model")
+            elif env not in bench.source.warm_start_info:
+                bar.line(f"{env}: warm start (built once per setting, then read from the cache), then the base")
             c = bench.base_cell(env)
             cells.append(c)
             bar.advance(eval_work[env], _cell_line(c, opts))

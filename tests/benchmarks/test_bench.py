@@ -100,6 +100,11 @@ def test_presets_and_overrides():
     assert set(c.envs) == {"WebShop", "TauRetail"} and len(c.seeds) >= 3
     assert c.methods[0] == "base" and set(bench.available_methods()) <= set(c.methods) | set(bench.METHOD_ORDER)
     assert bench.parse_args(["--methods", "grpo"]).reference is None   # nothing to compare against
+    k = bench.parse_args(["--env-kwarg", "WebShop:max_results=5", "--env-kwarg", "WebShop:instruction_once=true"])
+    assert k.env_kwargs == {"WebShop": {"max_results": 5, "instruction_once": True}}
+    ws = bench._setups(k)["WebShop"]
+    assert ws.train_kwargs["max_results"] == 5 and ws.eval_kwargs["instruction_once"] is True
+    assert ws.train_kwargs["split"] == "train" and ws.eval_kwargs["split"] == "test"
 
 
 @pytest.mark.parametrize("argv, msg", [
@@ -109,6 +114,8 @@ def test_presets_and_overrides():
     (["--budgets", "0"], "distinct positive"),
     (["--methods", "grpo", "--reference", "hero"], "reference method"),
     (["--quick", "--preset", "cpu"], "exclusive"),
+    (["--env-kwarg", "WebShop-max_results=5"], "ENV:KEY=VALUE"),
+    (["--env-kwarg", "Nope:x=1"], "ENV:KEY=VALUE"),
 ])
 def test_bad_options_give_one_line_errors(argv, msg, capsys):
     with pytest.raises(SystemExit) as e:

@@ -34,9 +34,8 @@ def test_each_budget_reads_the_largest_snapshot_within_it(tmp_path, monkeypatch)
     assert sorted(snaps) == [0, *turns] and turns[-1] >= 12 - 6 and len(turns) >= 2
     # snapshots hold different weights (env-feedback SD has a gradient even when every reward is 0;
     # GRPO on a model that never succeeds would not), so reading the wrong one would show
-    w = {t: (p / "adapter_model.safetensors").read_bytes() for t, p in snaps.items()
-         if (p / "adapter_model.safetensors").exists()}
-    assert len(set(w.values())) == len(w)
+    w = {t: b"".join(f.read_bytes() for f in sorted(p.glob("*.safetensors"))) for t, p in snaps.items()}
+    assert all(w.values()) and len(set(w.values())) == len(w)
 
     expected = [bench.snapshot_for_budget(snaps, budget) for budget in (8, 12)]
     assert loaded == [p for _, p in expected]
