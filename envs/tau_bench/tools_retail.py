@@ -25,13 +25,14 @@ def _is_gift_card(method: dict[str, Any]) -> bool:
     return method["source"] == "gift_card"
 
 
-def _missing_item(order: dict[str, Any], item_ids: list[str]) -> str | None:
-    """The first requested id that occurs more often in the request than in the order, or None."""
+def _missing_item(order: dict[str, Any], item_ids: list[str]) -> tuple[bool, Any]:
+    """(True, id) for the first requested id that occurs more often in the request than in the
+    order (the id may be any value, even ``None``), else (False, None)."""
     in_order = [it["item_id"] for it in order["items"]]
     for item_id in item_ids:
         if item_ids.count(item_id) > in_order.count(item_id):
-            return item_id
-    return None
+            return True, item_id
+    return False, None
 
 
 def _order_with_status(db: TauDB, order_id: str, status: str, action: str) -> tuple[Any, str | None]:
@@ -55,8 +56,8 @@ def _item_swap(db: TauDB, order_id: str, item_ids: list[str], new_item_ids: list
     order, err = _order_with_status(db, order_id, status, action)
     if err:
         return None, None, err
-    missing = _missing_item(order, item_ids)
-    if missing is not None:
+    is_missing, missing = _missing_item(order, item_ids)
+    if is_missing:
         return None, None, f"Error: {missing} not found"
     if len(item_ids) != len(new_item_ids):
         return None, None, "Error: the number of items to be exchanged should match"
@@ -247,7 +248,7 @@ def return_delivered_order_items(db: TauDB, order_id: str, item_ids: list[str], 
     # policy: the refund goes to the original payment method or to an existing gift card
     if "gift_card" not in payment_method_id and payment_method_id != order["payment_history"][0]["payment_method_id"]:
         return "Error: payment method should be either the original payment method or a gift card"
-    if _missing_item(order, item_ids) is not None:
+    if _missing_item(order, item_ids)[0]:
         return "Error: some item not found"   # v1 does not name the item here (exchanges do)
     order = db.orders.mut(order_id)
     order["status"] = "return requested"

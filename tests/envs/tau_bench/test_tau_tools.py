@@ -187,6 +187,11 @@ def test_retail_wrong_types_follow_v1_code(rdb):
     # a string item list is iterated character by character (str.count): a character is not an item
     assert run("return_delivered_order_items", order_id=delivered["order_id"], item_ids="12",
                payment_method_id=pm) == "Error: some item not found"
+    # any value can be a missing item, even None (v1 counts it in the request)
+    assert run("exchange_delivered_order_items", order_id=delivered["order_id"], item_ids=[None],
+               new_item_ids=["x"], payment_method_id=pm) == "Error: None not found"
+    assert run("return_delivered_order_items", order_id=delivered["order_id"], item_ids=[None],
+               payment_method_id=pm) == "Error: some item not found"
     # an enum value outside the list is v1's own check, not a schema error
     pending = _order(rdb, "pending")
     assert run("cancel_pending_order", order_id=pending["order_id"], reason=["no longer needed"]) == \
