@@ -45,6 +45,8 @@ def test_calculate_errors_are_v1_eval_texts():
     # a non-string expression fails in the character check (iterating an int).
     assert calculate(None, "(") == "Error: '(' was never closed (<string>, line 1)"
     assert calculate(None, "()") == "Error: float() argument must be a string or a real number, not 'tuple'"
+    assert run_tool(RETAIL_TOOL_MAP, None, "calculate", {"expression": [[]]}) == \
+        "Error: 'in <string>' requires string as left operand, not list"
     assert run_tool(RETAIL_TOOL_MAP, None, "calculate", {"expression": ["1"]}) == \
         "Error: eval() arg 1 must be a string, bytes or code object"
     assert run_tool(RETAIL_TOOL_MAP, None, "calculate", {"expression": 5}) == "Error: 'int' object is not iterable"
