@@ -75,7 +75,7 @@ def arr(desc: str, items: dict[str, Any]) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------- calculate
-_ALLOWED_CHARS = set("0123456789+-*/(). ")
+_ALLOWED_CHARS = "0123456789+-*/(). "   # a string, as in v1: `x in` it is a substring test
 _BINOPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul,
            ast.Div: operator.truediv, ast.FloorDiv: operator.floordiv, ast.Pow: operator.pow}
 _UNOPS = {ast.UAdd: operator.pos, ast.USub: operator.neg}

@@ -13,6 +13,7 @@ payment-method change go back to a gift card at once when the payment method's *
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from .common import COMMON_TOOLS, Tool, arr, dumps, fn_schema, get_user_details, has, s
@@ -25,13 +26,14 @@ def _is_gift_card(method: dict[str, Any]) -> bool:
     return method["source"] == "gift_card"
 
 
-def _missing_item(order: dict[str, Any], item_ids: list[str]) -> str | None:
-    """The first requested id that occurs more often in the request than in the order, or None."""
+def _missing_item(order: dict[str, Any], item_ids: list[str]) -> tuple[bool, Any]:
+    """(True, id) for the first requested id that occurs more often in the request than in the
+    order (the id may be any value, even ``None``), else (False, None)."""
     in_order = [it["item_id"] for it in order["items"]]
     for item_id in item_ids:
         if item_ids.count(item_id) > in_order.count(item_id):
-            return item_id
-    return None
+            return True, item_id
+    return False, None
 
 
 def _order_with_status(db: TauDB, order_id: str, status: str, action: str) -> tuple[Any, str | None]:
@@ -45,18 +47,33 @@ def _order_with_status(db: TauDB, order_id: str, status: str, action: str) -> tu
     return order, None
 
 
-def _item_swap(db: TauDB, order_id: str, item_ids: list[str], new_item_ids: list[str], payment_method_id: str,
-               status: str, action: str, balance_error: str, round_diff: bool) -> tuple[Any, Any, str | None]:
+@dataclass(frozen=True)
+class _SwapRule:
+    """What differs between an exchange and a pending-order item change (v1's texts and rounding)."""
+
+    status: str            # the order status required
+    action: str            # the verb of the status error
+    balance_error: str     # the text when a gift card does not cover the difference
+    round_diff: bool       # v1 rounds the difference to cents for exchanges only
+
+
+_EXCHANGE = _SwapRule("delivered", "exchanged",
+                      "Error: insufficient gift card balance to pay for the price difference", round_diff=True)
+_ITEM_CHANGE = _SwapRule("pending", "modified", "Error: insufficient gift card balance to pay for the new item",
+                         round_diff=False)
+
+
+def _item_swap(db: TauDB, rule: _SwapRule, order_id: str, item_ids: list[str], new_item_ids: list[str],
+               payment_method_id: str) -> tuple[Any, Any, str | None]:
     """The checks shared by exchanges (delivered orders) and pending-order item changes, in v1's
     order: the order and its status; the requested items are in the order; the lists have the same
     length; every new item is an available variant of the same product; the payment method exists
-    and a gift card covers the price difference. Returns (order, price difference, error). The
-    difference is rounded to cents for exchanges only (``round_diff``), as in v1."""
-    order, err = _order_with_status(db, order_id, status, action)
+    and a gift card covers the price difference. Returns (order, price difference, error)."""
+    order, err = _order_with_status(db, order_id, rule.status, rule.action)
     if err:
         return None, None, err
-    missing = _missing_item(order, item_ids)
-    if missing is not None:
+    is_missing, missing = _missing_item(order, item_ids)
+    if is_missing:
         return None, None, f"Error: {missing} not found"
     if len(item_ids) != len(new_item_ids):
         return None, None, "Error: the number of items to be exchanged should match"
@@ -67,14 +84,14 @@ def _item_swap(db: TauDB, order_id: str, item_ids: list[str], new_item_ids: list
         if not (new_id in variants and variants[new_id]["available"]):
             return None, None, f"Error: new item {new_id} not found or available"
         diff += variants[new_id]["price"] - item["price"]
-    if round_diff:
+    if rule.round_diff:
         diff = round(diff, 2)
     methods = db.users[order["user_id"]]["payment_methods"]
     if payment_method_id not in methods:
         return None, None, "Error: payment method not found"
     method = methods[payment_method_id]
     if _is_gift_card(method) and method["balance"] < diff:
-        return None, None, balance_error
+        return None, None, rule.balance_error
     return order, diff, None
 
 
@@ -145,9 +162,7 @@ def cancel_pending_order(db: TauDB, order_id: str, reason: str) -> str:
 
 def exchange_delivered_order_items(db: TauDB, order_id: str, item_ids: list[str], new_item_ids: list[str],
                                    payment_method_id: str) -> str:
-    order, diff, err = _item_swap(
-        db, order_id, item_ids, new_item_ids, payment_method_id, "delivered", "exchanged",
-        "Error: insufficient gift card balance to pay for the price difference", round_diff=True)
+    order, diff, err = _item_swap(db, _EXCHANGE, order_id, item_ids, new_item_ids, payment_method_id)
     if err:
         return err
     order = db.orders.mut(order_id)
@@ -171,9 +186,7 @@ def modify_pending_order_address(db: TauDB, order_id: str, address1: str, addres
 
 def modify_pending_order_items(db: TauDB, order_id: str, item_ids: list[str], new_item_ids: list[str],
                                payment_method_id: str) -> str:
-    order, diff, err = _item_swap(
-        db, order_id, item_ids, new_item_ids, payment_method_id, "pending", "modified",
-        "Error: insufficient gift card balance to pay for the new item", round_diff=False)
+    order, diff, err = _item_swap(db, _ITEM_CHANGE, order_id, item_ids, new_item_ids, payment_method_id)
     if err:
         return err
     order = db.orders.mut(order_id)
@@ -247,7 +260,7 @@ def return_delivered_order_items(db: TauDB, order_id: str, item_ids: list[str], 
     # policy: the refund goes to the original payment method or to an existing gift card
     if "gift_card" not in payment_method_id and payment_method_id != order["payment_history"][0]["payment_method_id"]:
         return "Error: payment method should be either the original payment method or a gift card"
-    if _missing_item(order, item_ids) is not None:
+    if _missing_item(order, item_ids)[0]:
         return "Error: some item not found"   # v1 does not name the item here (exchanges do)
     order = db.orders.mut(order_id)
     order["status"] = "return requested"

@@ -45,6 +45,8 @@ def test_calculate_errors_are_v1_eval_texts():
     # a non-string expression fails in the character check (iterating an int).
     assert calculate(None, "(") == "Error: '(' was never closed (<string>, line 1)"
     assert calculate(None, "()") == "Error: float() argument must be a string or a real number, not 'tuple'"
+    assert run_tool(RETAIL_TOOL_MAP, None, "calculate", {"expression": [[]]}) == \
+        "Error: 'in <string>' requires string as left operand, not list"
     assert run_tool(RETAIL_TOOL_MAP, None, "calculate", {"expression": ["1"]}) == \
         "Error: eval() arg 1 must be a string, bytes or code object"
     assert run_tool(RETAIL_TOOL_MAP, None, "calculate", {"expression": 5}) == "Error: 'int' object is not iterable"
@@ -186,6 +188,11 @@ def test_retail_wrong_types_follow_v1_code(rdb):
                last_name=user["name"]["last_name"], zip=int(user["address"]["zip"])) == "Error: user not found"
     # a string item list is iterated character by character (str.count): a character is not an item
     assert run("return_delivered_order_items", order_id=delivered["order_id"], item_ids="12",
+               payment_method_id=pm) == "Error: some item not found"
+    # any value can be a missing item, even None (v1 counts it in the request)
+    assert run("exchange_delivered_order_items", order_id=delivered["order_id"], item_ids=[None],
+               new_item_ids=["x"], payment_method_id=pm) == "Error: None not found"
+    assert run("return_delivered_order_items", order_id=delivered["order_id"], item_ids=[None],
                payment_method_id=pm) == "Error: some item not found"
     # an enum value outside the list is v1's own check, not a schema error
     pending = _order(rdb, "pending")
