@@ -63,6 +63,9 @@ class RemoteEnv(gym.Env[str, str]):
         self._sid: str | None = None
         meta = self._call("GET", "/metadata")
         self.env_id: str = meta.get("name", "")
+        #: the server env's ``allow_text_messages`` and ``num_tasks()`` (from ``GET /metadata``)
+        self.allow_text_messages: bool = bool(meta.get("allow_text_messages", False))
+        self.remote_num_tasks: int | None = meta.get("num_tasks")
 
     @property
     def session_id(self) -> str | None:
@@ -106,6 +109,10 @@ class RemoteEnv(gym.Env[str, str]):
             raise
         obs = data["observation"]
         return obs["text"], float(data["reward"] or 0.0), obs["terminated"], obs["truncated"], obs["info"]
+
+    def num_tasks(self) -> int | None:
+        """How many task indices the served env accepts (``None``: not indexed)."""
+        return self.remote_num_tasks
 
     def state(self) -> dict[str, Any]:
         """The session's state (turn as ``step_count``, ``done``, ``episodes``)."""

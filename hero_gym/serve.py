@@ -259,6 +259,12 @@ def create_app(env_id: str, env_kwargs: dict[str, Any] | None = None, *, max_ses
     if env_id not in hero_gym.list_envs():
         raise ValueError(f"Unknown env id {env_id!r}; registered: {', '.join(hero_gym.list_envs())}")
     sessions = Sessions(env_id, env_kwargs, max_sessions=max_sessions, timeout=session_timeout)
+    probe = hero_gym.make(env_id, **dict(env_kwargs or {}))   # fails early on bad kwargs
+    try:
+        about = {"allow_text_messages": bool(getattr(probe.unwrapped, "allow_text_messages", False)),
+                 "num_tasks": probe.unwrapped.num_tasks()}
+    finally:
+        probe.close()
     app = FastAPI(title=f"hero-gym {env_id}", version=hero_gym.__version__)
     app.state.sessions = sessions
 
@@ -295,7 +301,7 @@ def create_app(env_id: str, env_kwargs: dict[str, Any] | None = None, *, max_ses
     def metadata() -> dict[str, Any]:
         return {"name": env_id, "description": f"hero-gym environment {env_id} (multi-turn text, tool calls)",
                 "version": hero_gym.__version__, "author": "hero-gym", "readme_content": None,
-                "documentation_url": None}
+                "documentation_url": None, **about}
 
     @app.get("/schema")
     def schema() -> dict[str, Any]:

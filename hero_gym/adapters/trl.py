@@ -22,7 +22,8 @@ Each tool call is one env step: the call is validated by the env exactly as in-p
 turn and returns the env's error message). After the episode ends, a further call raises, which TRL shows
 the model as a tool error; the reward is already fixed. :func:`task_dataset` builds the prompts (the env's
 system prompt and one row per task index) and :func:`env_reward` is the reward function for those who prefer
-``reward_funcs`` (then pass ``owns_reward=False``).
+``reward_funcs`` (then pass ``owns_reward=False``). With ``url=`` both play an env served by ``hero-gym serve``
+(one HTTP session per instance) instead of an in-process one.
 """
 
 from __future__ import annotations
@@ -160,9 +161,10 @@ class HeroGymTRLEnv:
 
     env_id: str = ""
     env_kwargs: dict[str, Any] = {}
+    url: str | None = None
 
     def __init__(self) -> None:
-        self._env = hero_gym.make(self.env_id, **self.env_kwargs)
+        self._env = _open(self.env_id, self.url, self.env_kwargs)
         self._reward = 0.0
         self._done = True
         self._observations: list[str] = []
@@ -233,13 +235,30 @@ def _class_name(env_id: str) -> str:
     return re.sub(r"\W", "_", env_id.split("/")[-1]).strip("_") or "Env"
 
 
-def environment_factory(env_id: str, *, tools: Sequence[ToolSpec] | None = None,
+def _open(env_id: str, url: str | None, env_kwargs: dict[str, Any]) -> Any:
+    """The env in-process, or a :mod:`hero_gym.remote` session on the server at ``url``."""
+    if url is None:
+        return hero_gym.make(env_id, **env_kwargs)
+    from hero_gym import remote
+
+    if env_kwargs:
+        raise ValueError("env kwargs are fixed by the server (hero-gym serve -k key=value); pass none with url=")
+    env = remote.make(url)
+    if env.env_id != env_id:
+        env.close()
+        raise ValueError(f"the server at {url} serves {env.env_id!r}, not {env_id!r}")
+    return env
+
+
+def environment_factory(env_id: str, *, url: str | None = None, tools: Sequence[ToolSpec] | None = None,
                         message_tool: str | None = MESSAGE_TOOL, owns_reward: bool = True,
                         **env_kwargs: Any) -> type[HeroGymTRLEnv]:
     """A class TRL's ``GRPOTrainer(environment_factory=...)`` accepts, for the registered env ``env_id``.
 
     Args:
         env_id: a registered env id, e.g. ``"hero_gym/TauRetail-v0"``.
+        url: play the env served at this URL (``hero-gym serve``) instead of in-process: each instance opens
+            one :func:`hero_gym.remote.make` session (env kwargs are then the server's).
         tools: the tools to expose; default: the env's tools right after ``reset`` (task 0). Envs whose tool
             set changes with the state (WebShop's click targets) should pass the full set here; a call of a tool
             not available in the current state gets the env's usual "Unknown tool" error observation.
@@ -252,16 +271,16 @@ def environment_factory(env_id: str, *, tools: Sequence[ToolSpec] | None = None,
     Returns:
         A zero-argument class; each instance owns one env.
     """
-    probe = hero_gym.make(env_id, **env_kwargs)
+    probe = _open(env_id, url, env_kwargs)
     try:
         base = probe.unwrapped
         if tools is None:
-            probe.reset(seed=0, options={"task_index": 0} if base.num_tasks() else {})
-            tools = base.tools()
+            _, info = probe.reset(seed=0, options={"task_index": 0} if base.num_tasks() else {})
+            tools = [ToolSpec.from_openai(t) for t in info["tools"]]
         allow_messages = bool(getattr(base, "allow_text_messages", False))
     finally:
         probe.close()
-    namespace: dict[str, Any] = {"env_id": env_id, "env_kwargs": dict(env_kwargs),
+    namespace: dict[str, Any] = {"env_id": env_id, "env_kwargs": dict(env_kwargs), "url": url,
                                  "__doc__": f"{env_id} as a TRL environment (see hero_gym.adapters.trl)."}
     for spec in tools:
         if spec.name in namespace:
@@ -277,8 +296,8 @@ def environment_factory(env_id: str, *, tools: Sequence[ToolSpec] | None = None,
     return type(_class_name(env_id), (HeroGymTRLEnv,), namespace)
 
 
-def task_dataset(env_id: str, *, task_indices: Sequence[int] | None = None, split: str | None = None,
-                 repeat: int = 1, system_prompt: bool = True, **env_kwargs: Any) -> Any:
+def task_dataset(env_id: str, *, url: str | None = None, task_indices: Sequence[int] | None = None,
+                 split: str | None = None, repeat: int = 1, system_prompt: bool = True, **env_kwargs: Any) -> Any:
     """A ``datasets.Dataset`` of conversational prompts, one row per task (``repeat`` times each).
 
     Columns: ``prompt`` (the env's system prompt, if any, and an empty user message that ``reset`` fills
@@ -288,10 +307,10 @@ def task_dataset(env_id: str, *, task_indices: Sequence[int] | None = None, spli
 
     if repeat < 1:
         raise ValueError(f"repeat must be >= 1, got {repeat}")
-    env = hero_gym.make(env_id, **env_kwargs)
+    env = _open(env_id, url, env_kwargs)
     try:
         base = env.unwrapped
-        total = base.num_tasks(split) if split is not None else base.num_tasks()
+        total = base.num_tasks(split) if split is not None and url is None else base.num_tasks()
         if task_indices is None:
             if total is None:
                 raise ValueError(f"{env_id} does not index its tasks; pass task_indices")
@@ -300,9 +319,10 @@ def task_dataset(env_id: str, *, task_indices: Sequence[int] | None = None, spli
         bad = [i for i in indices if total is not None and not 0 <= i < total]
         if bad:
             raise ValueError(f"task indices {bad[:5]} out of range 0..{(total or 0) - 1} for {env_id}")
+        prompt_text = None
         if system_prompt:
-            env.reset(seed=0, options={"task_index": indices[0], **({"split": split} if split else {})})
-        prompt_text = base.system_prompt() if system_prompt else None
+            _, info = env.reset(seed=0, options={"task_index": indices[0], **({"split": split} if split else {})})
+            prompt_text = info.get("system_prompt")
     finally:
         env.close()
     messages = ([{"role": "system", "content": prompt_text}] if prompt_text else []) + [{"role": "user", "content": ""}]

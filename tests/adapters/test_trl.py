@@ -170,3 +170,28 @@ def test_schema_to_annotation_and_errors():
     with pytest.raises(ValueError, match="out of range"):
         task_dataset("hero_gym/Lookup-v0", task_indices=[99])
     assert not math.isnan(len(task_dataset("hero_gym/Lookup-v0", repeat=2)))
+
+
+def test_factory_over_the_env_server_matches_in_process():
+    pytest.importorskip("fastapi")
+    from hero_gym.serve import start_server
+
+    with start_server("hero_gym/TauRetail-v0", {"data": "generated"}) as handle:
+        served = environment_factory("hero_gym/TauRetail-v0", url=handle.url)
+        local = environment_factory("hero_gym/TauRetail-v0", data="generated")
+        tools = lambda cls: sorted((json.dumps(get_json_schema(getattr(cls(), n)), sort_keys=True)  # noqa: E731
+                                    for n in dir(cls) if not n.startswith("_") and n not in ("reset", "get_reward")
+                                    and callable(getattr(cls, n))))
+        assert tools(served) == tools(local)
+        a, b = served(), local()
+        assert a.reset(task_index=2, seed=0) == b.reset(task_index=2, seed=0)
+        assert a.respond(content="Hi! What can I do?") == b.respond(content="Hi! What can I do?")
+        assert a.get_order_details(order_id="#W0000000") == b.get_order_details(order_id="#W0000000")
+        assert a.transfer_to_human_agents(summary="x") == b.transfer_to_human_agents(summary="x")
+        assert a.done and b.done and a.get_reward() == b.get_reward()
+        data = task_dataset("hero_gym/TauRetail-v0", url=handle.url, task_indices=[0, 1])
+        assert data["prompt"] == task_dataset("hero_gym/TauRetail-v0", task_indices=[0, 1], data="generated")["prompt"]
+        with pytest.raises(ValueError, match="serves 'hero_gym/TauRetail-v0'"):
+            environment_factory("hero_gym/Lookup-v0", url=handle.url)
+        with pytest.raises(ValueError, match="fixed by the server"):
+            environment_factory("hero_gym/TauRetail-v0", url=handle.url, data="generated")
