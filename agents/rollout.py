@@ -320,7 +320,8 @@ def collect(
         policy: anything with ``tokenizer`` and ``generate(contexts, sampling, max_new_tokens=...)``.
         envs: an env id (``num_envs`` instances are made with ``hero_gym.make(id, **env_kwargs)`` and
             closed at the end), one env instance, or a list of env instances / ids (one slot each; they
-            should be copies of the same env). Instances you pass are not closed.
+            should be copies of the same env), or a :class:`hero_gym.pool.EnvPool` (one slot per pooled
+            env; the envs of a step run in parallel). Instances and pools you pass are not closed.
         n_episodes: number of tasks when ``tasks`` is not given: task ``i`` is ``reset(seed=seed + i)``.
         tasks: explicit tasks (:class:`Task` or dicts with ``seed``/``options``/``task_id``).
         group_size: every task is rolled out this many times (same seed and options, same ``task_id``),
@@ -391,6 +392,9 @@ def collect(
                                    max_new_tokens=caps, **kw)
             generate_s = (time.perf_counter() - t0) / len(active)
             n_steps += 1
+            for s, g in zip(active, gens):  # pooled envs (hero_gym.pool) start stepping side by side
+                if hasattr(s.env, "submit_step"):
+                    s.env.submit_step(g.text)
             for s, g in zip(active, gens):
                 budget.spend(1)
                 ended = s.step(g, generate_s)
@@ -438,7 +442,9 @@ def _make_slots(envs: str | Any | Sequence[Any], num_envs: int, n_episodes: int,
     """One slot per env instance, and the instances made here (closed by :func:`collect`). An env id gives
     ``num_envs`` instances (no more than there are episodes)."""
     import hero_gym
+    from hero_gym.pool import pool_envs
 
+    envs = pool_envs(envs)  # an EnvPool: one slot per pooled env (the pool is not closed here)
     if isinstance(envs, str):
         envs = [envs] * max(1, min(num_envs, n_episodes))
     elif not isinstance(envs, Sequence):
