@@ -197,6 +197,7 @@ class Sessions:
             try:
                 obs, info = session.env.reset(seed=request.seed, options=dict(request.options))
             except (ValueError, KeyError, TypeError) as err:
+                session.done = True   # the env was not reset: stepping it needs a successful reset first
                 raise SessionError(400, f"reset failed: {err}") from err
             session.done = False
             session.episodes += 1
@@ -210,7 +211,11 @@ class Sessions:
             self._get(sid)
             if session.done:
                 raise SessionError(409, "The episode has ended (or was never reset): reset the session first.")
-            obs, reward, terminated, truncated, info = session.env.step(action.to_env())
+            try:
+                obs, reward, terminated, truncated, info = session.env.step(action.to_env())
+            except RuntimeError as err:   # the env's own "call reset() first" (Gymnasium convention)
+                session.done = True
+                raise SessionError(409, f"{err} Reset the session first.") from err
             session.done = bool(terminated or truncated)
             session.last_used = time.monotonic()
             return result_payload(obs, reward, terminated, truncated, info)
