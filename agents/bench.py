@@ -312,10 +312,11 @@ class Options:
     report_only: bool = False
 
 
-#: Presets. The default is sized for ``make bench`` (<= 40 min on 2 CPU cores including the warm start);
-#: ``cpu`` for one working session (<= 2.5 h, >= 8 optimizer steps at the largest budget: a batch is
-#: tasks_per_update x group_size = 4 episodes of <= 8-10 turns, so 256 turns are >= 6-8 updates... see
-#: README "Results" for the measured wall times); ``quick`` is a smoke test on a tiny random model.
+#: Presets. ``default`` is meant for ``make bench`` (target <= 40 min on 2 CPU cores, warm start included);
+#: ``cpu`` for one working session (target <= 2.5 h). A batch is tasks_per_update x group_size = 4 episodes
+#: of at most 8 (WebShop) or 10 (Tau) turns, i.e. at most 32 or 40 turns per optimizer step, so the largest
+#: budget, 320 turns, is at least 8 steps. ``quick`` is a smoke test on a tiny random model. The README's
+#: "Results" section gives the measured wall times.
 PRESETS: dict[str, dict[str, Any]] = {
     "default": {"out": "runs/default"},
     "cpu": {"envs": ["WebShop", "TauRetail"], "budgets": [96, 192, 320], "seeds": [0, 1, 2], "out": "runs/cpu"},

@@ -97,3 +97,15 @@ def test_report_only_on_an_empty_folder_is_one_clear_error(tmp_path):
     proc = _run("--report-only", "--out", str(tmp_path / "missing"), cwd=tmp_path)
     assert proc.returncode != 0 and "no finished cells" in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "missing").exists()
+
+
+def test_quick_with_warm_start(tmp_path):
+    """``--warm-start`` builds (or reads from the cache) the behaviour-cloned base and starts every run from it."""
+    pytest.importorskip("hero_gym.agents.warmstart")
+    proc = _run("--quick", "--warm-start", "--envs", "Lookup", "--methods", "hero_rules", "--seeds", "0",
+                "--budgets", "6", "--out", str(tmp_path / "ws"), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    data = json.loads((tmp_path / "ws" / "results.json").read_text())
+    ws = data["provenance"]["warm_start"]["Lookup"]
+    assert ws["path"] and Path(ws["path"]).is_dir() and ws["config"]["env_id"] == "hero_gym/Lookup-v0"
+    assert "| Warm-started base |" in (tmp_path / "ws" / "results.md").read_text()
