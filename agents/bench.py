@@ -361,6 +361,9 @@ def build_parser(prog: str = "hero-gym bench") -> argparse.ArgumentParser:
     ap.add_argument("--env-kwarg", action="append", metavar="ENV:KEY=VALUE",
                     help="env constructor argument for training and evaluation, e.g. WebShop:max_results=5 "
                          "(VALUE is JSON when it parses, else a string; repeatable)")
+    ap.add_argument("--warm-start-config", action="append", metavar="KEY=VALUE",
+                    help="a WarmStartConfig field for the warm start, e.g. episodes=60 (VALUE is JSON when it "
+                         "parses, else a string; repeatable)")
     ap.add_argument("--max-new-tokens", type=int, help="tokens per action")
     ap.add_argument("--group-size", type=int, help="rollouts per task per update")
     ap.add_argument("--tasks-per-update", type=int, help="distinct tasks per update")
@@ -398,6 +401,15 @@ def parse_args(argv: Sequence[str] | None = None, parser: argparse.ArgumentParse
         except json.JSONDecodeError:
             parsed = value
         o.env_kwargs = {**o.env_kwargs, env: {**o.env_kwargs.get(env, {}), key: parsed}}
+    for item in a.warm_start_config or []:
+        key, eq, value = item.partition("=")
+        if not eq or not key:
+            ap.error(f"--warm-start-config wants KEY=VALUE, got {item!r}")
+        try:
+            parsed = json.loads(value)
+        except json.JSONDecodeError:
+            parsed = value
+        o.warm_start_overrides = {**o.warm_start_overrides, key: parsed}
     bad_envs = [e for e in o.envs if e not in setups]
     if bad_envs:
         ap.error(f"unknown env(s) {bad_envs}; choose from {list(setups)}")
@@ -568,6 +580,9 @@ class ModelSource:
                   "eval_max_turns": setup.max_turns, "tool_prompt": self.opts.tool_prompt, "progress": True,
                   **self.opts.warm_start_overrides}
         names = {f.name for f in dataclasses.fields(ws.WarmStartConfig)}
+        unknown = sorted(set(self.opts.warm_start_overrides) - names)
+        if unknown:
+            raise SystemExit(f"--warm-start-config: unknown WarmStartConfig field(s) {unknown}; valid: {sorted(names)}")
         t0 = time.perf_counter()
         try:
             cfg = ws.WarmStartConfig(**{k: v for k, v in wanted.items() if k in names})
