@@ -1,16 +1,26 @@
 """Suite-wide test settings.
 
 Hypothesis runs from one fixed profile, ``hero-gym``: derandomized (the same examples on every run,
-on every machine) and with no example database, so nothing found in one run is replayed in the next:
-``make test`` gives the same result in a fresh clone and in a reused checkout. For exploratory runs
-use ``HYPOTHESIS_PROFILE=explore`` (random examples, more of them, still no database).
+on every machine) and with no example database, so nothing found in one run is replayed in the next.
+Its other on-disk caches go to a temporary directory removed at exit, so ``make test`` reads no
+state from earlier runs: a fresh clone and a reused checkout run exactly the same tests. For
+exploratory runs use ``HYPOTHESIS_PROFILE=explore`` (random examples, more of them, still no
+database).
 """
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 
 from hypothesis import HealthCheck, settings
+from hypothesis.configuration import set_hypothesis_home_dir
+
+_home = tempfile.mkdtemp(prefix="hero-gym-hypothesis-")
+atexit.register(shutil.rmtree, _home, ignore_errors=True)
+set_hypothesis_home_dir(_home)
 
 settings.register_profile("hero-gym", derandomize=True, database=None, deadline=None, print_blob=True,
                           suppress_health_check=[HealthCheck.too_slow])
