@@ -2,16 +2,22 @@
 without the per-slot KV cache.
 
 Usage: ``python benchmarks/policy_speed.py [--batch 8] [--new-tokens 48] [--threads N] [--skip-convert]
-[--rollout-only] [--episodes 4] [--num-envs 4] [--turns 8] [--rollout-new-tokens 64]``
+[--rollout-only] [--episodes 4] [--num-envs 4] [--turns 8] [--rollout-new-tokens 64]
+[--driver random|expert|model]``
 
 * conversion: ``load_default_model()`` with an empty temporary ``HERO_GYM_CACHE`` (GGUF -> safetensors);
 * cached load: ``load_default_model()`` again from that cache;
 * generation: ``HFPolicy.generate`` on ``--batch`` chat contexts, once as one batched call and once as
   ``--batch`` single-context calls, reporting generated tokens per second for each;
-* rollouts: ``collect`` of ``--episodes`` WebShop episodes of ``--turns`` turns (``--num-envs`` side by
-  side, greedy, the default LoRA as in training), once re-encoding every context (``kv_cache=False``) and
-  once with the KV cache, reporting context tokens run through the model per episode
-  (``HFPolicy.encoded_tokens``), wall time, the speed-up, and whether both runs sampled the same ids.
+* rollouts: ``collect`` of ``--episodes`` WebShop test episodes of at most ``--turns`` turns (``--num-envs``
+  side by side, greedy, the default LoRA as in training), once re-encoding every context (``kv_cache=False``)
+  and once with the KV cache, reporting context tokens run through the model per episode
+  (``HFPolicy.encoded_tokens``), wall and CPU time, the speed-ups, and whether both runs sampled the same ids.
+  ``--driver random`` (default) steps the env with a scripted random agent's actions (``expert``: the
+  scripted expert's) while the model generates every reply, so the contexts hold real result and product
+  pages as in a warm-started rollout; ``--driver model`` sends the model's own replies (an untrained model
+  gets short error observations, so decoding dominates). On a shared machine the CPU time of this
+  single-process run (``--threads 1``) is the steadier figure.
 """
 
 from __future__ import annotations
@@ -69,20 +75,49 @@ def generate_rows(policy, batch: int, new_tokens: int) -> list[tuple[str, str]]:
             ("speed-up", f"{(nb / tb) / (nu / tu):.1f}x")]
 
 
-def rollout_rows(policy, episodes: int, num_envs: int, turns: int, new_tokens: int) -> list[tuple[str, str]]:
+def scripted(env, driver: str, seed: int):
+    """``env`` stepped with a scripted WebShop agent's action whatever the model replied: the model still
+    generates every reply (real decoding cost, its own tokens in the context), while the observations are
+    result and product pages, as in a warm-started rollout, rather than the short error messages an
+    untrained model's invalid actions get. ``driver``: ``"random"`` (searches, then clicks buttons at random:
+    episodes usually run to the turn limit) or ``"expert"`` (knows the goal: buys after about 4 turns)."""
+    import gymnasium as gym
+
+    from hero_gym.envs.webshop.expert import ExpertAgent, RandomAgent
+
+    class Scripted(gym.Wrapper):
+        def reset(self, **kwargs):
+            obs, info = self.env.reset(**kwargs)
+            self.agent = ExpertAgent() if driver == "expert" else RandomAgent(seed)
+            self.agent.reset(info)
+            self.last = (obs, info)
+            return obs, info
+
+        def step(self, action):
+            out = self.env.step(self.agent.act(*self.last))
+            self.last = (out[0], out[4])
+            return out
+
+    return Scripted(env)
+
+
+def rollout_rows(policy, episodes: int, num_envs: int, turns: int, new_tokens: int,
+                 driver: str) -> list[tuple[str, str]]:
+    import hero_gym
     from hero_gym.agents.policy import SamplingConfig
     from hero_gym.agents.rollout import collect
 
     sc = SamplingConfig(max_new_tokens=new_tokens, temperature=0.0)
-    env_kwargs = {"max_turns": turns, "split": "test"}
     runs = {}
     for cached in (False, True):
+        envs = [hero_gym.make("hero_gym/WebShop-v0", max_turns=turns, split="test") for _ in range(num_envs)]
+        if driver != "model":
+            envs = [scripted(e, driver, seed=i) for i, e in enumerate(envs)]
         before = policy.encoded_tokens
-        t0 = time.perf_counter()
-        eps = collect(policy, "hero_gym/WebShop-v0", n_episodes=episodes, num_envs=num_envs, sampling=sc,
-                      env_kwargs=env_kwargs, kv_cache=cached)
-        runs[cached] = (eps, policy.encoded_tokens - before, time.perf_counter() - t0)
-    (plain, enc_p, t_p), (fast, enc_c, t_c) = runs[False], runs[True]
+        t0, c0 = time.perf_counter(), time.process_time()
+        eps = collect(policy, envs, n_episodes=episodes, sampling=sc, kv_cache=cached)
+        runs[cached] = (eps, policy.encoded_tokens - before, time.perf_counter() - t0, time.process_time() - c0)
+    (plain, enc_p, t_p, cpu_p), (fast, enc_c, t_c, cpu_c) = runs[False], runs[True]
     n_turns = sum(ep.num_turns for ep in plain)
     final_ctx = max(ep.metadata["context_tokens"] for ep in plain)
     same = all([t.action_token_ids for t in a.turns] == [t.action_token_ids for t in b.turns]
@@ -90,14 +125,18 @@ def rollout_rows(policy, episodes: int, num_envs: int, turns: int, new_tokens: i
     cfg = policy.base_model.config
     head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
     kv_bytes = 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * head_dim * policy.dtype.itemsize
-    setting = f"{episodes} WebShop episodes, {num_envs} envs, <= {turns} turns, greedy, {new_tokens} new tokens"
+    setting = (f"{episodes} WebShop test episodes, {num_envs} envs, <= {turns} turns, greedy, <= {new_tokens} new "
+               f"tokens, env actions from: {driver}")
     return [("rollouts", setting),
             ("turns / longest final context", f"{n_turns} turns / {final_ctx} tokens"),
+            ("tokens generated per turn", f"{sum(len(t.action_token_ids) for ep in plain for t in ep.turns) / n_turns:.0f}"),
             ("context tokens encoded per episode: re-encoding", f"{enc_p / episodes:.0f}"),
             ("context tokens encoded per episode: KV cache", f"{enc_c / episodes:.0f} ({enc_p / enc_c:.1f}x fewer)"),
             ("rollout wall time: re-encoding", f"{t_p:.1f} s ({t_p / n_turns:.2f} s/turn)"),
             ("rollout wall time: KV cache", f"{t_c:.1f} s ({t_c / n_turns:.2f} s/turn)"),
-            ("rollout speed-up", f"{t_p / t_c:.1f}x"),
+            ("rollout speed-up (wall time)", f"{t_p / t_c:.1f}x"),
+            ("rollout CPU time: re-encoding / KV cache", f"{cpu_p:.1f} s / {cpu_c:.1f} s"),
+            ("rollout speed-up (CPU time)", f"{cpu_p / cpu_c:.1f}x"),
             ("same sampled ids with and without the cache", "yes" if same else "NO"),
             ("KV cache per slot at the longest context", f"{final_ctx * kv_bytes / 2**20:.0f} MiB")]
 
@@ -114,6 +153,10 @@ def main() -> None:
     ap.add_argument("--num-envs", type=int, default=4)
     ap.add_argument("--turns", type=int, default=8)
     ap.add_argument("--rollout-new-tokens", type=int, default=64)
+    ap.add_argument("--driver", choices=("random", "expert", "model"), default="random",
+                    help="who picks the env actions: a scripted agent (random: 8-turn episodes over result and "
+                         "product pages; expert: buys after ~4 turns; the model still generates every reply) or the "
+                         "model's own replies (an untrained model's invalid actions get short error observations)")
     args = ap.parse_args()
 
     import torch
@@ -131,7 +174,7 @@ def main() -> None:
     policy.generate([[1, 2, 3]], SamplingConfig(max_new_tokens=4))  # warm-up
     if not args.rollout_only:
         rows += generate_rows(policy, args.batch, args.new_tokens)
-    rows += rollout_rows(policy, args.episodes, args.num_envs, args.turns, args.rollout_new_tokens)
+    rows += rollout_rows(policy, args.episodes, args.num_envs, args.turns, args.rollout_new_tokens, args.driver)
     rows.append(("torch threads / device", f"{torch.get_num_threads()} / {policy.device}"))
     width = max(len(k) for k, _ in rows)
     for k, v in rows:
