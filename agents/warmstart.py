@@ -98,6 +98,7 @@ class WarmStartConfig:
         lr: AdamW learning rate.
         weight_decay: AdamW weight decay.
         lora_r, lora_alpha, lora_dropout: the LoRA adapter (all linear layers); it is merged at the end.
+            ``lora_r=0`` fine-tunes every weight instead (nothing to merge).
         noise: share of expert actions replaced by a noisy action (no loss on it; recovery after it is
             learned). ``0`` = clean demonstrations.
         demo_max_turns: turn cap of a demonstration episode (``None``: the env's default).
@@ -139,6 +140,15 @@ class WarmStartConfig:
     progress: bool = False
 
     def __post_init__(self) -> None:
+        # normalise numbers so that e.g. noise=0 and noise=0.0 give the same cache key
+        for name in ("lr", "weight_decay", "lora_dropout", "noise", "recovery_temperature"):
+            setattr(self, name, float(getattr(self, name)))
+        for name in ("episodes", "epochs", "batch_episodes", "lora_r", "lora_alpha", "recovery_rounds",
+                     "recovery_episodes", "max_turns", "max_new_tokens", "eval_goals", "eval_max_turns", "seed"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or int(value) != value:
+                raise ValueError(f"{name} must be an integer, got {value!r}")
+            setattr(self, name, int(value))
         if self.episodes < 1:
             raise ValueError(f"episodes must be >= 1, got {self.episodes}")
         if self.epochs < 0 or self.recovery_rounds < 0 or self.recovery_episodes < 0 or self.eval_goals < 0:
@@ -149,8 +159,8 @@ class WarmStartConfig:
             raise ValueError(f"noise must be in [0, 1), got {self.noise}")
         if self.lr <= 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
-        if self.lora_r < 1:
-            raise ValueError(f"lora_r must be >= 1, got {self.lora_r}")
+        if self.lora_r < 0:
+            raise ValueError(f"lora_r must be >= 0 (0 = full fine-tuning), got {self.lora_r}")
         if self.max_new_tokens < 1 or self.max_turns < 1 or self.eval_max_turns < 1:
             raise ValueError("max_new_tokens, max_turns and eval_max_turns must be >= 1")
         if self.tool_prompt not in TOOL_PROMPTS:
@@ -502,7 +512,8 @@ def warm_start(cfg: WarmStartConfig, *, base: str = "default", device: str | Non
     torch.manual_seed(cfg.seed)
     rng = random.Random(cfg.seed)
     model, tokenizer = load_named_model(base, device=device)
-    lora = default_lora_config(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout)
+    lora = (default_lora_config(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout)
+            if cfg.lora_r > 0 else None)
     policy = HFPolicy(model, tokenizer, lora=lora, device=device)
     tool_prompt = TOOL_PROMPTS[cfg.tool_prompt]
     report: dict[str, Any] = {"recipe": RECIPE_VERSION, "base": base, "config": cfg.key_fields()}
@@ -574,7 +585,7 @@ def warm_start(cfg: WarmStartConfig, *, base: str = "default", device: str | Non
     report["train_seconds"] = time.perf_counter() - t_start
 
     # 4. merge, evaluate, save
-    merged = policy.model.merge_and_unload()
+    merged = policy.model.merge_and_unload() if policy.is_lora else policy.model
     merged.eval()
     for p in merged.parameters():
         p.requires_grad_(False)

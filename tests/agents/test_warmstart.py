@@ -104,8 +104,57 @@ def test_config_validation_and_cache_key():
     assert cache_key(a) != cache_key(WarmStartConfig(episodes=11))
     assert cache_key(a) != cache_key(a, base="tiny")
     assert cache_key(a) != cache_key(WarmStartConfig(episodes=10, env_kwargs={"max_results": 5}))
+    assert cache_key(WarmStartConfig(noise=0, lr=1)) == cache_key(WarmStartConfig(noise=0.0, lr=1.0))
+    with pytest.raises(ValueError):
+        WarmStartConfig(episodes=2.5)
 
 
 def test_unsupported_env_is_a_clear_error():
     with pytest.raises(ValueError, match="no warm-start expert"):
         make_expert(types.SimpleNamespace(unwrapped=object()))
+
+
+def test_lookup_solver_demonstrations(smol_tokenizer):
+    env = hero_gym.make("hero_gym/Lookup-v0", num_items=3)
+    pol = ExpertPolicy(env, smol_tokenizer)
+    eps = collect(pol, env, tasks=[Task(seed=i, options={"task_index": i}) for i in range(3)])
+    assert all(e.success and len(e.turns) == 2 for e in eps)
+    assert [t.parsed_action["name"] for t in eps[0].turns] == ["lookup", "answer"]
+    assert len(build_examples(eps, smol_tokenizer, pol.noisy)) == 3
+
+
+def test_warm_start_improves_valid_actions_over_the_same_model_and_is_cached(tmp_path, monkeypatch):
+    """Tiny random model (full fine-tuning: a 64-wide LoRA learns too slowly for a fast test)."""
+    import time
+
+    from typer.testing import CliRunner
+
+    from hero_gym.agents.models import load_named_model
+    from hero_gym.cli import app
+
+    monkeypatch.setenv("HERO_GYM_CACHE", str(tmp_path))
+    cfg = WarmStartConfig(env_kwargs=SMALL, episodes=16, epochs=4, lr=3e-3, lora_r=0, noise=0.0,
+                          recovery_rounds=0, eval_goals=4, eval_max_turns=2, max_new_tokens=48)
+    model, tok = load_named_model("tiny", device="cpu")
+    control = evaluate_valid(HFPolicy(model, tok, lora=None, device="cpu"), cfg)
+
+    path = warm_start(cfg, base="tiny", device="cpu")
+    assert path.parent == tmp_path / "warmstart" and path.name == cache_key(cfg, "tiny")
+    report = read_report(path)
+    warm = report["eval"]
+    assert warm["episodes"] == control["episodes"] == 4
+    assert warm["valid_action_rate"] >= control["valid_action_rate"] + 0.1, (control, warm)
+    assert report["clone"]["passes"][-1]["loss"] < report["clone"]["passes"][0]["loss"]
+
+    t0 = time.perf_counter()
+    assert warm_start(cfg, base="tiny") == path                  # cached: no training
+    assert time.perf_counter() - t0 < 5
+    merged, _ = load_warm_started(cfg, base="tiny", device="cpu")   # a plain from_pretrained model
+    assert not hasattr(merged, "peft_config")
+    res = CliRunner().invoke(app, ["warmstart", "hero_gym/WebShop-v0", "--model", "tiny", "--device", "cpu",
+                                   "-k", "max_results=2", "-k", "instruction_once=true",
+                                   "-c", "episodes=16", "-c", "epochs=4", "-c", "lr=0.003", "-c", "lora_r=0",
+                                   "-c", "noise=0", "-c", "recovery_rounds=0", "-c", "eval_goals=4",
+                                   "-c", "eval_max_turns=2", "-c", "max_new_tokens=48"])
+    assert res.exit_code == 0, res.output + repr(res.exception)
+    assert str(path) in res.output.replace("\n", "") and "valid_action_rate" in res.output
