@@ -38,7 +38,6 @@ from hero_gym.agents.scoring import (
     build_layout,
     student_hidden,
     student_logits,
-    teacher_logits,
     teacher_logits_from_cache,
     teacher_logits_naive,
     teacher_logits_prefix_cache,

@@ -39,17 +39,17 @@ SNAPSHOT_META = "snapshot.json"
 
 @dataclass
 class RunCounters:
-    """What a run has spent and done so far (saved in checkpoints and snapshots).
-
-    ``iterations`` counts collect-and-update rounds; ``optimizer_steps`` only those whose loss had
-    trainable tokens (a GRPO batch with equal rewards or a full-demo batch without any demonstration
-    changes nothing and takes no step); ``tokens_trained`` sums the action tokens that entered a loss.
-    """
+    """What a run has spent and done so far (saved in checkpoints and snapshots)."""
 
     iterations: int = 0
+    """Collect-and-update rounds."""
     optimizer_steps: int = 0
+    """Rounds whose loss had trainable tokens (a GRPO batch with equal rewards, or a full-demo batch
+    without any demonstration, changes nothing and takes no step)."""
     tokens_trained: int = 0
+    """Action tokens that entered a loss with a non-zero signal."""
     turns: int = 0
+    """Environment turns spent on training rollouts."""
     episodes: int = 0
     successes: int = 0
 

@@ -316,16 +316,8 @@ class LLMReflector:
         max_new_tokens / temperature: generation settings (reflection is long-ish JSON).
     """
 
-    def __init__(
-        self,
-        generate: Any,
-        *,
-        max_retries: int = 2,
-        min_coverage: float = 0.5,
-        max_new_tokens: int = 768,
-        temperature: float = 0.3,
-        max_obs_chars: int = 1500,
-    ):
+    def __init__(self, generate: Any, *, max_retries: int = 2, min_coverage: float = 0.5,
+                 max_new_tokens: int = 768, temperature: float = 0.3, max_obs_chars: int = 1500):
         self.generate = _as_generate_fn(generate, max_new_tokens=max_new_tokens, temperature=temperature)
         self.max_retries = max_retries
         self.min_coverage = min_coverage

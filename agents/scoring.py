@@ -10,28 +10,17 @@ student's logits for every action token of every turn at once (logits are projec
 those positions). Where the prefix property breaks (e.g. the rollout trimmed an overflowing
 context), the episode is split into *chains* of consistent turns, one sequence each.
 
-**Teacher — one packed forward pass per episode.** Turn ``t``'s teacher context is its context
-minus the trailing generation prompt, plus a note message and the generation prompt
-(``ChatRenderer.note_ids``). All of them share the episode prefix. We lay out one row::
+**Teacher — KV-cache prefix reuse.** Turn ``t``'s teacher context is its context minus the trailing
+generation prompt, plus a note message and the generation prompt (``ChatRenderer.note_ids``). All of
+them share the episode prefix. :func:`teacher_logits_prefix_cache` (what the trainer runs, with the
+teacher's weights active) first fills a KV cache over the shared prefix with a plain causal forward,
+then encodes every turn's block ``note_t + gen prompt + action_t`` against it in one short query
+(:func:`teacher_logits_from_cache`): block ``t`` gets position ids ``p_t, p_t+1, ...`` (``p_t`` = the
+length of its shared prefix) and a 4-D mask lets it see cache positions ``[0, p_t)`` plus its own
+earlier tokens only. Causal attention + RoPE then compute exactly what a separate forward over
+``teacher_context_t + action_t`` would.
 
-    [ shared prefix (P tokens) | block_1 | block_2 | ... ]    block_t = note_t + gen prompt + action_t
-
-where ``block_t`` gets position ids ``p_t, p_t+1, ...`` (``p_t`` = length of turn ``t``'s
-shared prefix) and a 4-D attention mask lets its tokens see prefix tokens ``[0, p_t)`` plus the
-earlier tokens of ``block_t`` only. Causal attention + RoPE then compute exactly what a separate
-forward over ``teacher_context_t + action_t`` would (verified in ``tests/agents/test_scoring.py``),
-at the cost of one pass over ``P + sum_t |block_t|`` tokens instead of
-``sum_t (p_t + |block_t|)``.
-
-**Teacher — KV-cache prefix reuse** (what the trainer uses): the same blocks are encoded against a
-KV cache of the shared prefix instead of re-encoding it in the packed row.
-:func:`teacher_logits_from_cache` takes the cache of the student's own forward (the live teacher has
-the student's weights, so the prefix costs nothing extra); :func:`teacher_logits_prefix_cache`
-first fills a cache over the prefix with the teacher's weights (EMA / base teachers). Both use the
-normal causal kernel for the prefix and a short query for the blocks, which is much faster on CPU
-than one long row with a dense 4-D mask.
-
-:func:`teacher_logits_naive` is the per-turn reference (and the benchmark baseline). All four give
+:func:`teacher_logits_naive` is the per-turn reference (and the benchmark baseline); the paths give
 the same logits to float tolerance (``tests/agents/test_scoring.py``).
 """
 
@@ -52,7 +41,6 @@ __all__ = [
     "build_layout",
     "student_logits",
     "student_hidden",
-    "teacher_logits",
     "teacher_logits_naive",
     "teacher_logits_from_cache",
     "teacher_logits_prefix_cache",
@@ -427,7 +415,7 @@ def teacher_logits_from_cache(
     ``chain_indices``, computed with the teacher's weights (i.e. the live teacher = current student).
     Only the note + generation prompt + action blocks are encoded: block ``t`` attends to cache
     positions ``[0, p_t)`` and causally to itself, with position ids from ``p_t``. The cache is
-    detached first (stop-gradient) and not modified. Same outputs as :func:`teacher_logits`.
+    detached first (stop-gradient) and not modified. Same outputs as :func:`teacher_logits_naive`.
     """
     chains = [layout.chains[i] for i in chain_indices] if chain_indices is not None else layout.chains
     dev = _model_device(model)
@@ -476,95 +464,6 @@ def teacher_logits_from_cache(
     return _scatter_rows(kept, mask_out, n_tokens, dev), mask_out
 
 
-def teacher_logits(
-    model: Any,
-    episodes: Sequence[Episode],
-    teacher_contexts: Sequence[Sequence[Sequence[int] | None]],
-    layout: TokenLayout | None = None,
-    *,
-    chain_indices: Sequence[int] | None = None,
-    pad_id: int = 0,
-    as_hidden: bool = False,
-) -> tuple[torch.Tensor | HiddenLogits, torch.Tensor]:
-    """Teacher logits for every scored action token, one packed forward per chain (no gradient).
-
-    Args:
-        teacher_contexts: ``teacher_contexts[i][t]`` = token ids of episode ``i`` turn ``t``'s
-            teacher context (ending with the generation prompt, *without* the action), or ``None``
-            for a turn that has no note (masked).
-    Returns:
-        ``(logits [N, V], mask [N])`` aligned with ``layout`` (restricted to ``chain_indices`` when
-        given); rows of masked turns are zeros and ``mask`` is False there. With ``as_hidden=True``
-        the logits come as a :class:`HiddenLogits` (final hidden states, projected per slice), which
-        avoids holding an ``[N, V]`` table.
-    """
-    layout = layout or build_layout(episodes)
-    chains = [layout.chains[i] for i in chain_indices] if chain_indices is not None else layout.chains
-    dev = _model_device(model)
-    dtype = _model_dtype(model)
-    rows = []  # (ids, pos, blocks[(start_in_row, p_t, block_len)], keep positions, per-token mask)
-    for ch in chains:
-        ep = episodes[ch.episode]
-        blocks, prefix_len = [], 0
-        for t in ch.turns:
-            tctx = teacher_contexts[ch.episode][t]
-            turn = ep.turns[t]
-            act = list(turn.action_token_ids)
-            if tctx is None:
-                blocks.append((t, None, None, act))
-                continue
-            p = common_prefix_len(tctx, ch.sequence)
-            p = min(p, len(tctx) - 1)   # the block must hold >= 1 context token to predict action[0]
-            blocks.append((t, p, list(tctx[p:]) + act, act))
-            prefix_len = max(prefix_len, p)
-        ids = list(ch.sequence[:prefix_len])
-        pos = list(range(prefix_len))
-        spans = []   # (row_start, p, length) for visibility
-        keep_idx, tok_mask = [], []
-        for t, p, block, act in blocks:
-            if p is None:
-                tok_mask.extend([False] * len(act))
-                keep_idx.extend([None] * len(act))
-                continue
-            start = len(ids)
-            ids.extend(block)
-            pos.extend(range(p, p + len(block)))
-            spans.append((start, p, len(block)))
-            first_pred = start + len(block) - len(act) - 1
-            keep_idx.extend(range(first_pred, first_pred + len(act)))
-            tok_mask.extend([True] * len(act))
-        rows.append((ids, pos, prefix_len, spans, keep_idx, tok_mask))
-
-    n_tokens = sum(len(r[5]) for r in rows)
-    mask_out = torch.tensor([m for r in rows for m in r[5]], dtype=torch.bool)
-    L = max((len(r[0]) for r in rows), default=0)
-    if L == 0 or not mask_out.any():
-        V = model.get_output_embeddings().weight.shape[0]
-        return torch.zeros(n_tokens, V, device=dev), mask_out
-
-    B = len(rows)
-    ids_t = torch.full((B, L), pad_id, dtype=torch.long)
-    pos_t = torch.zeros((B, L), dtype=torch.long)
-    allowed = torch.zeros((B, L, L), dtype=torch.bool)
-    keep = torch.zeros((B, L), dtype=torch.bool)
-    causal = torch.ones(L, L, dtype=torch.bool).tril()
-    for r, (ids, pos, P, spans, keep_idx, _) in enumerate(rows):
-        n = len(ids)
-        ids_t[r, :n] = torch.tensor(ids, dtype=torch.long)
-        pos_t[r, :n] = torch.tensor(pos, dtype=torch.long)
-        allowed[r, :P, :P] = causal[:P, :P]
-        for start, p, blen in spans:
-            allowed[r, start:start + blen, :p] = True
-            allowed[r, start:start + blen, start:start + blen] = causal[:blen, :blen]
-        for k in range(n, L):
-            allowed[r, k, k] = True   # padding sees itself only (avoids empty softmax rows)
-        for k in keep_idx:
-            if k is not None:
-                keep[r, k] = True
-    kept = _masked_teacher_forward(model, as_hidden, allowed, keep, ids_t, pos_t, dtype, dev)
-    return _scatter_rows(kept, mask_out, n_tokens, dev), mask_out
-
-
 def teacher_logits_prefix_cache(
     model: Any,
     episodes: Sequence[Episode],
@@ -580,8 +479,8 @@ def teacher_logits_prefix_cache(
     Two passes per batch of chains: (1) a plain causal forward over each chain's shared prefix
     (``sequence[:max_t p_t]``) that only fills the KV cache (no logits); (2)
     :func:`teacher_logits_from_cache` encodes the note + action blocks against it. Same outputs as
-    :func:`teacher_logits` and :func:`teacher_logits_naive`; unlike the single packed pass, the
-    prefix uses the ordinary causal attention kernel and blocks attend with a short query.
+    :func:`teacher_logits_naive`; the prefix uses the ordinary causal attention kernel and the blocks
+    attend with a short query.
     """
     layout = layout or build_layout(episodes)
     idx = list(chain_indices) if chain_indices is not None else list(range(len(layout.chains)))
@@ -616,7 +515,7 @@ def teacher_logits_naive(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Reference implementation: one separate forward over ``teacher_context + action`` per turn.
 
-    Same outputs as :func:`teacher_logits`; costs ``sum_t (|context_t| + |note_t| + |action_t|)``.
+    Costs ``sum_t (|context_t| + |note_t| + |action_t|)``.
     """
     layout = layout or build_layout(episodes)
     dev = _model_device(model)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import random
+import sys
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
@@ -107,9 +108,13 @@ class TrainConfig:
     reflector: Literal["rules", "model", "llm"] | None = None
     """Override the method's reflector (``"llm"`` = ``"model"``: the policy reflects on its episodes)."""
     reflector_max_new_tokens: int = 768
+    """Generation length of the model reflector (its JSON covers every turn)."""
     reflector_retries: int = 2
+    """Bounded retries of the model reflector when too few turns parsed."""
     envfb_max_chars: int = 600
+    """Env-feedback notes keep this many characters of the next observation."""
     demo_max_chars: int = 2000
+    """Full-demo notes keep this many characters of the demonstration."""
 
     # --- GRPO (method grpo, or blended into a distillation method)
     grpo_weight: float = 0.0
@@ -133,7 +138,8 @@ class TrainConfig:
     """Checkpoints, JSONL logs and weight snapshots (``None`` = none of them, no resume)."""
     resume: bool = True
     """Continue from ``checkpoint_dir`` if it holds a checkpoint (else start fresh there)."""
-    progress: bool = False
+    progress: bool | None = None
+    """A progress bar over the turn budget; ``None`` = only when stderr is a terminal."""
 
     def __post_init__(self) -> None:
         get_method(self.method)
@@ -155,19 +161,24 @@ class TrainConfig:
 
 @dataclass
 class UpdateStats:
-    """What one :func:`update` did (also part of a ``metrics.jsonl`` row)."""
+    """What one :func:`update` did (also part of a ``metrics.jsonl`` row).
 
-    stepped: bool = False          # an optimizer step was taken
-    tokens_trained: int = 0        # action tokens that entered a loss with a non-zero signal
-    loss: float = 0.0
-    distill_loss: float | None = None
-    grpo_loss: float | None = None
-    distill_tokens: int = 0
-    grpo_tokens: int = 0
-    action_tokens: int = 0
-    masked_turns: int = 0
-    scored_turns: int = 0
-    grad_norm: float = 0.0
+    ``stepped``: an optimizer step was taken (not when no token carried a training signal);
+    ``tokens_trained``: action tokens that entered a loss with a non-zero signal; ``distill_tokens``:
+    action tokens of turns with a teacher note; ``grpo_tokens``: action tokens of finished episodes.
+    """
+
+    stepped: bool
+    tokens_trained: int
+    loss: float
+    distill_loss: float | None
+    grpo_loss: float | None
+    distill_tokens: int
+    grpo_tokens: int
+    action_tokens: int
+    masked_turns: int
+    scored_turns: int
+    grad_norm: float
     seconds: dict[str, float] = field(default_factory=dict)
 
 
@@ -344,11 +355,11 @@ def update(
     teacher = teacher or TeacherWeights(model, config.teacher, config.ema_rate)
     layout = build_layout(episodes)
     plan = _plan_losses(policy, episodes, notes, layout, config)
-    stats = UpdateStats(action_tokens=layout.num_tokens, distill_tokens=plan.n_distill, grpo_tokens=plan.n_grpo,
-                        scored_turns=plan.scored_turns, masked_turns=len(layout.spans) - plan.scored_turns,
-                        tokens_trained=plan.tokens_trained)
+    counts = {"action_tokens": layout.num_tokens, "distill_tokens": plan.n_distill, "grpo_tokens": plan.n_grpo,
+              "scored_turns": plan.scored_turns, "masked_turns": len(layout.spans) - plan.scored_turns,
+              "tokens_trained": plan.tokens_trained}
     if plan.tokens_trained == 0:
-        return stats
+        return UpdateStats(stepped=False, loss=0.0, distill_loss=None, grpo_loss=None, grad_norm=0.0, **counts)
     t0 = time.perf_counter()
     seconds = {"teacher": 0.0, "student": 0.0}
     sums = {"distill": 0.0, "grpo": 0.0}
@@ -373,16 +384,14 @@ def update(
                               config.loss_chunk_tokens)
         seconds["student"] += time.perf_counter() - t2
     params = [p for p in model.parameters() if p.requires_grad]
-    stats.grad_norm = float(torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm or float("inf")))
+    grad_norm = float(torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm or float("inf")))
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     teacher.update()
-    stats.stepped = True
-    stats.distill_loss = sums["distill"] if plan.n_distill else None
-    stats.grpo_loss = sums["grpo"] if plan.n_grpo else None
-    stats.loss = plan.w_distill * sums["distill"] + plan.w_grpo * sums["grpo"]
-    stats.seconds = {**seconds, "update": time.perf_counter() - t0}
-    return stats
+    return UpdateStats(stepped=True, loss=plan.w_distill * sums["distill"] + plan.w_grpo * sums["grpo"],
+                       distill_loss=sums["distill"] if plan.n_distill else None,
+                       grpo_loss=sums["grpo"] if plan.n_grpo else None, grad_norm=grad_norm,
+                       seconds={**seconds, "update": time.perf_counter() - t0}, **counts)
 
 
 # ======================================================================================
@@ -687,7 +696,7 @@ def _hand_over_adapter(policy: Any, rollout_policy: Any, files: RunFiles | None)
 
 
 def _progress_bar(config: TrainConfig, spent: int) -> Any:
-    if not config.progress:
+    if not (sys.stderr.isatty() if config.progress is None else config.progress):
         return None
     from tqdm.auto import tqdm
 

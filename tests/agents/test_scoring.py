@@ -1,4 +1,4 @@
-"""Packed teacher scoring and one-pass student scoring equal naive per-turn re-encoding."""
+"""Prefix-cache teacher scoring and one-pass student scoring equal naive per-turn re-encoding."""
 import random
 
 import pytest
@@ -8,8 +8,8 @@ from hero_gym.agents.scoring import (
     build_layout,
     prefix_chains,
     student_logits,
-    teacher_logits,
     teacher_logits_naive,
+    teacher_logits_prefix_cache,
 )
 from hero_gym.records import Episode, Turn
 
@@ -52,19 +52,19 @@ def teacher_ctx(rng, ep, masked=()):
 
 
 @pytest.mark.parametrize("attn", ["eager", "sdpa"])
-def test_packed_teacher_matches_naive(attn):
+def test_prefix_cache_teacher_matches_naive(attn):
     rng = random.Random(0)
     model = tiny(attn)
     eps = [make_episode(rng, 6), make_episode(rng, 4, break_at=2), make_episode(rng, 1)]
     tctx = [teacher_ctx(rng, eps[0], masked={2}), teacher_ctx(rng, eps[1]), teacher_ctx(rng, eps[2])]
     lay = build_layout(eps)
     assert [len(prefix_chains(e)) for e in eps] == [1, 2, 1]
-    packed, m1 = teacher_logits(model, eps, tctx, lay)
+    packed, m1 = teacher_logits_prefix_cache(model, eps, tctx, lay)
     naive, m2 = teacher_logits_naive(model, eps, tctx, lay)
     assert torch.equal(m1, m2) and m1.sum() < lay.num_tokens
     torch.testing.assert_close(packed, naive, atol=2e-5, rtol=1e-4)
     # micro-batching over chains gives the same rows
-    part, _ = teacher_logits(model, eps, tctx, lay, chain_indices=[1, 2, 3])
+    part, _ = teacher_logits_prefix_cache(model, eps, tctx, lay, chain_indices=[1, 2, 3])
     n0 = sum(s.length for s in lay.spans if s.episode == 0)
     torch.testing.assert_close(part, packed[n0:], atol=2e-5, rtol=1e-4)
 
@@ -119,8 +119,8 @@ def test_hidden_logits_form_matches():
     eps = [make_episode(rng, 3)]
     tctx = [teacher_ctx(rng, eps[0])]
     lay = build_layout(eps)
-    dense, _ = teacher_logits(model, eps, tctx, lay)
-    lazy, _ = teacher_logits(model, eps, tctx, lay, as_hidden=True)
+    dense, _ = teacher_logits_naive(model, eps, tctx, lay)
+    lazy, _ = teacher_logits_prefix_cache(model, eps, tctx, lay, as_hidden=True)
     assert isinstance(lazy, HiddenLogits) and lazy.shape == tuple(dense.shape)
     torch.testing.assert_close(lazy[2:5], dense[2:5], atol=1e-5, rtol=1e-4)
     _, _, cache = student_logits(model, eps, lay, return_cache=True)
