@@ -80,6 +80,12 @@ class TrainConfig:
     """Sampling temperature of training rollouts (1 keeps the recorded log-probs equal to the model's)."""
     tool_prompt: Literal["full", "compact"] = "full"
     """Tool description in the system message: every JSON schema, or one line per tool (small models)."""
+    env_pool: Literal["inprocess", "subprocess", "ray"] = "inprocess"
+    """Where the rollout envs run (:mod:`hero_gym.pool`): this process, one subprocess per env, or one Ray
+    actor per env (slow, I/O-bound envs then step side by side; a crashed worker is restarted)."""
+    ray_address: str | None = None
+    """``ray.init(address=...)`` for ``env_pool="ray"`` (``None``: a local Ray instance; ``"auto"``: this
+    node's cluster)."""
 
     # --- optimiser
     lr: float = 1e-4
@@ -146,6 +152,8 @@ class TrainConfig:
             raise ValueError("group_size and tasks_per_update must be >= 1")
         if self.reflector not in (None, "rules", "model", "llm"):
             raise ValueError(f"unknown reflector {self.reflector!r}")
+        if self.env_pool not in ("inprocess", "subprocess", "ray"):
+            raise ValueError(f"env_pool must be 'inprocess', 'subprocess' or 'ray', got {self.env_pool!r}")
         if self.topk_source not in ("student", "teacher"):
             raise ValueError(f"topk_source must be 'student' or 'teacher', got {self.topk_source!r}")
 
@@ -657,7 +665,13 @@ def _make_envs(config: TrainConfig) -> list[Any]:
     kw = dict(config.env_kwargs)
     if config.max_turns is not None:
         kw["max_turns"] = config.max_turns
-    return [hero_gym.make(config.env_id, **kw) for _ in range(config.tasks_per_update * config.group_size)]
+    n = len(D.shard(range(config.tasks_per_update))) * config.group_size   # this rank's share
+    if config.env_pool != "inprocess":
+        from hero_gym.pool import make_pool
+
+        extra = {"address": config.ray_address} if config.env_pool == "ray" else {}
+        return make_pool(config.env_pool, config.env_id, max(1, n), kw, **extra).envs  # closing them closes it
+    return [hero_gym.make(config.env_id, **kw) for _ in range(max(1, n))]
 
 
 def _tasks_for(iteration: int, config: TrainConfig) -> list[Any]:

@@ -150,3 +150,37 @@ def test_shard_splits_contiguously_and_covers_everything():
     assert D.shard(items) == items and D.gather(items) == items   # no process group: identity
     with pytest.raises(ValueError, match="out of range"):
         D.shard(items, 3, 3)
+
+
+def test_a_two_rank_checkpoint_resumes_in_one_process(two_ranks):
+    ckpt = two_ranks[0]["ckpt"]
+    done = two_ranks[0]["train"]
+    cfg = _train_config(str(ckpt))
+    cfg.turn_budget = done["turns"] + 1                           # one more batch
+    res = train(_policy(), cfg)
+    assert res.resumed_from_iteration == done["iterations"] and res.iterations == done["iterations"] + 1
+    logged = [json.loads(line) for line in (ckpt / "episodes.jsonl").read_text().splitlines()]
+    assert len(logged) == res.episodes == done["episodes"] + cfg.tasks_per_update * cfg.group_size
+    assert res.turns_used == sum(len(ep["turns"]) for ep in logged)
+
+
+def test_train_entry_point_runs_and_refuses_bad_input(tmp_path):
+    from typer.testing import CliRunner
+
+    from hero_gym.agents.train import app
+
+    runner = CliRunner()
+    bad = runner.invoke(app, ["hero_gym/NoSuchEnv-v0", "--model", "tiny"])
+    assert bad.exit_code != 0 and "NoSuchEnv" in str(bad.exception or bad.output)
+    bad = runner.invoke(app, [ENV, "--model", "tiny", "--pool", "threads"])
+    assert bad.exit_code != 0 and "env_pool" in str(bad.exception or bad.output)
+    ok = runner.invoke(app, [ENV, "--method", "grpo", "--budget", "4", "--model", "tiny", "--out", str(tmp_path),
+                             "--pool", "subprocess", "-c", "max_turns=2", "-c", "max_new_tokens=4",
+                             "-c", "tasks_per_update=1", "-c", "group_size=2"])
+    assert ok.exit_code == 0, ok.output
+    assert "ranks 1, updates 1, turns used 4" in ok.output
+    assert (tmp_path / "adapter").is_dir() and (tmp_path / "checkpoint" / "episodes.jsonl").exists()
+    import hero_gym.agents as agents                              # importing the entry module keeps
+    assert agents.train.__call__ and callable(agents.train)       # agents.train(policy, config) usable
+    with pytest.raises(ValueError, match="no trainable parameters"):
+        agents.train(type("P", (), {"model": torch.nn.Linear(1, 1).requires_grad_(False)})(), TrainConfig())
