@@ -29,6 +29,7 @@ import torch.nn.functional as F
 
 from hero_gym.records import Episode
 
+from . import distributed as D
 from . import losses as L
 from .checkpoint import RunCounters, RunFiles, save_snapshot
 from .methods import MethodSpec, NoteOptions, get_method
@@ -80,6 +81,12 @@ class TrainConfig:
     """Sampling temperature of training rollouts (1 keeps the recorded log-probs equal to the model's)."""
     tool_prompt: Literal["full", "compact"] = "full"
     """Tool description in the system message: every JSON schema, or one line per tool (small models)."""
+    env_pool: Literal["inprocess", "subprocess", "ray"] = "inprocess"
+    """Where the rollout envs run (:mod:`hero_gym.pool`): this process, one subprocess per env, or one Ray
+    actor per env (slow, I/O-bound envs then step side by side; a crashed worker is restarted)."""
+    ray_address: str | None = None
+    """``ray.init(address=...)`` for ``env_pool="ray"`` (``None``: a local Ray instance; ``"auto"``: this
+    node's cluster)."""
 
     # --- optimiser
     lr: float = 1e-4
@@ -151,6 +158,8 @@ class TrainConfig:
             raise ValueError("group_size and tasks_per_update must be >= 1")
         if self.reflector not in (None, "rules", "model", "llm"):
             raise ValueError(f"unknown reflector {self.reflector!r}")
+        if self.env_pool not in ("inprocess", "subprocess", "ray"):
+            raise ValueError(f"env_pool must be 'inprocess', 'subprocess' or 'ray', got {self.env_pool!r}")
         if self.topk_source not in ("student", "teacher"):
             raise ValueError(f"topk_source must be 'student' or 'teacher', got {self.topk_source!r}")
 
@@ -261,6 +270,7 @@ def train(
         raise ValueError("the policy has no trainable parameters")
     files = RunFiles(config.checkpoint_dir) if config.checkpoint_dir else None
     resuming = files is not None and config.resume and files.has_checkpoint()
+    main = D.is_main()   # under torch.distributed only rank 0 writes files; every rank reads a checkpoint
     if config.reset_lora and not resuming:
         _reset_lora(model, config.seed)
     optimizer = optimizer or torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
@@ -270,29 +280,38 @@ def train(
     counters, metrics, resumed_from = RunCounters(), [], 0
     if resuming:
         counters, metrics = files.restore(model=model, optimizer=optimizer, teacher=teacher, buffer=buffer)
-        files.write_config(config)
+        if main:
+            files.write_config(config)
         resumed_from = counters.iterations
-    elif files is not None:
+    elif files is not None and main:
         files.start_fresh(config)
         save_snapshot(policy, files.dir, counters)        # budget 0: the starting weights
+    D.broadcast_parameters(model)                         # every rank starts from rank 0's weights
     if rollout_policy is not None:
         _hand_over_adapter(policy, rollout_policy, files)
 
     envs = _make_envs(config)
-    bar = _progress_bar(config, counters.turns)
+    bar = _progress_bar(config, counters.turns) if main else None
     try:
         while counters.turns < config.turn_budget and (config.max_updates is None
                                                        or counters.iterations < config.max_updates):
             t0 = time.perf_counter()
             episodes = _collect_batch(rollout_policy or policy, envs, config, counters.iterations)
-            if not episodes:
+            if not D.global_counts([len(episodes)])[0]:
                 break
             t_collect = time.perf_counter() - t0
             reflections = reflector.reflect(episodes) if reflector is not None else None
             notes = spec.notes(episodes, reflections, buffer, _note_options(config, counters.iterations))
+            if D.world_size() > 1:   # this rank's share above; the whole batch (every rank's) below
+                if reflections is not None:
+                    for ep, r in zip(episodes, reflections):
+                        ep.metadata["reflection"] = r.to_json()
+                local, episodes, reflections = episodes, D.gather(episodes), None
+            else:
+                local = episodes
             buffer.add(episodes)
             t_notes = time.perf_counter() - t0 - t_collect
-            stats = update(policy, optimizer, episodes, notes, config, teacher=teacher)
+            stats = update(policy, optimizer, local, notes, config, teacher=teacher)
             counters.iterations += 1
             counters.optimizer_steps += int(stats.stepped)
             counters.tokens_trained += stats.tokens_trained
@@ -304,7 +323,7 @@ def train(
             row = _metrics_row(counters, episodes, stats,
                                {"collect": t_collect, "notes": t_notes, "iteration": time.perf_counter() - t0})
             metrics.append(row)
-            if files is not None:
+            if files is not None and main:
                 for i, ep in enumerate(episodes):
                     ep.metadata["train_iteration"] = counters.iterations
                     if reflections is not None:
@@ -355,10 +374,12 @@ def update(
     teacher = teacher or TeacherWeights(model, config.teacher, config.ema_rate)
     layout = build_layout(episodes)
     plan = _plan_losses(policy, episodes, notes, layout, config)
-    counts = {"action_tokens": layout.num_tokens, "distill_tokens": plan.n_distill, "grpo_tokens": plan.n_grpo,
-              "scored_turns": plan.scored_turns, "masked_turns": len(layout.spans) - plan.scored_turns,
-              "tokens_trained": plan.tokens_trained}
-    if plan.tokens_trained == 0:
+    # whole-batch counts (summed over ranks under torch.distributed: agents/distributed.py)
+    n_tokens, n_spans = (int(x) for x in D.global_counts([layout.num_tokens, len(layout.spans)]))
+    counts = {"action_tokens": n_tokens, "distill_tokens": plan.distill_denom, "grpo_tokens": plan.grpo_denom,
+              "scored_turns": plan.scored_turns, "masked_turns": n_spans - plan.scored_turns,
+              "tokens_trained": plan.global_tokens_trained}
+    if plan.global_tokens_trained == 0:
         return UpdateStats(stepped=False, loss=0.0, distill_loss=None, grpo_loss=None, grad_norm=0.0, **counts)
     t0 = time.perf_counter()
     seconds = {"teacher": 0.0, "student": 0.0}
@@ -384,13 +405,15 @@ def update(
                               config.loss_chunk_tokens)
         seconds["student"] += time.perf_counter() - t2
     params = [p for p in model.parameters() if p.requires_grad]
+    D.all_reduce_gradients(params)
+    sums["distill"], sums["grpo"] = D.global_counts([sums["distill"], sums["grpo"]])
     grad_norm = float(torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm or float("inf")))
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     teacher.update()
     return UpdateStats(stepped=True, loss=plan.w_distill * sums["distill"] + plan.w_grpo * sums["grpo"],
-                       distill_loss=sums["distill"] if plan.n_distill else None,
-                       grpo_loss=sums["grpo"] if plan.n_grpo else None, grad_norm=grad_norm,
+                       distill_loss=sums["distill"] if plan.distill_denom else None,
+                       grpo_loss=sums["grpo"] if plan.grpo_denom else None, grad_norm=grad_norm,
                        seconds={**seconds, "update": time.perf_counter() - t0}, **counts)
 
 
@@ -415,6 +438,11 @@ class _LossPlan:
     w_distill: float
     w_grpo: float
     scored_turns: int
+    distill_denom: int = 0
+    """Distillation tokens of the whole batch (all ranks): the distillation loss is a mean over them."""
+    grpo_denom: int = 0
+    """GRPO tokens of the whole batch (all ranks)."""
+    global_tokens_trained: int = 0
 
     @property
     def n_distill(self) -> int:
@@ -454,11 +482,14 @@ def _plan_losses(policy: Any, episodes: Sequence[Episode], notes: Sequence[Seque
             advantages = per_episode[layout.episode_of_token]
             grpo_mask = is_finished[layout.episode_of_token]
     w_distill = 1.0 - w_grpo if spec.distills else 0.0
-    if not distill_mask.any():
+    if not D.global_any(distill_mask):
         w_distill = 0.0
-    if w_grpo == 0 or not (grpo_mask & (advantages != 0)).any():
+    if w_grpo == 0 or not D.global_any(grpo_mask & (advantages != 0)):
         grpo_mask = torch.zeros(n, dtype=torch.bool)
-    return _LossPlan(tctx, distill_mask & (w_distill > 0), grpo_mask, advantages, w_distill, w_grpo, scored)
+    plan = _LossPlan(tctx, distill_mask & (w_distill > 0), grpo_mask, advantages, w_distill, w_grpo, scored)
+    totals = D.global_counts([plan.n_distill, plan.n_grpo, plan.tokens_trained, scored])
+    plan.distill_denom, plan.grpo_denom, plan.global_tokens_trained, plan.scored_turns = (int(x) for x in totals)
+    return plan
 
 
 @dataclass
@@ -493,7 +524,7 @@ def _chunk_loss(sl: slice, logits: torch.Tensor, b: _TokenBatch, plan: _LossPlan
             s_, t_ = (L.topk_with_tail(lp_all, t_all, config.topk, config.topk_source)
                       if config.topk is not None else (lp_all, t_all))
             per = L.divergence(s_, t_, config.loss, config.jsd_alpha) * L.importance_weights(lp, b_lp, config.is_clip)
-        d = (per * m).sum() / plan.n_distill
+        d = (per * m).sum() / plan.distill_denom
         sums["distill"] += float(d.detach())
         total = plan.w_distill * d
     g_m = b.grpo_mask[sl].to(dev)
@@ -501,7 +532,7 @@ def _chunk_loss(sl: slice, logits: torch.Tensor, b: _TokenBatch, plan: _LossPlan
         ref = None if b.ref_logprobs is None else b.ref_logprobs[sl]
         per = L.grpo_token_loss(lp, b_lp, b.advantages[sl].to(dev), clip_eps=config.clip_eps, ref_logp=ref,
                                 kl_coef=config.kl_coef)
-        g = (per * g_m).sum() / plan.n_grpo
+        g = (per * g_m).sum() / plan.grpo_denom
         sums["grpo"] += float(g.detach())
         total = plan.w_grpo * g if total is None else total + plan.w_grpo * g
     return total
@@ -643,7 +674,13 @@ def _make_envs(config: TrainConfig) -> list[Any]:
     kw = dict(config.env_kwargs)
     if config.max_turns is not None:
         kw["max_turns"] = config.max_turns
-    return [hero_gym.make(config.env_id, **kw) for _ in range(config.tasks_per_update * config.group_size)]
+    n = len(D.shard(range(config.tasks_per_update))) * config.group_size   # this rank's share
+    if config.env_pool != "inprocess":
+        from hero_gym.pool import make_pool
+
+        extra = {"address": config.ray_address} if config.env_pool == "ray" else {}
+        return make_pool(config.env_pool, config.env_id, max(1, n), kw, **extra).envs  # closing them closes it
+    return [hero_gym.make(config.env_id, **kw) for _ in range(max(1, n))]
 
 
 def _tasks_for(iteration: int, config: TrainConfig) -> list[Any]:
@@ -669,7 +706,7 @@ def _collect_batch(policy: Any, envs: list[Any], config: TrainConfig, iteration:
     sampling = SamplingConfig(max_new_tokens=config.max_new_tokens, temperature=config.temperature,
                               seed=config.seed * 7919 + iteration)
     model_cfg = getattr(getattr(policy, "model", None), "config", None)
-    return collect(policy, envs, tasks=_tasks_for(iteration, config), group_size=config.group_size,
+    return collect(policy, envs, tasks=D.shard(_tasks_for(iteration, config)), group_size=config.group_size,
                    sampling=sampling, tool_prompt=TOOL_PROMPTS[config.tool_prompt],
                    max_context_tokens=getattr(model_cfg, "max_position_embeddings", None))
 

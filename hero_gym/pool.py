@@ -276,8 +276,7 @@ class EnvPool(ABC):
 
 class PooledEnv:
     """The env-like handle of one pool slot: ``reset``/``step``/``close`` as a Gymnasium env, plus
-    :meth:`submit_step` to start a step without waiting for it. ``close`` does nothing (the pool owns the
-    worker; close the pool)."""
+    :meth:`submit_step` to start a step without waiting for it."""
 
     def __init__(self, pool: EnvPool, slot: int):
         self.pool, self.slot = pool, slot
@@ -337,7 +336,11 @@ class PooledEnv:
             self._finish(pending)
 
     def close(self) -> None:
-        """No-op: the pool owns the worker."""
+        """Release this handle; the pool closes when every one of its handles is released (or when
+        :meth:`EnvPool.close` is called). ``collect`` never closes handles it was given."""
+        self._released = True
+        if all(getattr(e, "_released", False) for e in self.pool.envs):
+            self.pool.close()
 
     def __repr__(self) -> str:
         return f"PooledEnv({self.env_id!r}, slot={self.slot} of {self.pool!r})"

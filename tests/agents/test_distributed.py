@@ -1,0 +1,186 @@
+"""Data-parallel training (agents/distributed.py): 2 gloo ranks on CPU, spawned with torch.multiprocessing.
+
+* one ``update`` on 2 ranks (each with half the tasks) gives the parameters of one single-process ``update``
+  on the whole batch;
+* ``train`` on 2 ranks spends the turn budget once globally: every task runs on exactly one rank, the turn
+  counter is the same on both and equals the turns logged (once, by rank 0).
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as tmp_mp
+
+import hero_gym
+from hero_gym.agents import distributed as D
+from hero_gym.agents.methods import NoteOptions
+from hero_gym.agents.models import load_default_tokenizer, tiny_model
+from hero_gym.agents.policy import HFPolicy
+from hero_gym.agents.rollout import Task, collect
+from hero_gym.agents.trainer import TrainConfig, _tasks_for, train, update
+
+from test_rollout import OraclePolicy
+
+ENV = "hero_gym/Lookup-v0"
+UPDATE_CONFIG = dict(method="envfb_sd", grpo_weight=0.5, max_grad_norm=None, gradient_checkpointing=False,
+                     teacher="live")
+
+
+def _policy(seed: int = 0) -> HFPolicy:
+    tok = load_default_tokenizer()
+    torch.manual_seed(seed)                      # the LoRA init draws from the global RNG
+    return HFPolicy(tiny_model(tok, seed=seed), tok, lora="default", device="cpu")
+
+
+def _trainable(policy) -> dict[str, torch.Tensor]:
+    return {n: p.detach().clone() for n, p in policy.model.named_parameters() if p.requires_grad}
+
+
+def _one_update(episodes, groups: int) -> tuple[dict[str, torch.Tensor], dict]:
+    """One SGD update (no clipping: gradient scale errors would show) on this rank's share of ``groups``."""
+    policy = _policy()
+    config = TrainConfig(**UPDATE_CONFIG)
+    size = len(episodes) // groups
+    mine = [ep for g in D.shard([episodes[i * size:(i + 1) * size] for i in range(groups)]) for ep in g]
+    notes = config.spec.notes(mine, None, None, NoteOptions())
+    params = [p for p in policy.model.parameters() if p.requires_grad]
+    stats = update(policy, torch.optim.SGD(params, lr=1000.0), mine, notes, config)
+    return _trainable(policy), {"stepped": stats.stepped, "loss": stats.loss, "grad_norm": stats.grad_norm,
+                                "tokens_trained": stats.tokens_trained, "local_episodes": len(mine)}
+
+
+def _init(rank: int, world: int, rendezvous: str) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{rendezvous}", rank=rank, world_size=world)
+
+
+@pytest.fixture(scope="module")
+def batch(smol_tokenizer):
+    """Two Lookup tasks x a group of 2 (one right, one wrong answer each): both GRPO and distillation train."""
+    envs = [hero_gym.make(ENV) for _ in range(2)]
+    out = []
+    for index in (0, 1):
+        task = [Task(seed=index, options={"task_index": index})]
+        out += collect(OraclePolicy(smol_tokenizer, garbage_first=True), envs, tasks=task)
+        out += collect(OraclePolicy(smol_tokenizer, wrong_code=True), envs, tasks=task)
+    assert [ep.success for ep in out] == [True, False, True, False]
+    return out
+
+
+def test_two_gloo_ranks_update_like_one_process_on_the_global_batch(batch, two_ranks):
+    before = _trainable(_policy())
+    single, single_stats = _one_update(batch, groups=2)
+    assert single_stats["stepped"] and single_stats["local_episodes"] == 4
+    results = [r["update"] for r in two_ranks]
+    assert [s["local_episodes"] for _, s in results] == [2, 2]
+    moved = max(float((single[n] - before[n]).abs().max()) for n in single)
+    assert moved > 1e-3                                           # the update did change the weights
+    for params, stats in results:
+        for n in single:
+            torch.testing.assert_close(params[n] - before[n], single[n] - before[n], rtol=1e-4, atol=1e-4 * moved)
+        assert stats["tokens_trained"] == single_stats["tokens_trained"]
+        assert stats["loss"] == pytest.approx(single_stats["loss"], rel=1e-5)
+        assert stats["grad_norm"] == pytest.approx(single_stats["grad_norm"], rel=1e-5)
+
+
+def _train_config(ckpt: str) -> TrainConfig:
+    return TrainConfig(method="grpo", env_id=ENV, env_kwargs={"num_items": 4}, task_indices=[0, 1, 2, 3],
+                       tasks_per_update=2, group_size=2, turn_budget=13, max_turns=3, max_new_tokens=6,
+                       gradient_checkpointing=False, checkpoint_dir=ckpt)
+
+
+def _worker(rank: int, world: int, rendezvous: str, data: str, ckpt: str, out: str) -> None:
+    """One rank: the update check, then a short training run (one spawn for both: imports are slow)."""
+    _init(rank, world, rendezvous)
+    try:
+        episodes = pickle.loads(Path(data).read_bytes())
+        upd = _one_update(episodes, groups=2)
+        res = train(_policy(), _train_config(ckpt))
+        Path(f"{out}.{rank}").write_bytes(pickle.dumps({"update": upd, "train": {
+            "turns": res.turns_used, "episodes": res.episodes, "iterations": res.iterations}}))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.fixture(scope="module")
+def two_ranks(batch, tmp_path_factory):
+    """What each of 2 gloo ranks (spawned with torch.multiprocessing) reports; the run folder is ``[0]["ckpt"]``."""
+    tmp = tmp_path_factory.mktemp("ddp")
+    data = tmp / "batch.pkl"
+    data.write_bytes(pickle.dumps(batch))
+    tmp_mp.spawn(_worker, args=(2, str(tmp / "rdzv"), str(data), str(tmp / "run"), str(tmp / "out")), nprocs=2)
+    results = [pickle.loads((tmp / f"out.{r}").read_bytes()) for r in range(2)]
+    for r in results:
+        r["ckpt"] = tmp / "run"
+    return results
+
+
+def test_two_gloo_ranks_spend_the_turn_budget_once(two_ranks):
+    ckpt = two_ranks[0]["ckpt"]
+    res = [r["train"] for r in two_ranks]
+    assert res[0] == res[1]                                       # both ranks count the same global turns
+    logged = [json.loads(line) for line in (ckpt / "episodes.jsonl").read_text().splitlines()]
+    assert len(logged) == res[0]["episodes"]                      # written once (rank 0), every episode
+    assert res[0]["turns"] == sum(len(ep["turns"]) for ep in logged)
+    # the budget stops the run after the batch that crossed it, exactly as in one process
+    per_iteration = [sum(len(ep["turns"]) for ep in logged if ep["metadata"]["train_iteration"] == i + 1)
+                     for i in range(res[0]["iterations"])]
+    assert sum(per_iteration[:-1]) < 13 <= sum(per_iteration)
+    # every task of every iteration ran exactly once per group member, on one rank
+    cfg = _train_config(str(ckpt))
+    for i in range(res[0]["iterations"]):
+        want = sorted((t.seed, t.options["task_index"], g) for t in _tasks_for(i, cfg) for g in range(cfg.group_size))
+        got = sorted((ep["seed"], ep["options"]["task_index"], ep["metadata"]["group_index"])
+                     for ep in logged if ep["metadata"]["train_iteration"] == i + 1)
+        assert got == want
+    metrics = (ckpt / "metrics.jsonl").read_text().splitlines()
+    assert len(metrics) == res[0]["iterations"]
+
+
+def test_shard_splits_contiguously_and_covers_everything():
+    items = list(range(7))
+    parts = [D.shard(items, r, 3) for r in range(3)]
+    assert parts == [[0, 1, 2], [3, 4], [5, 6]]
+    assert D.shard(items) == items and D.gather(items) == items   # no process group: identity
+    with pytest.raises(ValueError, match="out of range"):
+        D.shard(items, 3, 3)
+
+
+def test_a_two_rank_checkpoint_resumes_in_one_process(two_ranks):
+    ckpt = two_ranks[0]["ckpt"]
+    done = two_ranks[0]["train"]
+    cfg = _train_config(str(ckpt))
+    cfg.turn_budget = done["turns"] + 1                           # one more batch
+    res = train(_policy(), cfg)
+    assert res.resumed_from_iteration == done["iterations"] and res.iterations == done["iterations"] + 1
+    logged = [json.loads(line) for line in (ckpt / "episodes.jsonl").read_text().splitlines()]
+    assert len(logged) == res.episodes == done["episodes"] + cfg.tasks_per_update * cfg.group_size
+    assert res.turns_used == sum(len(ep["turns"]) for ep in logged)
+
+
+def test_train_entry_point_runs_and_refuses_bad_input(tmp_path):
+    from typer.testing import CliRunner
+
+    from hero_gym.agents.train import app
+
+    runner = CliRunner()
+    bad = runner.invoke(app, ["hero_gym/NoSuchEnv-v0", "--model", "tiny"])
+    assert bad.exit_code != 0 and "NoSuchEnv" in str(bad.exception or bad.output)
+    bad = runner.invoke(app, [ENV, "--model", "tiny", "--pool", "threads"])
+    assert bad.exit_code != 0 and "env_pool" in str(bad.exception or bad.output)
+    ok = runner.invoke(app, [ENV, "--method", "grpo", "--budget", "4", "--model", "tiny", "--out", str(tmp_path),
+                             "--pool", "subprocess", "-c", "max_turns=2", "-c", "max_new_tokens=4",
+                             "-c", "tasks_per_update=1", "-c", "group_size=2"])
+    assert ok.exit_code == 0, ok.output
+    assert "ranks 1, updates 1, turns used 4" in ok.output
+    assert (tmp_path / "adapter").is_dir() and (tmp_path / "checkpoint" / "episodes.jsonl").exists()
+    import hero_gym.agents as agents                              # importing the entry module keeps
+    assert agents.train.__call__ and callable(agents.train)       # agents.train(policy, config) usable
+    with pytest.raises(ValueError, match="no trainable parameters"):
+        agents.train(type("P", (), {"model": torch.nn.Linear(1, 1).requires_grad_(False)})(), TrainConfig())
