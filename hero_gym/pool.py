@@ -241,7 +241,11 @@ class EnvPool(ABC):
             report.outcome = "gave_up"
             raise WorkerCrashed(report)
         self.restarts[i] += 1
-        self._restart(i)
+        try:
+            self._restart(i)
+        except Exception as e:  # the fresh worker did not start: this slot is out of service
+            report.outcome, report.error = "gave_up", f"{report.error}; restart failed: {type(e).__name__}: {e}"
+            raise WorkerCrashed(report) from None
         if method == "reset" or (method == "step" and self.replay_steps and env._reset_args is not None):
             call = ("reset", args, kwargs) if method == "reset" else (
                 "replay", (env._reset_args, [*env._actions, *args]), {})
@@ -399,17 +403,18 @@ class SubprocessPool(EnvPool):
         started = [self._spawn() for _ in range(self.size)]   # all workers boot in parallel
         self._procs = [p for p, _ in started]
         self._conns = [c for _, c in started]
-        self._info = [self._hello(i) for i in range(self.size)]
+        try:
+            self._info = [self._hello(i) for i in range(self.size)]
+        except Exception:
+            self._shutdown()
+            raise
 
     def _hello(self, i: int) -> dict[str, Any]:
+        """The first message of a fresh worker: its ``describe()`` (or the error that kept the env from starting)."""
         try:
             return _unwrap(self._recv(i, None))
         except _WorkerDied as e:
-            self._shutdown()
             raise RuntimeError(f"SubprocessPool: worker {i} died while starting: {e}") from None
-        except RemoteEnvError:
-            self._shutdown()
-            raise
 
     def _restart(self, i: int) -> None:
         self._kill(i)

@@ -3,6 +3,7 @@ a worker killed mid-episode is restarted and its episode reported (failed, or re
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 
@@ -124,6 +125,30 @@ def test_restarts_are_bounded(smol_tokenizer):
         with pytest.raises(WorkerCrashed, match="slot 0 crashed during step") as err:
             env.step("hello")
         assert err.value.report.outcome == "gave_up"
+
+
+def lookup_unless(marker: str):
+    """A Lookup env, or an error once ``marker`` exists (a worker that cannot be restarted)."""
+    if os.path.exists(marker):
+        raise OSError("env resources are gone")
+    import hero_gym
+
+    return hero_gym.make(ENV)
+
+
+def test_a_worker_that_cannot_restart_is_reported_not_hung(tmp_path):
+    marker = tmp_path / "gone"
+    with SubprocessPool(env_fn=functools.partial(lookup_unless, str(marker)), size=2) as pool:
+        env = pool.envs[0]
+        env.reset(seed=0)
+        marker.touch()
+        os.kill(pool.worker_pid(0), signal.SIGKILL)
+        with pytest.raises(WorkerCrashed, match="crashed during step") as err:
+            env.step("hello")
+        assert err.value.report.outcome == "gave_up" and "restart failed" in err.value.report.error
+        assert "env resources are gone" in err.value.report.error
+        obs, _ = pool.envs[1].reset(seed=0)                         # the other slot still serves
+        assert "code for" in obs
 
 
 def test_env_errors_come_back_as_errors_and_bad_arguments_are_refused():
