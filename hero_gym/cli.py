@@ -347,24 +347,45 @@ def _train_config(agents: Any, env_id: str, method: str, budget: int, out: Path,
 def train(
     env_id: str = typer.Argument(..., help="a registered env id"),
     method: str = typer.Option("hero", help="a key of hero_gym.agents.methods.METHODS (grpo, envfb_sd, full_demo, hero_rules, hero, hero_shuffled)"),
-    budget: int = typer.Option(200, help="training budget in environment turns"),
+    budget: int = typer.Option(200, help="training budget in environment turns (global over ranks)"),
     model: str = typer.Option("smollm2", help="smollm2 (embedded default) | tiny | HF id or local path"),
-    device: Optional[str] = typer.Option(None, help="cpu | cuda (default: cuda if available)"),
+    device: Optional[str] = typer.Option(None, help="cpu | cuda (default: cuda[:LOCAL_RANK] if available)"),
     out: Path = typer.Option(Path("runs/train"), help="checkpoints, episodes.jsonl, metrics.jsonl, adapter/"),
+    pool: str = typer.Option("inprocess", help="where the rollout envs run: inprocess | subprocess | ray"),
+    ray_address: Optional[str] = typer.Option(None, help="ray.init address for --pool ray (default: local)"),
+    backend: Optional[str] = typer.Option(None, help="torch.distributed backend under torchrun (default: nccl on GPU, else gloo)"),
     kwarg: Optional[list[str]] = typer.Option(None, "--kwarg", "-k", help="env constructor key=value"),
     config: Optional[list[str]] = typer.Option(None, "--config", "-c", help="TrainConfig field=value"),
 ) -> None:
-    """Train a policy with HERO or a baseline; resumes from OUT if it holds a checkpoint."""
+    """Train a policy with HERO or a baseline; resumes from OUT if it holds a checkpoint.
+
+    Launched by ``torchrun --nproc_per_node=K -m hero_gym.cli train ...`` it trains data-parallel: each rank
+    collects its share of every batch, gradients are summed over ranks, the turn budget is global and rank 0
+    alone writes OUT (see ``hero_gym.agents.distributed``)."""
     agents = _train_modules()
+    import torch
+
+    from hero_gym.agents import distributed
+
     _check_env_id(env_id)
-    cfg = _train_config(agents, env_id, method, budget, out, kwarg, config)
-    policy = _policy(model, device)
-    result = agents.train(policy, cfg)
-    policy.save(out / "adapter")
-    (out / "adapter" / BASE_MODEL_FILE).write_text(json.dumps({"model": model}))
-    console.print(f"updates {result.updates}, turns used {result.turns_used}, episodes {result.episodes}, "
-                  f"training success {result.train_success_rate:.3f}; adapter saved to {out / 'adapter'}",
-                  markup=False)
+    overrides = [*(config or []), f"env_pool={pool}", *([f"ray_address={ray_address}"] if ray_address else [])]
+    cfg = _train_config(agents, env_id, method, budget, out, kwarg, overrides)
+    started = distributed.init_from_env(backend)
+    try:
+        if device is None and started and torch.cuda.is_available():
+            device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}"
+        cfg.progress = distributed.is_main()
+        policy = _policy(model, device)
+        result = agents.train(policy, cfg)
+        if distributed.is_main():
+            policy.save(out / "adapter")
+            (out / "adapter" / BASE_MODEL_FILE).write_text(json.dumps({"model": model}))
+            console.print(f"ranks {distributed.world_size()}, updates {result.updates}, turns used {result.turns_used}, "
+                          f"episodes {result.episodes}, training success {result.train_success_rate:.3f}; "
+                          f"adapter saved to {out / 'adapter'}", markup=False)
+    finally:
+        if started:
+            torch.distributed.destroy_process_group()
 
 
 @app.command("eval")

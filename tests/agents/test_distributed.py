@@ -164,23 +164,16 @@ def test_a_two_rank_checkpoint_resumes_in_one_process(two_ranks):
     assert res.turns_used == sum(len(ep["turns"]) for ep in logged)
 
 
-def test_train_entry_point_runs_and_refuses_bad_input(tmp_path):
-    from typer.testing import CliRunner
+def test_train_command_runs_with_a_pool_and_refuses_bad_input(tmp_path, capsys):
+    """``hero-gym train`` (the command torchrun launches as ``-m hero_gym.cli train``) in one process."""
+    from hero_gym.cli import main
 
-    from hero_gym.agents.train import app
-
-    runner = CliRunner()
-    bad = runner.invoke(app, ["hero_gym/NoSuchEnv-v0", "--model", "tiny"])
-    assert bad.exit_code != 0 and "NoSuchEnv" in str(bad.exception or bad.output)
-    bad = runner.invoke(app, [ENV, "--model", "tiny", "--pool", "threads"])
-    assert bad.exit_code != 0 and "env_pool" in str(bad.exception or bad.output)
-    ok = runner.invoke(app, [ENV, "--method", "grpo", "--budget", "4", "--model", "tiny", "--out", str(tmp_path),
-                             "--pool", "subprocess", "-c", "max_turns=2", "-c", "max_new_tokens=4",
-                             "-c", "tasks_per_update=1", "-c", "group_size=2"])
-    assert ok.exit_code == 0, ok.output
-    assert "ranks 1, updates 1, turns used 4" in ok.output
+    assert main(["train", "hero_gym/NoSuchEnv-v0", "--model", "tiny"]) == 2
+    assert "NoSuchEnv" in capsys.readouterr().err
+    assert main(["train", ENV, "--model", "tiny", "--pool", "threads"]) == 2
+    assert "env_pool" in capsys.readouterr().err
+    assert main(["train", ENV, "--method", "grpo", "--budget", "4", "--model", "tiny", "--out", str(tmp_path),
+                 "--pool", "subprocess", "-c", "max_turns=2", "-c", "max_new_tokens=4",
+                 "-c", "tasks_per_update=1", "-c", "group_size=2"]) == 0
+    assert "ranks 1, updates 1, turns used 4" in capsys.readouterr().out
     assert (tmp_path / "adapter").is_dir() and (tmp_path / "checkpoint" / "episodes.jsonl").exists()
-    import hero_gym.agents as agents                              # importing the entry module keeps
-    assert agents.train.__call__ and callable(agents.train)       # agents.train(policy, config) usable
-    with pytest.raises(ValueError, match="no trainable parameters"):
-        agents.train(type("P", (), {"model": torch.nn.Linear(1, 1).requires_grad_(False)})(), TrainConfig())
