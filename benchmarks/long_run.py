@@ -55,7 +55,7 @@ def lookup_episode(env, i: int) -> None:
 
 
 def tau_episode(env, i: int) -> None:
-    from hero_gym.envs.tau_bench.gold import play_gold
+    from hero_gym.envs.tau_bench.gold_expert import play_gold
 
     play_gold(env, seed=i, options={"task_index": i % env.unwrapped.num_tasks()})
 

@@ -101,18 +101,6 @@ class Episode(BaseModel):
     def truncated(self) -> bool:
         return bool(self.turns) and self.turns[-1].truncated
 
-    def messages(self, upto: int | None = None) -> list[Message]:
-        """The chat: system, the first observation as a user message, then per turn the assistant
-        reply and the observation in its role. ``upto=t`` stops before turn ``t``'s action."""
-        msgs: list[Message] = []
-        if self.system_prompt:
-            msgs.append(Message(role="system", content=self.system_prompt))
-        msgs.append(Message(role="user", content=self.initial_observation))
-        for turn in self.turns[:upto]:
-            msgs.append(Message(role="assistant", content=turn.action_text))
-            msgs.append(Message(role=turn.observation_role, content=turn.observation))
-        return msgs
-
 
 def save_jsonl(episodes: Iterable[Episode], path: str | os.PathLike, append: bool = False) -> None:
     """Write episodes, one JSON object per line; ``append`` adds to an existing file (flushed + fsynced)."""

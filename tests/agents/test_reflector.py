@@ -240,7 +240,7 @@ def _lookup_solver_episodes(n):
 
 def _tau_gold_episodes(n):
     from hero_gym.envs.tau_bench.env import TauRetailEnv
-    from hero_gym.envs.tau_bench.gold import play_gold
+    from hero_gym.envs.tau_bench.gold_expert import play_gold
 
     rec = Recorder(TauRetailEnv(data="generated", split="test"), "hero_gym/TauRetail-v0")
     eps = []
