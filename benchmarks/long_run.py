@@ -4,7 +4,7 @@
 
 One env instance per domain plays ``--episodes`` episodes in a row: three out of four with a
 competent scripted agent (Lookup: look up then answer; TauRetail: the gold-playing agent of
-``hero_gym.envs.tau_bench.gold``; WebShop: the expert, or a random agent on odd episodes) and every
+``hero_gym.envs.tau_bench.gold_expert``; WebShop: the expert, or a random agent on odd episodes) and every
 fourth with a *hostile* agent (replies over the length cap, malformed JSON, unknown tools, several
 calls at once, empty replies) until the turn budget runs out. The process's resident memory (RSS),
 open file descriptors, threads and live Python objects are printed every ``--every`` episodes.
