@@ -66,11 +66,13 @@ def fn_schema(name: str, description: str, props: dict[str, Any], required: list
     }
 
 
-def s(desc: str, **extra: Any) -> dict[str, Any]:
+def string_param(desc: str, **extra: Any) -> dict[str, Any]:
+    """The JSON schema of a string argument (``extra``: e.g. ``enum``)."""
     return {"type": "string", "description": desc, **extra}
 
 
-def arr(desc: str, items: dict[str, Any]) -> dict[str, Any]:
+def array_param(desc: str, items: dict[str, Any]) -> dict[str, Any]:
+    """The JSON schema of an array argument whose elements follow ``items``."""
     return {"type": "array", "description": desc, "items": items}
 
 
@@ -142,18 +144,18 @@ def transfer_to_human_agents(db: TauDB, summary: str) -> str:
 CALCULATE_SCHEMA = fn_schema(
     "calculate",
     "Evaluate an arithmetic expression and return the result rounded to 2 decimals.",
-    {"expression": s("An arithmetic expression using numbers, + - * /, parentheses and spaces, e.g. '3 * (4 + 5)'.")},
+    {"expression": string_param("An arithmetic expression using numbers, + - * /, parentheses and spaces, e.g. '3 * (4 + 5)'.")},
 )
 THINK_SCHEMA = fn_schema(
     "think",
     "Write down a thought. Nothing is looked up and nothing changes; use it to reason step by step.",
-    {"thought": s("The thought.")},
+    {"thought": string_param("The thought.")},
 )
 TRANSFER_SCHEMA = fn_schema(
     TRANSFER_TOOL,
     "Hand the conversation over to a human agent together with a short summary. Use it only when the "
     "user asks for a human or the request is outside what the tools can do.",
-    {"summary": s("A short summary of the user's problem.")},
+    {"summary": string_param("A short summary of the user's problem.")},
 )
 
 COMMON_TOOLS = [

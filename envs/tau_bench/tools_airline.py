@@ -30,7 +30,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from .common import COMMON_TOOLS, Tool, arr, dumps, fn_schema, get_user_details, has, s
+from .common import COMMON_TOOLS, Tool, array_param, dumps, fn_schema, get_user_details, has, string_param
 from .data import TauDB, fast_copy
 
 NEW_RESERVATION_IDS = ("HATHAT", "HATHAU", "HATHAV")
@@ -291,37 +291,37 @@ def update_reservation_passengers(db: TauDB, reservation_id: str, passengers: li
 
 
 # ----------------------------------------------------------------------------- schemas
-_RES_ID = s("The reservation id, e.g. 'ZFA04Y'.")
-_USER_ID = s("The user id, e.g. 'jane_doe_1234'.")
-_PAY_ID = s("A payment id from the user's profile, e.g. 'credit_card_1234567', 'gift_card_1234567' or "
+_RES_ID = string_param("The reservation id, e.g. 'ZFA04Y'.")
+_USER_ID = string_param("The user id, e.g. 'jane_doe_1234'.")
+_PAY_ID = string_param("A payment id from the user's profile, e.g. 'credit_card_1234567', 'gift_card_1234567' or "
             "'certificate_1234567'.")
 _CABIN = {"type": "string", "enum": list(CABINS)}
-_FLIGHTS = arr("The flight segments, each a flight number and a date.", {
+_FLIGHTS = array_param("The flight segments, each a flight number and a date.", {
     "type": "object",
-    "properties": {"flight_number": s("Flight number, e.g. 'HAT001'."),
-                   "date": s("Date as 'YYYY-MM-DD', e.g. '2024-05-01'.")},
+    "properties": {"flight_number": string_param("Flight number, e.g. 'HAT001'."),
+                   "date": string_param("Date as 'YYYY-MM-DD', e.g. '2024-05-01'.")},
     "required": ["flight_number", "date"]})
-_PASSENGERS = arr("The passengers, each with first name, last name and date of birth.", {
+_PASSENGERS = array_param("The passengers, each with first name, last name and date of birth.", {
     "type": "object",
-    "properties": {"first_name": s("First name, e.g. 'Noah'."), "last_name": s("Last name, e.g. 'Brown'."),
-                   "dob": s("Date of birth as 'YYYY-MM-DD'.")},
+    "properties": {"first_name": string_param("First name, e.g. 'Noah'."), "last_name": string_param("Last name, e.g. 'Brown'."),
+                   "dob": string_param("Date of birth as 'YYYY-MM-DD'.")},
     "required": ["first_name", "last_name", "dob"]})
-_SEARCH = {"origin": s("Origin airport (3-letter IATA code), e.g. 'JFK'."),
-           "destination": s("Destination airport (3-letter IATA code), e.g. 'LAX'."),
-           "date": s("Date as 'YYYY-MM-DD', e.g. '2024-05-01'.")}
+_SEARCH = {"origin": string_param("Origin airport (3-letter IATA code), e.g. 'JFK'."),
+           "destination": string_param("Destination airport (3-letter IATA code), e.g. 'LAX'."),
+           "date": string_param("Date as 'YYYY-MM-DD', e.g. '2024-05-01'.")}
 
 AIRLINE_TOOLS: list[Tool] = [
     *COMMON_TOOLS,
     Tool("book_reservation", book_reservation, True, fn_schema(
         "book_reservation", "Book a new reservation for a user; the payments must add up to the total price.",
         {"user_id": _USER_ID,
-         "origin": s("Origin airport code, e.g. 'SFO'."),
-         "destination": s("Destination airport code, e.g. 'JFK'."),
+         "origin": string_param("Origin airport code, e.g. 'SFO'."),
+         "destination": string_param("Destination airport code, e.g. 'JFK'."),
          "flight_type": {"type": "string", "enum": ["one_way", "round_trip"]},
          "cabin": _CABIN,
          "flights": _FLIGHTS,
          "passengers": _PASSENGERS,
-         "payment_methods": arr("How the booking is paid: payment ids from the profile with amounts.", {
+         "payment_methods": array_param("How the booking is paid: payment ids from the profile with amounts.", {
              "type": "object",
              "properties": {"payment_id": _PAY_ID, "amount": {"type": "number", "description": "Amount paid."}},
              "required": ["payment_id", "amount"]}),

@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from .common import COMMON_TOOLS, Tool, arr, dumps, fn_schema, get_user_details, has, s
+from .common import COMMON_TOOLS, Tool, array_param, dumps, fn_schema, get_user_details, has, string_param
 from .data import TauDB
 
 CANCEL_REASONS = ("no longer needed", "ordered by mistake")
@@ -270,18 +270,18 @@ def return_delivered_order_items(db: TauDB, order_id: str, item_ids: list[str], 
 
 
 # ----------------------------------------------------------------------------- schemas
-_ORDER_ID = s("The order id, which starts with '#', e.g. '#W0000000'.")
-_PM = s("A payment method id from the user's profile, e.g. 'gift_card_0000000' or 'credit_card_0000000'.")
-_ITEMS = arr("Item ids (not product ids), e.g. ['1008292230']; an id may repeat.", {"type": "string"})
-_NEW_ITEMS = arr("The replacement item ids, position by position; each must be a variant of the same "
+_ORDER_ID = string_param("The order id, which starts with '#', e.g. '#W0000000'.")
+_PM = string_param("A payment method id from the user's profile, e.g. 'gift_card_0000000' or 'credit_card_0000000'.")
+_ITEMS = array_param("Item ids (not product ids), e.g. ['1008292230']; an id may repeat.", {"type": "string"})
+_NEW_ITEMS = array_param("The replacement item ids, position by position; each must be a variant of the same "
                  "product as the item it replaces.", {"type": "string"})
 _ADDR = {
-    "address1": s("First address line, e.g. '123 Main St'."),
-    "address2": s("Second address line, e.g. 'Apt 1', or ''."),
-    "city": s("City, e.g. 'Austin'."),
-    "state": s("State code, e.g. 'TX'."),
-    "country": s("Country, e.g. 'USA'."),
-    "zip": s("Zip code, e.g. '78701'."),
+    "address1": string_param("First address line, e.g. '123 Main St'."),
+    "address2": string_param("Second address line, e.g. 'Apt 1', or ''."),
+    "city": string_param("City, e.g. 'Austin'."),
+    "state": string_param("State code, e.g. 'TX'."),
+    "country": string_param("Country, e.g. 'USA'."),
+    "zip": string_param("Zip code, e.g. '78701'."),
 }
 _CONFIRM = " Explain the change and get an explicit 'yes' from the user before calling."
 
@@ -292,7 +292,7 @@ RETAIL_TOOLS: list[Tool] = [
         "Cancel an order whose status is 'pending'. Gift-card payments are refunded to the card at once, "
         "other methods within 5-7 business days. Returns the updated order." + _CONFIRM,
         {"order_id": _ORDER_ID,
-         "reason": s("Why the order is cancelled.", enum=list(CANCEL_REASONS))})),
+         "reason": string_param("Why the order is cancelled.", enum=list(CANCEL_REASONS))})),
     Tool("exchange_delivered_order_items", exchange_delivered_order_items, True, fn_schema(
         "exchange_delivered_order_items",
         "Exchange items of a 'delivered' order for other variants of the same products. Can be done once "
@@ -301,21 +301,21 @@ RETAIL_TOOLS: list[Tool] = [
          "payment_method_id": _PM})),
     Tool("find_user_id_by_email", find_user_id_by_email, False, fn_schema(
         "find_user_id_by_email", "Look up a user id from an email address; errors if no user matches.",
-        {"email": s("The email address, e.g. 'jane@example.com'.")})),
+        {"email": string_param("The email address, e.g. 'jane@example.com'.")})),
     Tool("find_user_id_by_name_zip", find_user_id_by_name_zip, False, fn_schema(
         "find_user_id_by_name_zip",
         "Look up a user id from first name, last name and zip code; use it when the email is unknown.",
-        {"first_name": s("First name, e.g. 'Jane'."), "last_name": s("Last name, e.g. 'Doe'."),
-         "zip": s("Zip code, e.g. '12345'.")})),
+        {"first_name": string_param("First name, e.g. 'Jane'."), "last_name": string_param("Last name, e.g. 'Doe'."),
+         "zip": string_param("Zip code, e.g. '12345'.")})),
     Tool("get_order_details", get_order_details, False, fn_schema(
         "get_order_details", "Show an order: status, items, address, fulfilment and payments.",
         {"order_id": _ORDER_ID})),
     Tool("get_product_details", get_product_details, False, fn_schema(
         "get_product_details", "Show a product and all of its variants (item ids, options, price, availability).",
-        {"product_id": s("The product id, e.g. '6086499569' (not an item id).")})),
+        {"product_id": string_param("The product id, e.g. '6086499569' (not an item id).")})),
     Tool("get_user_details", get_user_details, False, fn_schema(
         "get_user_details", "Show a user's profile: name, address, email, payment methods and orders.",
-        {"user_id": s("The user id, e.g. 'jane_doe_1234'.")})),
+        {"user_id": string_param("The user id, e.g. 'jane_doe_1234'.")})),
     Tool("list_all_product_types", list_all_product_types, False, fn_schema(
         "list_all_product_types", "List every product type (name -> product id).", {})),
     Tool("modify_pending_order_address", modify_pending_order_address, True, fn_schema(
@@ -331,7 +331,7 @@ RETAIL_TOOLS: list[Tool] = [
         {"order_id": _ORDER_ID, "payment_method_id": _PM})),
     Tool("modify_user_address", modify_user_address, True, fn_schema(
         "modify_user_address", "Change a user's default address." + _CONFIRM,
-        {"user_id": s("The user id, e.g. 'jane_doe_1234'."), **_ADDR})),
+        {"user_id": string_param("The user id, e.g. 'jane_doe_1234'."), **_ADDR})),
     Tool("return_delivered_order_items", return_delivered_order_items, True, fn_schema(
         "return_delivered_order_items",
         "Request the return of items of a 'delivered' order; the refund goes to the original payment method "

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hero_gym.envs.webshop import lexicon
+from . import lexicon
 
 __all__ = ["Product", "Goal", "Catalog", "generate_catalog", "load_official", "get_catalog", "price_upper_choices"]
 

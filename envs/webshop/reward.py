@@ -43,7 +43,7 @@ from typing import Any
 
 from thefuzz import fuzz
 
-from hero_gym.envs.webshop.lexicon import COLORS
+from .lexicon import COLORS
 
 __all__ = ["normalize_color", "fuzzy_score", "attribute_matches", "option_matches", "goal_option_keys",
            "type_reward", "get_reward", "title_nouns", "FUZZY_THRESHOLD"]

@@ -156,7 +156,7 @@ def test_rule_reflector_signals():
 
 
 def test_turn_capped_episode_is_not_called_failed():
-    """Issue 9 item 2: an episode cut by the turn cap is unfinished, not failed."""
+    """an episode cut by the turn cap is unfinished, not failed."""
     ep = _ep([("l", {"name": "lookup", "arguments": {"key": "fig"}}, None, "412")])
     ep.turns[0].truncated = True
     assert RuleReflector().reflect([ep])[0].turns == {}
@@ -170,7 +170,7 @@ def test_function_reflector():
     assert res.to_json() == {"turn1": {"diagnosis": "x", "confidence": "high", "next_action_target": {"name": "y"}}}
 
 
-# --------------------------------------------------------------------------- scripted experts (issue 9 item 1)
+# --------------------------------------------------------------------------- scripted experts
 
 class Recorder:
     """Wraps an env and records the episode an agent plays through it, as :func:`collect` would."""

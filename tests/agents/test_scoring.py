@@ -146,7 +146,7 @@ def test_prefix_cache_with_teacher_weights_matches_naive():
 
 
 def test_ema_teacher_projects_with_its_own_head():
-    """Issue 9 item 4: the lazily projected teacher used the *live* output head after the EMA context ended;
+    """the lazily projected teacher used the *live* output head after the EMA context ended;
     with a trainable head (full fine-tuning / LoRA on the head) that is not the teacher's head."""
     from hero_gym.agents.scoring import teacher_logits_prefix_cache
     from hero_gym.agents.teachers import TeacherWeights

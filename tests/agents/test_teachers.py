@@ -23,7 +23,7 @@ def test_hero_note_target_only_when_high():
 
 
 def test_low_confidence_diagnoses_are_masked_by_default():
-    """Issue 9 item 6: a low-confidence (uninformative) diagnosis does not enter the loss unless asked."""
+    """a low-confidence (uninformative) diagnosis does not enter the loss unless asked."""
     low = TurnReflection("No direct error signal; the episode failed.", "low")
     assert hero_note(low) is None
     assert hero_note(low, min_confidence="low") is not None
@@ -43,7 +43,7 @@ def test_build_notes_each_method():
     assert build_notes("grpo", eps) == [[None, None], [None], [None, None]]
     demo = build_notes("full_demo", eps)
     assert demo[0][0].startswith(DEMO_HEADER) and "act0-a-True" in demo[0][0]
-    assert demo[1] == [None]                 # the only success: never its own trajectory (issue 9 item 5)
+    assert demo[1] == [None]                 # the only success: never its own trajectory
     assert demo[2] == [None, None]           # task b: no success anywhere -> masked
     buf = SuccessBuffer()
     buf.add([_ep("b", True, n=1, eid="old")])
@@ -55,7 +55,7 @@ def test_build_notes_each_method():
 
 
 def test_full_demo_never_shows_the_episode_its_own_actions():
-    """Issue 9 item 5: with no successful sibling, a successful episode used to get itself as the demo,
+    """with no successful sibling, a successful episode used to get itself as the demo,
     from the batch or from the buffer (which holds it after ``buffer.add``)."""
     ep = _ep("a", True, n=2, eid="self")
     buf = SuccessBuffer()
@@ -112,7 +112,7 @@ def test_teacher_weights_ema_and_base():
 
 
 def test_vllm_row_seeds_do_not_collide_across_rows_and_steps():
-    """Issue 9 item 9: seeds ``seed + row`` gave row 1 of step s the draws of row 0 of step s + 1."""
+    """seeds ``seed + row`` gave row 1 of step s the draws of row 0 of step s + 1."""
     from hero_gym.agents.vllm_policy import row_seed
 
     seeds = {row_seed(s, r) for s in range(50) for r in range(8)}

@@ -232,7 +232,7 @@ def test_smollm2_train_and_evaluate(tmp_path, env_id, method):
     assert len(ev.episodes) == 1 and ev.mean_turns >= 1
 
 
-# --------------------------------------------------------------------------- issue 9: budget, counters, snapshots
+# --------------------------------------------------------------------------- budget, counters, snapshots
 
 def _small(tmp, **kw):
     base = dict(method="grpo", env_id=LOOKUP, env_kwargs={"num_items": 4}, turn_budget=7, tasks_per_update=1,
