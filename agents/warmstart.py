@@ -54,7 +54,7 @@ from typing import Any
 
 import torch
 
-from hero_gym.agents.models import cache_dir, load_model, load_named_model
+from hero_gym.agents.models import DEFAULT_MODEL_NAME, cache_dir, load_model, load_named_model
 from hero_gym.agents.policy import Generation, HFPolicy, SamplingConfig, default_lora_config
 from hero_gym.agents.rollout import TOOL_PROMPTS, Task, collect
 from hero_gym.chat import ChatRenderer, tokenize_episode
@@ -479,7 +479,10 @@ def evaluate_valid(policy: Any, cfg: WarmStartConfig, n_goals: int | None = None
 
 
 def cache_key(cfg: WarmStartConfig, base: str = "default") -> str:
-    """A short hash of the recipe version, the base model name and ``cfg.key_fields()``."""
+    """A short hash of the recipe version, the base model name and ``cfg.key_fields()``. The names of the
+    embedded default model (``"default"``, ``"smollm2"``, its full name) share one key."""
+    if base in ("default", "smollm2", DEFAULT_MODEL_NAME):
+        base = "default"
     blob = json.dumps({"recipe": RECIPE_VERSION, "base": base, **cfg.key_fields()}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 

@@ -103,6 +103,7 @@ def test_config_validation_and_cache_key():
     assert cache_key(a) == cache_key(WarmStartConfig(episodes=10, progress=True))
     assert cache_key(a) != cache_key(WarmStartConfig(episodes=11))
     assert cache_key(a) != cache_key(a, base="tiny")
+    assert cache_key(a, base="smollm2") == cache_key(a, base="default")   # one name for the embedded model
     assert cache_key(a) != cache_key(WarmStartConfig(episodes=10, env_kwargs={"max_results": 5}))
     assert cache_key(WarmStartConfig(noise=0, lr=1)) == cache_key(WarmStartConfig(noise=0.0, lr=1.0))
     with pytest.raises(ValueError):
