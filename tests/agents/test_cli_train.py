@@ -13,7 +13,9 @@ def test_train_then_eval_with_the_saved_adapter(tmp_path):
     out = tmp_path / "run"
     res = runner.invoke(app, ["train", "hero_gym/Lookup-v0", "--model", "tiny", "--method", "hero", "--budget", "6",
                               "--out", str(out), "-k", "num_items=2", "-c", "group_size=2",
-                              "-c", "tasks_per_update=1", "-c", "max_new_tokens=8", "-c", "max_turns=3"])
+                              "-c", "tasks_per_update=1", "-c", "max_new_tokens=8", "-c", "max_turns=3",
+                              # a random tiny model rarely stops: keep its reflection short
+                              "-c", "reflector_max_new_tokens=24", "-c", "reflector_retries=0"])
     assert res.exit_code == 0, res.output + repr(res.exception)
     assert "adapter saved" in res.output
     assert (out / "adapter" / "adapter_config.json").exists()
