@@ -14,7 +14,6 @@ get plain messages until the episode ends or ``--max-steps``.
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import json
 import os
 import re
@@ -29,6 +28,7 @@ import numpy as np
 
 import hero_gym
 from hero_gym import remote
+from hero_gym.envs.webshop.server import is_loopback
 
 MAX_REQUESTS = 100_000
 MAX_SECONDS = 600.0
@@ -38,16 +38,6 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def _is_loopback(url: str) -> bool:
-    host = urlparse(url).hostname or ""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def _start(env_id: str, kwargs: list[str]) -> tuple[subprocess.Popen, str]:
@@ -130,7 +120,7 @@ def main(argv: list[str] | None = None) -> dict:
         ap.error(f"--requests must be in 1..{MAX_REQUESTS} and --seconds in (0, {MAX_SECONDS:g}]")
     proc = None
     if args.url:
-        if not _is_loopback(args.url):
+        if not is_loopback(urlparse(args.url).hostname or ""):
             ap.error("--url must be a loopback address (this is a load generator)")
         url = args.url.rstrip("/")
     else:
