@@ -74,6 +74,9 @@ __all__ = [
 
 BASE = "base"
 #: Methods in table order; "base" is the (warm-started) starting point every other method trains from.
+#: WebShop's generated catalog size when none is given (``hero_gym.envs.webshop``)
+DEFAULT_NUM_PRODUCTS = 1000
+
 METHOD_ORDER = [BASE, "grpo", "envfb_sd", "full_demo", "hero_rules", "hero", "hero_shuffled"]
 _FALLBACK_LABELS = {"grpo": "GRPO", "envfb_sd": "Env-feedback SD", "full_demo": "Full-demo",
                     "hero_rules": "HERO (rules)", "hero": "HERO", "hero_shuffled": "HERO (shuffled diagnoses)"}
@@ -262,7 +265,9 @@ def _env_setups(data_dir: str | None, num_products: int) -> dict[str, EnvSetup]:
     Tau airline (whose official data has only a test split) trains on generated airline tasks;
     WebShop trains on its training goals and is evaluated on its test goals; Lookup on disjoint seeds."""
     tau = {"data_dir": data_dir} if data_dir else {}
-    ws = {"num_products": num_products}
+    # the env's own default catalog size is left implicit, so a warm start built by ``hero-gym warmstart``
+    # (which passes only the -k arguments given) has the same cache key
+    ws = {} if num_products == DEFAULT_NUM_PRODUCTS else {"num_products": num_products}
     return {
         "WebShop": EnvSetup("WebShop", "hero_gym/WebShop-v0", {**ws, "split": "train"}, {**ws, "split": "test"},
                             50, 200, 8),
@@ -293,7 +298,7 @@ class Options:
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     eval_tasks: int | None = None      # None = the env's default
     max_turns: int | None = None       # None = the env's default
-    num_products: int = 1000
+    num_products: int = DEFAULT_NUM_PRODUCTS
     max_new_tokens: int = 64
     group_size: int = 2
     tasks_per_update: int = 2
@@ -310,16 +315,32 @@ class Options:
     warm_start_overrides: dict[str, Any] = field(default_factory=dict)
     out: str = "runs/default"
     report_only: bool = False
+    #: the settings a command line changed from the preset's values (shown next to the preset's name)
+    changed: list[str] = field(default_factory=list)
 
 
-#: Presets. ``default`` is meant for ``make bench`` (target <= 40 min on 2 CPU cores, warm start included);
-#: ``cpu`` for one working session (target <= 2.5 h). A batch is tasks_per_update x group_size = 4 episodes
-#: of at most 8 (WebShop) or 10 (Tau) turns, i.e. at most 32 or 40 turns per optimizer step, so the largest
-#: budget, 320 turns, is at least 8 steps. ``quick`` is a smoke test on a tiny random model. The README's
-#: "Results" section gives the measured wall times.
+#: WebShop's small-model observation options (off in the env by default; see ``hero_gym/envs/webshop``):
+#: the top 5 results per page and the instruction only in the first observation.
+SMALL_MODEL_WEBSHOP = {"WebShop": {"max_results": 5, "instruction_once": True}}
+
+#: The warm start the CPU presets share (measured here: 120 demonstrations + 1 DAgger round of 30
+#: rollouts, ~20 min on 2 idle cores; figures in the README's "Warm start" section).
+CPU_WARM_START = {"episodes": 120, "noise": 0.1, "recovery_rounds": 1, "recovery_episodes": 30, "eval_goals": 30}
+
+#: Presets. ``default`` is meant for ``make bench`` (target <= 40 min on 2 CPU cores, warm start included):
+#: two distillation methods against the warm-started base, one seed, one budget - it shows the pipeline and
+#: the table, not a difference between methods. ``cpu`` is the comparison that fits one working session
+#: (target <= 2.5 h): every method, 3 seeds, nested budgets of 32 and 64 turns. Both use the same warm start
+#: and the same 30 held-out goals, so ``cpu`` reuses a ``default`` run's cells when given the same ``--out``.
+#: A batch is tasks_per_update x group_size = 4 episodes of at most 8 turns (WebShop), i.e. at most 32 turns
+#: per optimizer step. ``quick`` is a smoke test on a tiny random model. The README's "Results" section
+#: gives the measured wall times.
 PRESETS: dict[str, dict[str, Any]] = {
-    "default": {"out": "runs/default"},
-    "cpu": {"envs": ["WebShop", "TauRetail"], "budgets": [96, 192, 320], "seeds": [0, 1, 2], "out": "runs/cpu"},
+    "default": {"envs": ["WebShop"], "methods": [BASE, "envfb_sd", "hero_rules"], "reference": "hero_rules",
+                "budgets": [32], "seeds": [0], "eval_tasks": 30, "env_kwargs": SMALL_MODEL_WEBSHOP,
+                "warm_start_overrides": CPU_WARM_START, "out": "runs/default"},
+    "cpu": {"envs": ["WebShop"], "budgets": [32, 64], "seeds": [0, 1, 2], "eval_tasks": 30,
+            "env_kwargs": SMALL_MODEL_WEBSHOP, "warm_start_overrides": CPU_WARM_START, "out": "runs/cpu"},
     "quick": {"model": "tiny", "warm_start": False, "envs": ["Lookup", "WebShop"], "budgets": [6, 12],
               "seeds": [0, 1], "eval_tasks": 3, "max_turns": 3, "num_products": 100, "max_new_tokens": 12,
               "group_size": 2, "tasks_per_update": 1, "threads": 1, "bootstrap": 500, "out": "runs/quick",
@@ -384,12 +405,17 @@ def parse_args(argv: Sequence[str] | None = None, parser: argparse.ArgumentParse
     preset = "quick" if a.quick else (a.preset or "default")
     if a.quick and a.preset not in (None, "quick"):
         ap.error("--quick and --preset are exclusive")
-    o = Options(preset=preset, **PRESETS[preset])
+    o = Options(preset=preset, **copy.deepcopy(PRESETS[preset]))
     for f in dataclasses.fields(Options):
         v = getattr(a, f.name, None)
         if v is not None and f.name not in ("preset",):
             setattr(o, f.name, v)
     o.report_only = bool(a.report_only)
+    o.changed = [f.name for f in dataclasses.fields(Options)
+                 if f.name not in ("preset", "report_only", "out", "changed")
+                 and getattr(o, f.name) != getattr(Options(preset=preset, **copy.deepcopy(PRESETS[preset])), f.name)]
+    o.changed += [name for name, given in (("env_kwargs", a.env_kwarg), ("warm_start_overrides", a.warm_start_config))
+                  if given and name not in o.changed]
     setups = _env_setups(o.data_dir, o.num_products)
     for item in a.env_kwarg or []:
         env, sep, kv = item.partition(":")
@@ -434,6 +460,12 @@ def parse_args(argv: Sequence[str] | None = None, parser: argparse.ArgumentParse
     if not o.seeds:
         ap.error("give at least one seed")
     return o
+
+
+def preset_label(o: dict[str, Any]) -> str:
+    """``"cpu preset"``, or ``"cpu preset, changed: budgets, seeds"`` when flags overrode its settings."""
+    changed = o.get("changed") or []
+    return f"{o['preset']} preset" + (f", changed: {', '.join(changed)}" if changed else "")
 
 
 def _setups(o: Options) -> dict[str, EnvSetup]:
@@ -932,7 +964,7 @@ def write_markdown(rows: list[dict], comps: list[dict], prov: dict[str, Any], pa
     ref_label = method_label(o["reference"]) if o["reference"] else "(no reference method)"
     ws = o["warm_start"]
     lines = [
-        f"# HERO benchmark ({o['preset']} preset)", "",
+        f"# HERO benchmark ({preset_label(o)})", "",
         f"- Model: `{o['model']}`{' warm-started by behaviour cloning' if ws else ''}; device {prov['hardware']['device']}",
         f"- Envs: " + "; ".join(f"{e} (`{s['env_id']}`, data {s['data']['source']}"
                                + (f" at {s['data']['path']}" if s['data'].get('path') else "")
@@ -1102,7 +1134,7 @@ def plot_env(env: str, cells: list[dict], runs: list[dict], prov: dict[str, Any]
     data = prov["envs"][env]["data"]
     fig.suptitle(f"{env} — model {o['model']}{' (warm-started)' if o['warm_start'] else ''} — data {data['source']} "
                  f"({data['fingerprint']}) — seeds {o['seeds']} — {prov['envs'][env]['eval_tasks']} greedy held-out "
-                 f"tasks — {o['preset']} preset", fontsize=10)
+                 f"tasks — {preset_label(o)}", fontsize=10)
     if notes:
         fig.text(0.01, 0.085, "Identical series (held-out panels: offset along x to stay visible): " + "; ".join(notes),
                  fontsize=7, color="#444", wrap=True)

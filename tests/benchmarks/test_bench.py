@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -93,11 +94,19 @@ def test_summarise_orders_methods_and_averages_over_seeds():
 # ------------------------------------------------------------------ options
 def test_presets_and_overrides():
     o = bench.parse_args([])
-    assert o.preset == "default" and o.warm_start and o.envs == ["WebShop"] and len(o.seeds) >= 3
+    assert o.preset == "default" and o.warm_start and o.envs == ["WebShop"] and o.reference == "hero_rules"
+    assert o.env_kwargs == {"WebShop": {"max_results": 5, "instruction_once": True}} and o.changed == []
+    assert bench.preset_label(asdict(o)) == "default preset"
     q = bench.parse_args(["--quick", "--budgets", "12", "6", "--no-warm-start"])
     assert q.model == "tiny" and q.budgets == [6, 12] and q.out == "runs/quick"
     c = bench.parse_args(["--preset", "cpu"])
-    assert set(c.envs) == {"WebShop", "TauRetail"} and len(c.seeds) >= 3
+    assert c.envs == ["WebShop"] and len(c.seeds) >= 3 and c.reference == "hero"
+    # the cpu preset's cells are a superset of the default's (same warm start, goals and env options)
+    for name in ("env_kwargs", "warm_start_overrides", "eval_tasks", "group_size", "tasks_per_update", "lr"):
+        assert getattr(c, name) == getattr(o, name), name
+    assert set(o.methods) <= set(c.methods) and set(o.budgets) <= set(c.budgets) and set(o.seeds) <= set(c.seeds)
+    t = bench.parse_args(["--preset", "cpu", "--threads", "1", "--seeds", "0"])
+    assert bench.preset_label(asdict(t)) == "cpu preset, changed: seeds, threads"
     assert c.methods[0] == "base" and set(bench.available_methods()) <= set(c.methods) | set(bench.METHOD_ORDER)
     assert bench.parse_args(["--methods", "grpo"]).reference is None   # nothing to compare against
     k = bench.parse_args(["--env-kwarg", "WebShop:max_results=5", "--env-kwarg", "WebShop:instruction_once=true"])
