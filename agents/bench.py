@@ -800,6 +800,15 @@ class Bench:
         del policy
         return self._write_cell(cdir, result, episodes)
 
+    def _base_episodes(self, env: str) -> list[Any]:
+        """The base cell's evaluation episodes (the cell is computed first when missing)."""
+        from hero_gym.records import load_jsonl
+
+        f = self.out / "cells" / cell_key(env, BASE, 0, None) / "eval_episodes.jsonl"
+        if not f.exists():
+            self.base_cell(env)
+        return load_jsonl(f)
+
     def _valid_cell(self, setup: EnvSetup, rfp: str, budget: int, cdir: Path) -> dict[str, Any] | None:
         """A finished cell of this run whose fingerprint matches (checked against its own snapshot)."""
         f = cdir / "result.json"
@@ -872,10 +881,15 @@ class Bench:
                 self.reused += 1
             else:
                 turns, path = snapshot_for_budget(snaps, budget)
-                if policy is None:
-                    policy = self.source.policy(setup, run.seed)
-                load_snapshot(policy, path)
-                episodes, secs = self.evaluate(policy, setup)
+                if steps_at(meta["metrics"], turns) == 0:
+                    # no optimizer step yet: the weights are the base's (a fresh LoRA adds exactly 0), so
+                    # its greedy evaluation is the base cell's; reuse it instead of replaying it
+                    episodes, secs = self._base_episodes(run.env), 0.0
+                else:
+                    if policy is None:
+                        policy = self.source.policy(setup, run.seed)
+                    load_snapshot(policy, path)
+                    episodes, secs = self.evaluate(policy, setup)
                 per_task = _per_task(episodes)
                 res = self._write_cell(cdirs[budget], {
                     "env": run.env, "method": run.method, "budget": budget, "seed": run.seed,

@@ -57,3 +57,24 @@ def test_each_budget_reads_the_largest_snapshot_within_it(tmp_path, monkeypatch)
     b3 = bench.Bench(o, tmp_path, log=logs.append)
     b3.run_cells(bench.Run("Lookup", "envfb_sd", 0), lambda c: None)
     assert b3.reused == 0 and b3.rerun_stale == 2
+
+
+def test_a_budget_before_the_first_update_reuses_the_base_evaluation(tmp_path, monkeypatch):
+    evaluated: list[int] = []
+    real_evaluate = bench.Bench.evaluate
+
+    def counting_evaluate(self, policy, setup):
+        evaluated.append(1)
+        return real_evaluate(self, policy, setup)
+
+    monkeypatch.setattr(bench.Bench, "evaluate", counting_evaluate)
+    o = _opts(tmp_path)
+    o.budgets = [1, 8]          # 1 turn: smaller than any batch, so its snapshot is the start
+    b = bench.Bench(o, tmp_path, log=lambda s: None)
+    base = b.base_cell("Lookup")
+    cells: list[dict] = []
+    b.run_cells(bench.Run("Lookup", "envfb_sd", 0), cells.append)
+    assert cells[0]["snapshot_turns"] == 0 and cells[0]["optimizer_steps"] == 0
+    assert cells[0]["per_task"] == base["per_task"] and cells[0]["eval_seconds"] == 0.0
+    assert cells[1]["optimizer_steps"] >= 1
+    assert len(evaluated) == 2   # the base and budget 8; budget 1 is not replayed
