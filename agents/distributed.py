@@ -343,32 +343,45 @@ def _zero_pass(model: torch.nn.Module) -> None:
 @contextlib.contextmanager
 def full_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None,
                teacher: Any = None) -> Iterator[None]:
-    """Inside: ``model``'s parameters, ``optimizer``'s state and ``teacher``'s EMA shadow are whole
-    (unsharded) tensors, so the checkpoint code writes a full checkpoint that resumes on any world size.
-    Every rank must enter it (all-gathers); rank 0 writes. Restored on exit. A no-op unless sharded."""
+    """Inside: ``model``'s trainable parameters, ``optimizer``'s state and ``teacher``'s EMA shadow are
+    whole (unsharded) tensors in their master dtype (fp32 under bf16 mixed precision), so the checkpoint
+    code writes a full checkpoint that resumes on any world size. Frozen parameters stay sharded (no
+    checkpoint reads them). Every rank must enter it (all-gathers); rank 0 writes. Restored on exit. A
+    no-op unless sharded."""
     if not is_sharded(model):
         yield
         return
+    swapped: list[tuple[torch.nn.Module, str, Any]] = []
     saved_opt: list[tuple[dict, str, Any]] = []
     shadow = getattr(teacher, "shadow", None) or None
-    with gathered(model):
-        try:
-            if optimizer is not None:
-                for group in optimizer.param_groups:
-                    for p in group["params"]:
-                        st = optimizer.state.get(p, {})
-                        for k in sorted(st):
-                            if _is_dtensor(st[k]):
-                                saved_opt.append((st, k, st[k]))
-                                st[k] = st[k].full_tensor()
-            if shadow is not None:
-                teacher.shadow = {n: _full(v) for n, v in shadow.items()}
-            yield
-        finally:
-            for st, k, v in saved_opt:
-                st[k] = v
-            if shadow is not None:
-                teacher.shadow = shadow
+    try:
+        whole: dict[int, torch.nn.Parameter] = {}
+        with torch.no_grad():
+            for mod in model.modules():
+                for name, p in list(mod.named_parameters(recurse=False)):
+                    if p.requires_grad and _is_dtensor(p):
+                        if id(p) not in whole:            # tied parameters stay tied
+                            whole[id(p)] = torch.nn.Parameter(p.full_tensor(), requires_grad=True)
+                        swapped.append((mod, name, p))
+                        setattr(mod, name, whole[id(p)])
+        if optimizer is not None:
+            for group in optimizer.param_groups:
+                for p in group["params"]:
+                    st = optimizer.state.get(p, {})
+                    for k in sorted(st):
+                        if _is_dtensor(st[k]):
+                            saved_opt.append((st, k, st[k]))
+                            st[k] = st[k].full_tensor()
+        if shadow is not None:
+            teacher.shadow = {n: _full(v) for n, v in shadow.items()}
+        yield
+    finally:
+        for mod, name, p in swapped:
+            setattr(mod, name, p)
+        for st, k, v in saved_opt:
+            st[k] = v
+        if shadow is not None:
+            teacher.shadow = shadow
 
 
 def save_policy(policy: Any, path: str | Path) -> None:

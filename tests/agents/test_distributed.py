@@ -62,7 +62,7 @@ def _one_update(episodes, groups: int) -> tuple[dict[str, torch.Tensor], dict]:
 FSDP_UPDATE_CONFIG = dict(UPDATE_CONFIG, teacher="ema", ema_rate=0.5)
 
 
-def _fsdp_updates(episodes, groups: int, sharded: bool, steps: int = 2) -> dict:
+def _fsdp_updates(episodes, groups: int, sharded: bool, steps: int = 2, mixed_precision: str | None = None) -> dict:
     """``steps`` SGD updates with the EMA teacher on this rank's share of ``groups``; the optimizer and the
     teacher are built on the unsharded model (as ``train`` does) and moved onto the shards by ``fsdp_shard``.
     Returns the whole trainable weights and EMA shadow after the updates, and each update's stats."""
@@ -74,11 +74,14 @@ def _fsdp_updates(episodes, groups: int, sharded: bool, steps: int = 2) -> dict:
     optimizer = torch.optim.SGD([p for p in policy.model.parameters() if p.requires_grad], lr=1000.0)
     teacher = TeacherWeights(policy.model, "ema", config.ema_rate)
     if sharded:
-        D.fsdp_shard(policy.model, optimizer=optimizer, teacher=teacher)
+        D.fsdp_shard(policy.model, optimizer=optimizer, teacher=teacher, mixed_precision=mixed_precision)
     stats = [update(policy, optimizer, mine, notes, config, teacher=teacher) for _ in range(steps)]
     with D.full_state(policy.model, optimizer, teacher):
         params, shadow = _trainable(policy), {n: v.detach().clone() for n, v in teacher.shadow.items()}
+    with D.gathered(policy.model):
+        compute_dtype = next(policy.model.parameters()).dtype
     return {"params": params, "shadow": shadow, "sharded": D.is_sharded(policy.model),
+            "compute_dtype": compute_dtype, "master_dtype": next(policy.model.parameters()).dtype,
             "stats": [(s.stepped, s.loss, s.grad_norm, s.tokens_trained) for s in stats]}
 
 
@@ -136,9 +139,10 @@ def _worker(rank: int, world: int, rendezvous: str, data: str, ckpt: str, out: s
         episodes = pickle.loads(Path(data).read_bytes())
         upd = _one_update(episodes, groups=2)
         fsdp = _fsdp_updates(episodes, groups=2, sharded=True)
+        fsdp_bf16 = _fsdp_updates(episodes, groups=2, sharded=True, steps=1, mixed_precision="bf16")
         res = train(_policy(), _train_config(ckpt))
         fres = train(_policy(), _fsdp_train_config(ckpt + "_fsdp"))
-        Path(f"{out}.{rank}").write_bytes(pickle.dumps({"update": upd, "fsdp": fsdp, "train": {
+        Path(f"{out}.{rank}").write_bytes(pickle.dumps({"update": upd, "fsdp": fsdp, "fsdp_bf16": fsdp_bf16, "train": {
             "turns": res.turns_used, "episodes": res.episodes, "iterations": res.iterations},
             "fsdp_train": {"turns": fres.turns_used, "episodes": fres.episodes, "iterations": fres.iterations,
                            "steps": fres.optimizer_steps}}))
@@ -223,6 +227,21 @@ def test_fsdp_on_two_gloo_ranks_updates_like_one_process_with_the_ema_teacher(ba
             assert loss == pytest.approx(s_loss, rel=1e-5) and norm == pytest.approx(s_norm, rel=1e-4)
 
 
+def test_fsdp_bf16_mixed_precision_computes_in_bf16_and_keeps_fp32_master_weights(batch, two_ranks):
+    """The CPU-reachable part of ``mixed_precision="bf16"`` (meant for GPUs): gathered weights are bf16, the
+    sharded master weights stay fp32, and the update is the fp32 one up to bf16 rounding."""
+    before = _trainable(_policy())
+    single = _fsdp_updates(batch, groups=2, sharded=False, steps=1)
+    want = torch.cat([(single["params"][n] - before[n]).flatten() for n in before])
+    for r in two_ranks:
+        got = r["fsdp_bf16"]
+        assert got["compute_dtype"] == torch.bfloat16 and got["master_dtype"] == torch.float32
+        assert all(v.dtype == torch.float32 for v in got["params"].values())
+        delta = torch.cat([(got["params"][n] - before[n]).flatten() for n in before])
+        assert float((delta - want).norm() / want.norm()) < 0.1
+        assert got["stats"][0][3] == single["stats"][0][3]        # same tokens trained
+
+
 def test_an_fsdp_checkpoint_is_whole_and_resumes_in_one_process(two_ranks):
     ckpt = Path(str(two_ranks[0]["ckpt"]) + "_fsdp")
     done = two_ranks[0]["fsdp_train"]
@@ -268,6 +287,10 @@ def test_train_command_runs_with_a_pool_and_refuses_bad_input(tmp_path, capsys):
     assert "NoSuchEnv" in capsys.readouterr().err
     assert main(["train", ENV, "--model", "tiny", "--pool", "threads"]) == 2
     assert "env_pool" in capsys.readouterr().err
+    assert main(["train", ENV, "--model", "tiny", "--sharding", "fsdp"]) == 2    # no torchrun: refused
+    assert "--sharding fsdp needs several ranks" in capsys.readouterr().err
+    assert main(["train", ENV, "--model", "tiny", "--sharding", "zero3"]) == 2
+    assert "sharding must be" in capsys.readouterr().err
     assert main(["train", ENV, "--method", "grpo", "--budget", "4", "--model", "tiny", "--out", str(tmp_path),
                  "--pool", "subprocess", "-c", "max_turns=2", "-c", "max_new_tokens=4",
                  "-c", "tasks_per_update=1", "-c", "group_size=2"]) == 0
