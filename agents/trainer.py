@@ -140,10 +140,11 @@ class TrainConfig:
     gradient_checkpointing: bool = True
     """Recompute decoder activations in the backward pass (a 135M model's update then fits in ~4 GB)."""
     sharding: Literal["none", "fsdp"] = "none"
-    """``"fsdp"``: under torch.distributed, shard the weights, gradients and optimiser state over the ranks
-    with PyTorch FSDP2 (:func:`hero_gym.agents.distributed.fsdp_shard`); compute runs on gathered weights,
-    so the model's weights must fit one device, its training state need not. Needs an initialised process
-    group and no ``rollout_policy``. ``"none"``: every rank holds everything (data-parallel)."""
+    """``"fsdp"``: under torch.distributed, shard the weights, the optimiser state and the EMA teacher over
+    the ranks with PyTorch FSDP2 (:func:`hero_gym.agents.distributed.fsdp_shard`); compute runs on gathered
+    weights, so the model's weights (and gradients) must fit one device, its fp32 master weights and
+    optimiser state need not. Needs an initialised process group and no ``rollout_policy``. ``"none"``:
+    every rank holds everything (data-parallel)."""
     mixed_precision: Literal["none", "bf16"] = "none"
     """With ``sharding="fsdp"``: ``"bf16"`` gathers the weights and computes in bfloat16 with fp32 master
     weights and gradient reduction (GPUs); ``"none"`` keeps the model's dtype."""
