@@ -59,7 +59,7 @@ def _one_update(episodes, groups: int) -> tuple[dict[str, torch.Tensor], dict]:
                                 "tokens_trained": stats.tokens_trained, "local_episodes": len(mine)}
 
 
-FSDP_UPDATE_CONFIG = dict(UPDATE_CONFIG, teacher="ema", ema_rate=0.5)
+FSDP_UPDATE_CONFIG = dict(UPDATE_CONFIG, teacher="ema", ema_rate=0.5, gradient_checkpointing=True)
 
 
 def _fsdp_updates(episodes, groups: int, sharded: bool, steps: int = 2, mixed_precision: str | None = None) -> dict:
@@ -80,7 +80,7 @@ def _fsdp_updates(episodes, groups: int, sharded: bool, steps: int = 2, mixed_pr
         params, shadow = _trainable(policy), {n: v.detach().clone() for n, v in teacher.shadow.items()}
     with D.gathered(policy.model):
         compute_dtype = next(policy.model.parameters()).dtype
-    return {"params": params, "shadow": shadow, "sharded": D.is_sharded(policy.model),
+    return {"params": params, "shadow": shadow, "sharded": D.is_sharded(policy.model), "local_episodes": len(mine),
             "compute_dtype": compute_dtype, "master_dtype": next(policy.model.parameters()).dtype,
             "stats": [(s.stepped, s.loss, s.grad_norm, s.tokens_trained) for s in stats]}
 
@@ -92,23 +92,24 @@ def _init(rank: int, world: int, rendezvous: str) -> None:
 
 @pytest.fixture(scope="module")
 def batch(smol_tokenizer):
-    """Two Lookup tasks x a group of 2 (one right, one wrong answer each): both GRPO and distillation train."""
+    """Three Lookup tasks x a group of 2 (one right, one wrong answer each): both GRPO and distillation train;
+    2 ranks get 2 groups and 1 group (unequal numbers of micro-batches)."""
     envs = [hero_gym.make(ENV) for _ in range(2)]
     out = []
-    for index in (0, 1):
+    for index in (0, 1, 2):
         task = [Task(seed=index, options={"task_index": index})]
         out += collect(OraclePolicy(smol_tokenizer, garbage_first=True), envs, tasks=task)
         out += collect(OraclePolicy(smol_tokenizer, wrong_code=True), envs, tasks=task)
-    assert [ep.success for ep in out] == [True, False, True, False]
+    assert [ep.success for ep in out] == [True, False] * 3
     return out
 
 
 def test_two_gloo_ranks_update_like_one_process_on_the_global_batch(batch, two_ranks):
     before = _trainable(_policy())
-    single, single_stats = _one_update(batch, groups=2)
-    assert single_stats["stepped"] and single_stats["local_episodes"] == 4
+    single, single_stats = _one_update(batch, groups=3)
+    assert single_stats["stepped"] and single_stats["local_episodes"] == 6
     results = [r["update"] for r in two_ranks]
-    assert [s["local_episodes"] for _, s in results] == [2, 2]
+    assert [s["local_episodes"] for _, s in results] == [4, 2]
     moved = max(float((single[n] - before[n]).abs().max()) for n in single)
     assert moved > 1e-3                                           # the update did change the weights
     for params, stats in results:
@@ -137,9 +138,9 @@ def _worker(rank: int, world: int, rendezvous: str, data: str, ckpt: str, out: s
     _init(rank, world, rendezvous)
     try:
         episodes = pickle.loads(Path(data).read_bytes())
-        upd = _one_update(episodes, groups=2)
-        fsdp = _fsdp_updates(episodes, groups=2, sharded=True)
-        fsdp_bf16 = _fsdp_updates(episodes, groups=2, sharded=True, steps=1, mixed_precision="bf16")
+        upd = _one_update(episodes, groups=3)
+        fsdp = _fsdp_updates(episodes, groups=3, sharded=True)
+        fsdp_bf16 = _fsdp_updates(episodes, groups=3, sharded=True, steps=1, mixed_precision="bf16")
         res = train(_policy(), _train_config(ckpt))
         fres = train(_policy(), _fsdp_train_config(ckpt + "_fsdp"))
         Path(f"{out}.{rank}").write_bytes(pickle.dumps({"update": upd, "fsdp": fsdp, "fsdp_bf16": fsdp_bf16, "train": {
@@ -208,12 +209,13 @@ def test_a_two_rank_checkpoint_resumes_in_one_process(two_ranks):
 
 def test_fsdp_on_two_gloo_ranks_updates_like_one_process_with_the_ema_teacher(batch, two_ranks):
     before = _trainable(_policy())
-    single = _fsdp_updates(batch, groups=2, sharded=False)
+    single = _fsdp_updates(batch, groups=3, sharded=False)
     assert not single["sharded"] and all(s[0] for s in single["stats"])
     moved = max(float((single["params"][n] - before[n]).abs().max()) for n in before)
     assert moved > 1e-3
     # the second update's teacher (the EMA) is neither the live nor the initial weights
     assert max(float((single["shadow"][n] - single["params"][n]).abs().max()) for n in before) > 1e-3 * moved
+    assert [r["fsdp"]["local_episodes"] for r in two_ranks] == [4, 2]   # unequal micro-batch counts
     for r in two_ranks:
         got = r["fsdp"]
         assert got["sharded"]
@@ -231,7 +233,7 @@ def test_fsdp_bf16_mixed_precision_computes_in_bf16_and_keeps_fp32_master_weight
     """The CPU-reachable part of ``mixed_precision="bf16"`` (meant for GPUs): gathered weights are bf16, the
     sharded master weights stay fp32, and the update is the fp32 one up to bf16 rounding."""
     before = _trainable(_policy())
-    single = _fsdp_updates(batch, groups=2, sharded=False, steps=1)
+    single = _fsdp_updates(batch, groups=3, sharded=False, steps=1)
     want = torch.cat([(single["params"][n] - before[n]).flatten() for n in before])
     for r in two_ranks:
         got = r["fsdp_bf16"]
