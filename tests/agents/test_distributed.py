@@ -141,9 +141,10 @@ def _worker(rank: int, world: int, rendezvous: str, data: str, ckpt: str, out: s
         upd = _one_update(episodes, groups=3)
         fsdp = _fsdp_updates(episodes, groups=3, sharded=True)
         fsdp_bf16 = _fsdp_updates(episodes, groups=3, sharded=True, steps=1, mixed_precision="bf16")
+        fsdp_idle = _fsdp_updates(episodes, groups=1, sharded=True, steps=1)   # rank 1: no episode
         res = train(_policy(), _train_config(ckpt))
         fres = train(_policy(), _fsdp_train_config(ckpt + "_fsdp"))
-        Path(f"{out}.{rank}").write_bytes(pickle.dumps({"update": upd, "fsdp": fsdp, "fsdp_bf16": fsdp_bf16, "train": {
+        Path(f"{out}.{rank}").write_bytes(pickle.dumps({"update": upd, "fsdp": fsdp, "fsdp_bf16": fsdp_bf16, "fsdp_idle": fsdp_idle, "train": {
             "turns": res.turns_used, "episodes": res.episodes, "iterations": res.iterations},
             "fsdp_train": {"turns": fres.turns_used, "episodes": fres.episodes, "iterations": fres.iterations,
                            "steps": fres.optimizer_steps}}))
@@ -229,11 +230,29 @@ def test_fsdp_on_two_gloo_ranks_updates_like_one_process_with_the_ema_teacher(ba
             assert loss == pytest.approx(s_loss, rel=1e-5) and norm == pytest.approx(s_norm, rel=1e-4)
 
 
-def test_fsdp_bf16_mixed_precision_computes_in_bf16_and_keeps_fp32_master_weights(batch, two_ranks):
+@pytest.fixture(scope="module")
+def one_update(batch):
+    """One single-process update (EMA teacher) on the whole batch, and the weights before it."""
+    return _trainable(_policy()), _fsdp_updates(batch, groups=3, sharded=False, steps=1)
+
+
+def test_fsdp_with_an_idle_rank_updates_like_one_process(one_update, two_ranks):
+    """All the batch on rank 0, none on rank 1: rank 1 runs no micro-batch, only the gradient reduction."""
+    before, single = one_update
+    moved = max(float((single["params"][n] - before[n]).abs().max()) for n in before)
+    assert [r["fsdp_idle"]["local_episodes"] for r in two_ranks] == [6, 0]
+    for r in two_ranks:
+        got = r["fsdp_idle"]
+        for n in before:
+            torch.testing.assert_close(got["params"][n] - before[n], single["params"][n] - before[n],
+                                       rtol=1e-4, atol=1e-4 * moved)
+        assert got["stats"][0][3] == single["stats"][0][3]
+
+
+def test_fsdp_bf16_mixed_precision_computes_in_bf16_and_keeps_fp32_master_weights(one_update, two_ranks):
     """The CPU-reachable part of ``mixed_precision="bf16"`` (meant for GPUs): gathered weights are bf16, the
     sharded master weights stay fp32, and the update is the fp32 one up to bf16 rounding."""
-    before = _trainable(_policy())
-    single = _fsdp_updates(batch, groups=3, sharded=False, steps=1)
+    before, single = one_update
     want = torch.cat([(single["params"][n] - before[n]).flatten() for n in before])
     for r in two_ranks:
         got = r["fsdp_bf16"]
