@@ -493,12 +493,14 @@ class HFPolicy:
         return any(s and s in tail for s in stops)
 
     # ------------------------------------------------------------------ checkpoints
-    def save(self, path: str | Path) -> None:
+    def save(self, path: str | Path, state_dict: dict[str, torch.Tensor] | None = None) -> None:
         """Save the trainable weights: the LoRA adapter (PEFT format) or, for full fine-tuning, the whole
-        model (safetensors), plus the tokenizer and a small ``hero_policy.json``."""
+        model (safetensors), plus the tokenizer and a small ``hero_policy.json``. ``state_dict``: the
+        model's weights to write instead of its own (an FSDP-sharded model's gathered full state dict)."""
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
-        self.model.save_pretrained(str(path), safe_serialization=True)
+        extra = {} if state_dict is None else {"state_dict": state_dict}
+        self.model.save_pretrained(str(path), safe_serialization=True, **extra)
         self.tokenizer.save_pretrained(str(path))
         (path / "hero_policy.json").write_text(json.dumps({"lora": self.is_lora}))
 

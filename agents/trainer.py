@@ -139,6 +139,15 @@ class TrainConfig:
     """Action tokens per chunk of the vocabulary-sized loss (the ``[N, V]`` table never exists whole)."""
     gradient_checkpointing: bool = True
     """Recompute decoder activations in the backward pass (a 135M model's update then fits in ~4 GB)."""
+    sharding: Literal["none", "fsdp"] = "none"
+    """``"fsdp"``: under torch.distributed, shard the weights, the optimiser state and the EMA teacher over
+    the ranks with PyTorch FSDP2 (:func:`hero_gym.agents.distributed.fsdp_shard`); compute runs on gathered
+    weights, so the model's weights (and gradients) must fit one device, its fp32 master weights and
+    optimiser state need not. Needs an initialised process group and no ``rollout_policy``. ``"none"``:
+    every rank holds everything (data-parallel)."""
+    mixed_precision: Literal["none", "bf16"] = "none"
+    """With ``sharding="fsdp"``: ``"bf16"`` gathers the weights and computes in bfloat16 with fp32 master
+    weights and gradient reduction (GPUs); ``"none"`` keeps the model's dtype."""
 
     # --- files
     checkpoint_dir: str | None = None
@@ -160,6 +169,12 @@ class TrainConfig:
             raise ValueError(f"unknown reflector {self.reflector!r}")
         if self.env_pool not in ("inprocess", "subprocess", "ray"):
             raise ValueError(f"env_pool must be 'inprocess', 'subprocess' or 'ray', got {self.env_pool!r}")
+        if self.sharding not in ("none", "fsdp"):
+            raise ValueError(f"sharding must be 'none' or 'fsdp', got {self.sharding!r}")
+        if self.mixed_precision not in ("none", "bf16"):
+            raise ValueError(f"mixed_precision must be 'none' or 'bf16', got {self.mixed_precision!r}")
+        if self.mixed_precision != "none" and self.sharding != "fsdp":
+            raise ValueError("mixed_precision applies to sharding='fsdp' only")
         if self.topk_source not in ("student", "teacher"):
             raise ValueError(f"topk_source must be 'student' or 'teacher', got {self.topk_source!r}")
 
@@ -264,6 +279,10 @@ def train(
     """
     spec = config.spec
     model = policy.model
+    if config.sharding == "fsdp":   # refused before anything is written
+        D.require_process_group("sharding='fsdp'")
+        if rollout_policy is not None:
+            raise ValueError("sharding='fsdp' cannot hand its adapter to a rollout_policy")
     _seed_everything(config.seed)
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
@@ -287,6 +306,9 @@ def train(
         files.start_fresh(config)
         save_snapshot(policy, files.dir, counters)        # budget 0: the starting weights
     D.broadcast_parameters(model)                         # every rank starts from rank 0's weights
+    if config.sharding == "fsdp":                         # after restoring: full state in, shards out
+        D.fsdp_shard(model, optimizer=optimizer, teacher=teacher,
+                     mixed_precision=None if config.mixed_precision == "none" else config.mixed_precision)
     if rollout_policy is not None:
         _hand_over_adapter(policy, rollout_policy, files)
 
@@ -296,11 +318,12 @@ def train(
         while counters.turns < config.turn_budget and (config.max_updates is None
                                                        or counters.iterations < config.max_updates):
             t0 = time.perf_counter()
-            episodes = _collect_batch(rollout_policy or policy, envs, config, counters.iterations)
-            if not D.global_counts([len(episodes)])[0]:
-                break
-            t_collect = time.perf_counter() - t0
-            reflections = reflector.reflect(episodes) if reflector is not None else None
+            with D.gathered(model):   # FSDP: whole weights for generation (no-op otherwise)
+                episodes = _collect_batch(rollout_policy or policy, envs, config, counters.iterations)
+                if not D.global_counts([len(episodes)])[0]:
+                    break
+                t_collect = time.perf_counter() - t0
+                reflections = reflector.reflect(episodes) if reflector is not None else None
             notes = spec.notes(episodes, reflections, buffer, _note_options(config, counters.iterations))
             if D.world_size() > 1:   # this rank's share above; the whole batch (every rank's) below
                 if reflections is not None:
@@ -323,15 +346,16 @@ def train(
             row = _metrics_row(counters, episodes, stats,
                                {"collect": t_collect, "notes": t_notes, "iteration": time.perf_counter() - t0})
             metrics.append(row)
-            if files is not None and main:
-                for i, ep in enumerate(episodes):
-                    ep.metadata["train_iteration"] = counters.iterations
-                    if reflections is not None:
-                        ep.metadata["reflection"] = reflections[i].to_json()
-                files.log(episodes, row)
-                if stats.stepped:
-                    save_snapshot(policy, files.dir, counters)
-                files.save(model=model, optimizer=optimizer, teacher=teacher, buffer=buffer, counters=counters)
+            with D.full_state(model, optimizer, teacher) if files is not None else contextlib.nullcontext():
+                if files is not None and main:   # FSDP: every rank gathered the full state above
+                    for i, ep in enumerate(episodes):
+                        ep.metadata["train_iteration"] = counters.iterations
+                        if reflections is not None:
+                            ep.metadata["reflection"] = reflections[i].to_json()
+                    files.log(episodes, row)
+                    if stats.stepped:
+                        save_snapshot(policy, files.dir, counters)
+                    files.save(model=model, optimizer=optimizer, teacher=teacher, buffer=buffer, counters=counters)
             if bar is not None:
                 bar.update(sum(len(ep.turns) for ep in episodes))
                 bar.set_postfix(loss=f"{stats.loss:.4f}", succ=f"{row['success_rate']:.2f}")
@@ -386,7 +410,8 @@ def update(
     sums = {"distill": 0.0, "grpo": 0.0}
     pad = getattr(policy, "pad_token_id", 0) or 0
     optimizer.zero_grad(set_to_none=True)
-    for cidx, tok in _micro_batches(layout, config.micro_batch_episodes):
+    # FSDP: weights gathered over the loop, gradients reduce-scattered after it (no-op otherwise)
+    for cidx, tok in D.fsdp_micro_batches(model, teacher, _micro_batches(layout, config.micro_batch_episodes)):
         t1 = time.perf_counter()
         t_logits = None
         if plan.n_distill:

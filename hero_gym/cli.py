@@ -354,6 +354,7 @@ def train(
     pool: str = typer.Option("inprocess", help="where the rollout envs run: inprocess | subprocess | ray"),
     ray_address: Optional[str] = typer.Option(None, help="ray.init address for --pool ray (default: local)"),
     backend: Optional[str] = typer.Option(None, help="torch.distributed backend under torchrun (default: nccl on GPU, else gloo)"),
+    sharding: str = typer.Option("none", help="none | fsdp: under torchrun, shard weights, gradients and optimiser state over the ranks (FSDP2)"),
     kwarg: Optional[list[str]] = typer.Option(None, "--kwarg", "-k", help="env constructor key=value"),
     config: Optional[list[str]] = typer.Option(None, "--config", "-c", help="TrainConfig field=value"),
 ) -> None:
@@ -368,17 +369,20 @@ def train(
     from hero_gym.agents import distributed
 
     _check_env_id(env_id)
-    overrides = [*(config or []), f"env_pool={pool}", *([f"ray_address={ray_address}"] if ray_address else [])]
+    overrides = [*(config or []), f"env_pool={pool}", *([f"ray_address={ray_address}"] if ray_address else []),
+                 *([f"sharding={sharding}"] if sharding != "none" else [])]
     cfg = _train_config(agents, env_id, method, budget, out, kwarg, overrides)
     started = distributed.init_from_env(backend)
+    if cfg.sharding == "fsdp" and not started:
+        raise CLIError("--sharding fsdp needs several ranks: launch with torchrun --nproc_per_node=K (K >= 2)")
     try:
         if device is None and started and torch.cuda.is_available():
             device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}"
         cfg.progress = distributed.is_main()
         policy = _policy(model, device)
         result = agents.train(policy, cfg)
+        distributed.save_policy(policy, out / "adapter")   # rank 0 writes (FSDP: every rank gathers)
         if distributed.is_main():
-            policy.save(out / "adapter")
             (out / "adapter" / BASE_MODEL_FILE).write_text(json.dumps({"model": model}))
             console.print(f"ranks {distributed.world_size()}, updates {result.updates}, turns used {result.turns_used}, "
                           f"episodes {result.episodes}, training success {result.train_success_rate:.3f}; "
