@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import shutil
 from pathlib import Path
 
 import pytest
@@ -146,11 +147,19 @@ def _worker(rank: int, world: int, rendezvous: str, data: str, ckpt: str, out: s
         fsdp_idle = _fsdp_updates(episodes, groups=1, sharded=True, steps=1)   # rank 1: no episode
         res = train(_policy(), _train_config(ckpt))
         fres = train(_policy(), _fsdp_train_config(ckpt + "_fsdp"))
+        if rank == 0:                                   # the FSDP checkpoint resumed by 2 FSDP ranks (a copy)
+            shutil.copytree(ckpt + "_fsdp", ckpt + "_fsdp_resumed")
+        dist.barrier()
+        cfg = _fsdp_train_config(ckpt + "_fsdp_resumed")
+        cfg.turn_budget = fres.turns_used + 1
+        rres = train(_policy(), cfg)
         Path(f"{out}.{rank}").write_bytes(pickle.dumps({
             "update": upd, "fsdp": fsdp, "fsdp_bf16": fsdp_bf16, "fsdp_idle": fsdp_idle,
             "train": {"turns": res.turns_used, "episodes": res.episodes, "iterations": res.iterations},
             "fsdp_train": {"turns": fres.turns_used, "episodes": fres.episodes, "iterations": fres.iterations,
-                           "steps": fres.optimizer_steps}}))
+                           "steps": fres.optimizer_steps},
+            "fsdp_resumed": {"from": rres.resumed_from_iteration, "iterations": rres.iterations,
+                             "steps": rres.optimizer_steps}}))
     finally:
         dist.destroy_process_group()
 
@@ -286,6 +295,20 @@ def test_an_fsdp_checkpoint_is_whole_and_resumes_in_one_process(two_ranks):
     assert res.resumed_from_iteration == done["iterations"] and res.iterations == done["iterations"] + 1
     logged = [json.loads(line) for line in (ckpt / "episodes.jsonl").read_text().splitlines()]
     assert len(logged) == res.episodes == done["episodes"] + cfg.tasks_per_update * cfg.group_size
+
+
+def test_an_fsdp_checkpoint_resumes_under_fsdp(two_ranks):
+    """Restored whole (weights, AdamW moments, EMA), then sharded: the run goes on and writes a whole
+    checkpoint again."""
+    done, res = two_ranks[0]["fsdp_train"], two_ranks[0]["fsdp_resumed"]
+    assert two_ranks[1]["fsdp_resumed"] == res
+    assert res["from"] == done["iterations"] and res["iterations"] == done["iterations"] + 1
+    state = torch.load(Path(str(two_ranks[0]["ckpt"]) + "_fsdp_resumed") / "checkpoint.pt", map_location="cpu",
+                       weights_only=False)
+    assert state["counters"]["iterations"] == res["iterations"]
+    moments = state["optimizer"]["state"].values()
+    assert {float(m["step"]) for m in moments} == {float(res["steps"])}      # AdamW went on from its state
+    assert all(type(m["exp_avg"]) is torch.Tensor for m in moments)
 
 
 def test_fsdp_refuses_what_it_cannot_do():
