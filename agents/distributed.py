@@ -21,17 +21,18 @@ Without a process group (or with one rank) every function here is the identity /
 **FSDP** (``TrainConfig.sharding="fsdp"``): :func:`fsdp_shard` applies PyTorch's FSDP2
 (``torch.distributed.fsdp.fully_shard``) to every decoder layer and then to the root, so each rank holds
 ``1/K`` of the (master) weights, of the optimiser state (AdamW moments) and of the EMA teacher's shadow,
-and steps the optimiser on its shard. HF generation and the teacher's KV-cache scoring run a data-dependent number of
-forward passes on each rank, which FSDP's per-layer all-gathers cannot follow in lockstep, so compute runs
-with the weights **gathered**: :func:`gathered` all-gathers every layer once (rollouts, the model
-reflector), :func:`fsdp_micro_batches` keeps them gathered through an update's micro-batches with
-gradient sync off and ends with one zero-weight forward/backward on every rank that reduce-scatters the
-summed gradients (ranks with more micro-batches than others stay in step). What fits is therefore a
-model whose (``param_dtype``) weights, gradients and activations fit one device but whose fp32 master
-weights and optimiser state do not (full fine-tuning, large LoRA ranks). Checkpoints are written unsharded by rank 0 inside
-:func:`full_state`, so they resume on any world size, with or without FSDP. FSDP2 runs on CPU with gloo
-(torch 2.13) once its gradient reductions are plain sums (gloo has no ``AVG`` / ``PREMUL_SUM``), so the
-older FSDP1 wrapper is not used.
+and steps the optimiser on its shard. HF generation and the teacher's KV-cache scoring run a
+data-dependent number of forward passes on each rank, which FSDP's per-layer all-gathers cannot follow
+in lockstep, so compute runs with the weights **gathered**: :func:`gathered` all-gathers every layer
+once (rollouts, the model reflector), :func:`fsdp_micro_batches` keeps them gathered through an
+update's micro-batches with gradient sync off and ends with one zero-weight forward/backward on every
+rank that reduce-scatters the summed gradients (ranks with more micro-batches than others stay in
+step). What fits is therefore a model whose (``param_dtype``) weights, gradients and activations fit one
+device but whose fp32 master weights and optimiser state do not (full fine-tuning, large LoRA ranks).
+Checkpoints are written unsharded by rank 0 inside :func:`full_state`, so they resume on any world size,
+with or without FSDP. FSDP2 runs on CPU with gloo (torch 2.13) once its gradient reductions are plain sums (gloo has no
+``AVG`` / ``PREMUL_SUM``), so the older FSDP1 wrapper is not used. A sharded model generates only inside
+:func:`gathered` entered on every rank (``train`` does this); ``evaluate`` a saved adapter instead.
 """
 
 from __future__ import annotations

@@ -354,7 +354,7 @@ def train(
     pool: str = typer.Option("inprocess", help="where the rollout envs run: inprocess | subprocess | ray"),
     ray_address: Optional[str] = typer.Option(None, help="ray.init address for --pool ray (default: local)"),
     backend: Optional[str] = typer.Option(None, help="torch.distributed backend under torchrun (default: nccl on GPU, else gloo)"),
-    sharding: str = typer.Option("none", help="none | fsdp: under torchrun, shard weights, gradients and optimiser state over the ranks (FSDP2)"),
+    sharding: str = typer.Option("none", help="none | fsdp: under torchrun, shard the weights and optimiser state over the ranks (FSDP2)"),
     kwarg: Optional[list[str]] = typer.Option(None, "--kwarg", "-k", help="env constructor key=value"),
     config: Optional[list[str]] = typer.Option(None, "--config", "-c", help="TrainConfig field=value"),
 ) -> None:

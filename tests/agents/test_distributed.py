@@ -4,15 +4,17 @@
   on the whole batch;
 * ``train`` on 2 ranks spends the turn budget once globally: every task runs on exactly one rank, the turn
   counter is the same on both and equals the turns logged (once, by rank 0).
-* FSDP (``sharding="fsdp"``, FSDP2 on gloo): two updates with the EMA teacher on 2 sharded ranks give the
-  parameters and the EMA of two single-process updates on the whole batch; a checkpoint written by an FSDP
-  run is whole and resumes in one process.
+* FSDP (``sharding="fsdp"``, FSDP2 on gloo): two updates with the EMA teacher (and gradient checkpointing)
+  on 2 sharded ranks with 4 and 2 episodes give the parameters and the EMA of two single-process updates
+  on the whole batch, as does one update with every episode on rank 0; bf16 mixed precision computes in
+  bf16 on fp32 master weights; a checkpoint written by an FSDP run is whole and resumes in one process.
 """
 
 from __future__ import annotations
 
 import json
 import pickle
+import shutil
 from pathlib import Path
 
 import pytest
@@ -62,7 +64,8 @@ def _one_update(episodes, groups: int) -> tuple[dict[str, torch.Tensor], dict]:
 FSDP_UPDATE_CONFIG = dict(UPDATE_CONFIG, teacher="ema", ema_rate=0.5, gradient_checkpointing=True)
 
 
-def _fsdp_updates(episodes, groups: int, sharded: bool, steps: int = 2, mixed_precision: str | None = None) -> dict:
+def _fsdp_updates(episodes, groups: int, sharded: bool, steps: int = 2,
+                  mixed_precision: str | None = None) -> dict:
     """``steps`` SGD updates with the EMA teacher on this rank's share of ``groups``; the optimizer and the
     teacher are built on the unsharded model (as ``train`` does) and moved onto the shards by ``fsdp_shard``.
     Returns the whole trainable weights and EMA shadow after the updates, and each update's stats."""
@@ -144,10 +147,19 @@ def _worker(rank: int, world: int, rendezvous: str, data: str, ckpt: str, out: s
         fsdp_idle = _fsdp_updates(episodes, groups=1, sharded=True, steps=1)   # rank 1: no episode
         res = train(_policy(), _train_config(ckpt))
         fres = train(_policy(), _fsdp_train_config(ckpt + "_fsdp"))
-        Path(f"{out}.{rank}").write_bytes(pickle.dumps({"update": upd, "fsdp": fsdp, "fsdp_bf16": fsdp_bf16, "fsdp_idle": fsdp_idle, "train": {
-            "turns": res.turns_used, "episodes": res.episodes, "iterations": res.iterations},
+        if rank == 0:                                   # the FSDP checkpoint resumed by 2 FSDP ranks (a copy)
+            shutil.copytree(ckpt + "_fsdp", ckpt + "_fsdp_resumed")
+        dist.barrier()
+        cfg = _fsdp_train_config(ckpt + "_fsdp_resumed")
+        cfg.turn_budget = fres.turns_used + 1
+        rres = train(_policy(), cfg)
+        Path(f"{out}.{rank}").write_bytes(pickle.dumps({
+            "update": upd, "fsdp": fsdp, "fsdp_bf16": fsdp_bf16, "fsdp_idle": fsdp_idle,
+            "train": {"turns": res.turns_used, "episodes": res.episodes, "iterations": res.iterations},
             "fsdp_train": {"turns": fres.turns_used, "episodes": fres.episodes, "iterations": fres.iterations,
-                           "steps": fres.optimizer_steps}}))
+                           "steps": fres.optimizer_steps},
+            "fsdp_resumed": {"from": rres.resumed_from_iteration, "iterations": rres.iterations,
+                             "steps": rres.optimizer_steps}}))
     finally:
         dist.destroy_process_group()
 
@@ -225,7 +237,7 @@ def test_fsdp_on_two_gloo_ranks_updates_like_one_process_with_the_ema_teacher(ba
                                        rtol=1e-4, atol=1e-4 * moved)
             torch.testing.assert_close(got["shadow"][n] - before[n], single["shadow"][n] - before[n],
                                        rtol=1e-4, atol=1e-4 * moved)
-        for (stepped, loss, norm, tokens), (s_stepped, s_loss, s_norm, s_tokens) in zip(got["stats"], single["stats"]):
+        for (stepped, loss, norm, tokens), (_, s_loss, s_norm, s_tokens) in zip(got["stats"], single["stats"]):
             assert stepped and tokens == s_tokens
             assert loss == pytest.approx(s_loss, rel=1e-5) and norm == pytest.approx(s_norm, rel=1e-4)
 
@@ -275,13 +287,28 @@ def test_an_fsdp_checkpoint_is_whole_and_resumes_in_one_process(two_ranks):
     for key in ("exp_avg", "exp_avg_sq"):
         shapes = sorted(tuple(s[key].shape) for s in state["optimizer"]["state"].values())
         assert shapes == sorted(tuple(v.shape) for v in full.values())
-    assert {n: tuple(v.shape) for n, v in state["teacher"]["shadow"].items()} == {n: tuple(v.shape) for n, v in full.items()}
+    shadow = state["teacher"]["shadow"]
+    assert {n: tuple(v.shape) for n, v in shadow.items()} == {n: tuple(v.shape) for n, v in full.items()}
     cfg = _fsdp_train_config(str(ckpt))
     cfg.sharding, cfg.turn_budget = "none", done["turns"] + 1     # one more batch, unsharded
     res = train(_policy(), cfg)
     assert res.resumed_from_iteration == done["iterations"] and res.iterations == done["iterations"] + 1
     logged = [json.loads(line) for line in (ckpt / "episodes.jsonl").read_text().splitlines()]
     assert len(logged) == res.episodes == done["episodes"] + cfg.tasks_per_update * cfg.group_size
+
+
+def test_an_fsdp_checkpoint_resumes_under_fsdp(two_ranks):
+    """Restored whole (weights, AdamW moments, EMA), then sharded: the run goes on and writes a whole
+    checkpoint again."""
+    done, res = two_ranks[0]["fsdp_train"], two_ranks[0]["fsdp_resumed"]
+    assert two_ranks[1]["fsdp_resumed"] == res
+    assert res["from"] == done["iterations"] and res["iterations"] == done["iterations"] + 1
+    state = torch.load(Path(str(two_ranks[0]["ckpt"]) + "_fsdp_resumed") / "checkpoint.pt", map_location="cpu",
+                       weights_only=False)
+    assert state["counters"]["iterations"] == res["iterations"]
+    moments = state["optimizer"]["state"].values()
+    assert {float(m["step"]) for m in moments} == {float(res["steps"])}      # AdamW went on from its state
+    assert all(type(m["exp_avg"]) is torch.Tensor for m in moments)
 
 
 def test_fsdp_refuses_what_it_cannot_do():
