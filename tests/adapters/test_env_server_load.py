@@ -27,7 +27,9 @@ def test_load_script_prints_throughput_and_latency(capsys):
     with start_server("hero_gym/Lookup-v0") as handle:
         out = mod.main(["--url", handle.url, "--clients", "4", "--requests", "60", "--seconds", "60"])
     assert out["requests"] == 60 and out["errors"] == 0
-    assert out["reset"]["count"] == 20 and out["step"]["count"] == 40   # Lookup: reset + 2 steps per episode
+    # Lookup: reset + 2 steps per episode; the last episode of a client may be cut when the shared budget
+    # runs out (which client takes the last requests depends on scheduling), so resets are >= 60 / 3
+    assert out["reset"]["count"] + out["step"]["count"] == 60 and 20 <= out["reset"]["count"] <= 24
     assert out["requests_per_s"] > 0 and out["all"]["p99_ms"] >= out["all"]["p50_ms"] > 0
     text = capsys.readouterr().out
     assert "requests/s" in text and "p99 ms" in text
