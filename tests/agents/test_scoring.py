@@ -26,11 +26,11 @@ def tiny(attn="eager", seed=0):
     return LlamaForCausalLM(cfg).eval()
 
 
-def make_episode(rng, n_turns=5, break_at=None):
+def make_episode(rng, n_turns=5, break_at=None, act_len=None):
     ctx = [rng.randrange(10, 100) for _ in range(15)] + GEN
     turns = []
     for t in range(n_turns):
-        act = [rng.randrange(10, 100) for _ in range(rng.randrange(1, 6))]
+        act = [rng.randrange(10, 100) for _ in range(act_len or rng.randrange(1, 6))]
         turns.append(Turn(index=t, action_text="a", observation="o", context_token_ids=list(ctx),
                           action_token_ids=act, action_logprobs=[-1.0] * len(act)))
         obs = [rng.randrange(10, 100) for _ in range(rng.randrange(2, 8))]
@@ -180,12 +180,77 @@ def test_student_hidden_through_head_equals_student_logits():
     torch.testing.assert_close(head(hidden), logits, atol=2e-5, rtol=1e-4)
 
 
-def test_teacher_scoring_refuses_kernels_that_ignore_4d_masks():
-    from types import SimpleNamespace
+def test_teacher_queries_attend_to_their_own_prefix_only():
+    """The teacher encodes the shared prefix once (unpadded, the decoder only) and then per scored turn only
+    ``note + gen prompt + action[:-1]`` on top of exactly ``p_t`` cached positions: no turn's query runs
+    attention over other turns' keys or over prefix positions its own teacher context does not have."""
+    from hero_gym.agents.scoring import _block_plan
 
-    from hero_gym.agents.scoring import _require_4d_mask_support
+    rng = random.Random(9)
+    model = tiny("sdpa", seed=5)
+    eps = [make_episode(rng, 5), make_episode(rng, 3, break_at=1)]
+    tctx = [teacher_ctx(rng, eps[0], masked={1}), teacher_ctx(rng, eps[1], masked={0})]
+    lay = build_layout(eps)
+    calls = []
 
-    for ok in ("eager", "sdpa"):
-        _require_4d_mask_support(SimpleNamespace(config=SimpleNamespace(_attn_implementation=ok)))
-    with pytest.raises(ValueError, match="eager"):
-        _require_4d_mask_support(SimpleNamespace(config=SimpleNamespace(_attn_implementation="flash_attention_2")))
+    def record(module, args, kwargs):
+        past = kwargs.get("past_key_values")
+        calls.append((kwargs["input_ids"].shape, past.get_seq_length() if past is not None and past.layers
+                      and past.layers[0].is_initialized else 0))
+
+    mlp_calls = {-1: 0, -2: 0}
+
+    def count(i):
+        def hook(module, args, out):
+            mlp_calls[i] += 1
+        return hook
+
+    handles = [model.model.register_forward_pre_hook(record, with_kwargs=True),
+               model.model.layers[-1].mlp.register_forward_hook(count(-1)),
+               model.model.layers[-2].mlp.register_forward_hook(count(-2))]
+    try:
+        got, m1 = teacher_logits_prefix_cache(model, eps, tctx, lay)
+    finally:
+        for h in handles:
+            h.remove()
+    want = []
+    for ch in lay.chains:
+        plan = [(p, q) for p, q, _ in _block_plan(ch, eps[ch.episode], tctx[ch.episode]) if p is not None]
+        if not plan:
+            continue
+        want.append(((1, max(p for p, _ in plan)), 0))              # the chain's prefix pass, then
+        want.extend(((1, len(q)), p) for p, q in plan)               # one query per scored turn
+    for ch in lay.chains:                                            # query = the non-shared part, minus one token
+        for t, (p, q, act) in zip(ch.turns, _block_plan(ch, eps[ch.episode], tctx[ch.episode])):
+            if p is not None:
+                assert p + len(q) == len(tctx[ch.episode][t]) + len(act) - 1
+    assert calls == want
+    # a prefix pass stops once the last layer's keys/values are cached: that layer's MLP runs for the queries only
+    n_prefix = sum(1 for _, past in want if past == 0)
+    assert mlp_calls == {-1: len(want) - n_prefix, -2: len(want)}
+    naive, m2 = teacher_logits_naive(model, eps, tctx, lay)
+    assert torch.equal(m1, m2)
+    torch.testing.assert_close(got, naive, atol=2e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("attn", ["eager", "sdpa"])
+def test_teacher_edge_cases_match_naive(attn):
+    """A teacher context sharing no token with the episode (p_t = 0), one-token actions, a chain whose
+    turns are all masked, and everything masked."""
+    rng = random.Random(10)
+    model = tiny(attn, seed=6)
+    eps = [make_episode(rng, 4, act_len=1), make_episode(rng, 3, break_at=1), make_episode(rng, 2, act_len=1)]
+    tctx = [teacher_ctx(rng, eps[0]), teacher_ctx(rng, eps[1], masked={1, 2}), teacher_ctx(rng, eps[2])]
+    tctx[0][2] = [3, 4, 5] + GEN                  # token ids no context uses: p_t = 0
+    tctx[2][0] = [6] + GEN
+    lay = build_layout(eps)
+    naive, m2 = teacher_logits_naive(model, eps, tctx, lay)
+    got, m1 = teacher_logits_prefix_cache(model, eps, tctx, lay)
+    assert torch.equal(m1, m2)
+    torch.testing.assert_close(got, naive, atol=2e-5, rtol=1e-4)
+    part, _ = teacher_logits_prefix_cache(model, eps, tctx, lay, chain_indices=[1, 2, 3], as_hidden=True)
+    n0 = sum(s.length for s in lay.spans if s.episode == 0)
+    torch.testing.assert_close(part.dense(), naive[n0:], atol=2e-5, rtol=1e-4)
+    none = [[None] * len(ep.turns) for ep in eps]
+    empty, m0 = teacher_logits_prefix_cache(model, eps, none, lay, as_hidden=True)
+    assert not m0.any() and empty.shape == (lay.num_tokens, 101)
