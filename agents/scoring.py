@@ -406,26 +406,95 @@ def _prefix_cache(module: Any, ids: torch.Tensor) -> list[tuple[torch.Tensor, to
     return [(k, v) for k, v, *_ in cache]
 
 
+QUERY_GROUP_TOKENS = 256
+"""Default ``group_tokens`` of the teacher scorers: consecutive scored turns of a chain are encoded together
+until their queries hold this many tokens. One query per turn attends to exactly its own keys, but every
+forward streams all weights through the matrix products; one query for all turns streams them once but
+attends over every turn's keys. A few hundred tokens per forward keeps the products efficient on a CPU
+while a group's turns only attend over the prefix of its last turn."""
+
+
+def _require_4d_mask_support(model: Any) -> None:
+    """Custom 4-D attention masks are honoured by the eager and SDPA kernels only (flash-attention kernels
+    take padding masks and would silently attend across note blocks)."""
+    cfg = getattr(model, "config", None)
+    impl = getattr(cfg, "_attn_implementation", None) or "eager"
+    if impl not in ("eager", "sdpa"):
+        raise ValueError(f"teacher scoring of several turns per forward needs attn_implementation 'eager' or "
+                         f"'sdpa' (4-D masks), got {impl!r}; pass group_tokens=1 (one turn per forward) for "
+                         f"other kernels")
+
+
+def _query_groups(plan: list[tuple], group_tokens: int) -> list[list[tuple]]:
+    """Consecutive scored turns ``(p_t, query_t, action_t)`` grouped until a group holds ``group_tokens``
+    query tokens (``group_tokens <= 1``: one turn per group)."""
+    groups: list[list[tuple]] = []
+    cur: list[tuple] = []
+    n = 0
+    for item in plan:
+        if item[0] is None:
+            continue
+        cur.append(item)
+        n += len(item[1])
+        if n >= group_tokens:
+            groups.append(cur)
+            cur, n = [], 0
+    if cur:
+        groups.append(cur)
+    return groups
+
+
+def _group_forward(model: Any, parts: tuple[Any, Any] | None, group: list[tuple],
+                   layers: list[tuple[torch.Tensor, torch.Tensor]], row: int) -> torch.Tensor:
+    """Teacher rows of one group of turns, in one no-grad forward on top of the first ``P`` cached positions
+    (``P`` = the largest ``p_t`` of the group). A single turn is plain causal attention over its ``p_t``
+    cached keys; several turns are concatenated and a 4-D mask lets turn ``t`` see cached positions
+    ``[0, p_t)`` and causally its own query only, with position ids from ``p_t``."""
+    dev = _model_device(model)
+    P = max(p for p, _, _ in group)
+    ids: list[int] = []
+    pos: list[int] = []
+    for p, query, _ in group:
+        ids.extend(query)
+        pos.extend(range(p, p + len(query)))
+    Q = len(ids)
+    keep = torch.zeros((1, Q), dtype=torch.bool)
+    kw: dict[str, Any] = {"input_ids": torch.tensor([ids], device=dev), "position_ids": torch.tensor([pos], device=dev),
+                          "past_key_values": _prefix_view(layers, row, P), "use_cache": True}
+    if len(group) > 1:
+        _require_4d_mask_support(model)
+        allowed = torch.zeros((Q, P + Q), dtype=torch.bool)
+        start = 0
+        for p, query, _ in group:
+            n = len(query)
+            allowed[start:start + n, :p] = True
+            allowed[start:start + n, P + start:P + start + n] = torch.ones(n, n, dtype=torch.bool).tril()
+            start += n
+        dtype = layers[0][0].dtype
+        kw["attention_mask"] = torch.zeros((1, 1, Q, P + Q), dtype=dtype).masked_fill_(
+            ~allowed, torch.finfo(dtype).min).to(dev)
+    start = 0
+    for _, query, act in group:
+        start += len(query)
+        keep[0, start - len(act):start] = True
+    with torch.no_grad():
+        return _teacher_rows(model, parts, keep.to(dev), **kw)
+
+
 def _turn_queries(model: Any, parts: tuple[Any, Any] | None, ch: Chain, episode: Episode,
                   tctx_row: Sequence[Sequence[int] | None], layers: list[tuple[torch.Tensor, torch.Tensor]] | None,
-                  row: int, rows: list[torch.Tensor], mask: list[bool]) -> None:
-    """Append the teacher rows of every scored turn of chain ``ch`` to ``rows`` (and one mask entry per
-    action token to ``mask``): one short no-grad forward per turn over its query (:func:`_block_plan`) on
-    top of a read-only view of the first ``p_t`` positions of row ``row`` of the prefix cache ``layers``."""
-    dev = _model_device(model)
-    for p, query, act in _block_plan(ch, episode, tctx_row):
+                  row: int, rows: list[torch.Tensor], mask: list[bool], group_tokens: int) -> None:
+    """Append the teacher rows of every scored turn of chain ``ch`` to ``rows`` (turn order) and one mask
+    entry per action token to ``mask``: the turns' queries (:func:`_block_plan`) are encoded in groups
+    (:func:`_query_groups`, :func:`_group_forward`) on top of row ``row`` of the prefix cache ``layers``."""
+    plan = _block_plan(ch, episode, tctx_row)
+    for p, _, act in plan:
         mask.extend([p is not None] * len(act))
-        if p is None:
-            continue
-        if layers is None:
-            raise ValueError("a scored turn needs the chain's prefix cache")
-        n = len(query)
-        keep = torch.zeros((1, n), dtype=torch.bool, device=dev)
-        keep[0, n - len(act):] = True
-        with torch.no_grad():
-            rows.append(_teacher_rows(model, parts, keep, input_ids=torch.tensor([query], device=dev),
-                                      position_ids=torch.arange(p, p + n, device=dev)[None],
-                                      past_key_values=_prefix_view(layers, row, p), use_cache=True))
+    groups = _query_groups(plan, group_tokens)
+    if groups and layers is None:
+        raise ValueError("a scored turn needs the chain's prefix cache")
+    for group in groups:
+        rows.append(_group_forward(model, parts, group, layers, row))
 
 
 def _assemble(model: Any, parts: tuple[Any, Any] | None, rows: list[torch.Tensor],
@@ -453,6 +522,7 @@ def teacher_logits_from_cache(
     chain_indices: Sequence[int] | None = None,
     pad_id: int = 0,
     as_hidden: bool = False,
+    group_tokens: int = QUERY_GROUP_TOKENS,
 ) -> tuple[torch.Tensor | HiddenLogits, torch.Tensor]:
     """Teacher logits on top of a KV cache whose row ``r`` holds the ``r``-th selected chain from position 0,
     computed with the teacher's weights (live teacher: the student forward's own cache, from
@@ -474,7 +544,8 @@ def teacher_logits_from_cache(
     rows: list[torch.Tensor] = []
     mask: list[bool] = []
     for r, ch in enumerate(chains):
-        _turn_queries(model, parts, ch, episodes[ch.episode], teacher_contexts[ch.episode], layers, r, rows, mask)
+        _turn_queries(model, parts, ch, episodes[ch.episode], teacher_contexts[ch.episode], layers, r, rows, mask,
+                      group_tokens)
     return _assemble(model, parts, rows, mask)
 
 
@@ -487,6 +558,7 @@ def teacher_logits_prefix_cache(
     chain_indices: Sequence[int] | None = None,
     pad_id: int = 0,
     as_hidden: bool = False,
+    group_tokens: int = QUERY_GROUP_TOKENS,
 ) -> tuple[torch.Tensor | HiddenLogits, torch.Tensor]:
     """Teacher logits by KV-cache prefix reuse with the teacher's own weights (any teacher kind).
 
@@ -511,7 +583,7 @@ def teacher_logits_prefix_cache(
         if scored:   # max(1, .): p_t = 0 is possible
             ids = torch.tensor([ch.sequence[:max(1, max(scored))]], dtype=torch.long, device=dev)
             layers = _prefix_cache(model if full is None else full[0], ids)
-        _turn_queries(model, parts, ch, ep, tctx_row, layers, 0, rows, mask)
+        _turn_queries(model, parts, ch, ep, tctx_row, layers, 0, rows, mask, group_tokens)
     return _assemble(model, parts, rows, mask)
 
 

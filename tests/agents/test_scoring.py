@@ -51,20 +51,21 @@ def teacher_ctx(rng, ep, masked=()):
     return out
 
 
+@pytest.mark.parametrize("group_tokens", [1, 12, 10**6])   # one turn per forward, a few, all of a chain
 @pytest.mark.parametrize("attn", ["eager", "sdpa"])
-def test_prefix_cache_teacher_matches_naive(attn):
+def test_prefix_cache_teacher_matches_naive(attn, group_tokens):
     rng = random.Random(0)
     model = tiny(attn)
     eps = [make_episode(rng, 6), make_episode(rng, 4, break_at=2), make_episode(rng, 1)]
     tctx = [teacher_ctx(rng, eps[0], masked={2}), teacher_ctx(rng, eps[1]), teacher_ctx(rng, eps[2])]
     lay = build_layout(eps)
     assert [len(prefix_chains(e)) for e in eps] == [1, 2, 1]
-    packed, m1 = teacher_logits_prefix_cache(model, eps, tctx, lay)
+    packed, m1 = teacher_logits_prefix_cache(model, eps, tctx, lay, group_tokens=group_tokens)
     naive, m2 = teacher_logits_naive(model, eps, tctx, lay)
     assert torch.equal(m1, m2) and m1.sum() < lay.num_tokens
     torch.testing.assert_close(packed, naive, atol=2e-5, rtol=1e-4)
     # micro-batching over chains gives the same rows
-    part, _ = teacher_logits_prefix_cache(model, eps, tctx, lay, chain_indices=[1, 2, 3])
+    part, _ = teacher_logits_prefix_cache(model, eps, tctx, lay, chain_indices=[1, 2, 3], group_tokens=group_tokens)
     n0 = sum(s.length for s in lay.spans if s.episode == 0)
     torch.testing.assert_close(part, packed[n0:], atol=2e-5, rtol=1e-4)
 
@@ -180,11 +181,12 @@ def test_student_hidden_through_head_equals_student_logits():
     torch.testing.assert_close(head(hidden), logits, atol=2e-5, rtol=1e-4)
 
 
-def test_teacher_queries_attend_to_their_own_prefix_only():
-    """The teacher encodes the shared prefix once (unpadded, the decoder only) and then per scored turn only
-    ``note + gen prompt + action[:-1]`` on top of exactly ``p_t`` cached positions: no turn's query runs
-    attention over other turns' keys or over prefix positions its own teacher context does not have."""
-    from hero_gym.agents.scoring import _block_plan
+@pytest.mark.parametrize("group_tokens", [1, 12, 10**6])
+def test_teacher_queries_attend_to_their_own_prefix_only(group_tokens):
+    """The teacher encodes each chain's shared prefix once (unpadded, the decoder only) and then the scored
+    turns' queries ``note + gen prompt + action[:-1]`` in groups of consecutive turns, each group on top of
+    exactly ``max p_t`` cached positions of its turns (a single turn: exactly its own ``p_t``)."""
+    from hero_gym.agents.scoring import _block_plan, _query_groups
 
     rng = random.Random(9)
     model = tiny("sdpa", seed=5)
@@ -209,17 +211,22 @@ def test_teacher_queries_attend_to_their_own_prefix_only():
                model.model.layers[-1].mlp.register_forward_hook(count(-1)),
                model.model.layers[-2].mlp.register_forward_hook(count(-2))]
     try:
-        got, m1 = teacher_logits_prefix_cache(model, eps, tctx, lay)
+        got, m1 = teacher_logits_prefix_cache(model, eps, tctx, lay, group_tokens=group_tokens)
     finally:
         for h in handles:
             h.remove()
     want = []
     for ch in lay.chains:
-        plan = [(p, q) for p, q, _ in _block_plan(ch, eps[ch.episode], tctx[ch.episode]) if p is not None]
-        if not plan:
+        plan = _block_plan(ch, eps[ch.episode], tctx[ch.episode])
+        groups = _query_groups(plan, group_tokens)
+        if not groups:
             continue
-        want.append(((1, max(p for p, _ in plan)), 0))              # the chain's prefix pass, then
-        want.extend(((1, len(q)), p) for p, q in plan)               # one query per scored turn
+        want.append(((1, max(p for p, _, _ in plan if p is not None)), 0))      # the chain's prefix pass, then
+        want.extend(((1, sum(len(q) for _, q, _ in g)), max(p for p, _, _ in g)) for g in groups)  # per group
+        if group_tokens == 1:
+            assert [len(g) for g in groups] == [1] * len(groups)
+        if group_tokens == 10**6:
+            assert len(groups) == 1
     for ch in lay.chains:                                            # query = the non-shared part, minus one token
         for t, (p, q, act) in zip(ch.turns, _block_plan(ch, eps[ch.episode], tctx[ch.episode])):
             if p is not None:
