@@ -14,12 +14,14 @@ context), the episode is split into *chains* of consistent turns, one sequence e
 generation prompt, plus a note message and the generation prompt (``ChatRenderer.note_ids``). All of
 them share the episode prefix. :func:`teacher_logits_prefix_cache` (what the trainer runs, with the
 teacher's weights active) first fills a KV cache over the chain's shared prefix with one plain causal
-forward (decoder only), then encodes each turn's query ``note_t + gen prompt + action_t`` (minus the
-action's last token, which predicts nothing scored) in one short forward on top of a read-only view of
-the first ``p_t`` cached positions (``p_t`` = the length of the turn's shared prefix), position ids from
-``p_t`` on (:func:`teacher_logits_from_cache`). That is ordinary causal attention over exactly the keys
-of ``teacher_context_t`` -- the computation of a separate forward over ``teacher_context_t + action_t``,
-at the cost of the query only.
+forward (decoder only, stopped once the last layer's keys/values are stored), then encodes each turn's
+query ``note_t + gen prompt + action_t`` (minus the action's last token, which predicts nothing scored)
+with position ids from ``p_t`` (= the length of the turn's shared prefix) on top of a read-only view of
+the cache (:func:`teacher_logits_from_cache`). Consecutive turns are encoded together, up to
+``group_tokens`` query tokens per forward: a 4-D mask lets turn ``t`` see cached positions ``[0, p_t)``
+and causally its own query only; a group of one turn is plain causal attention over exactly ``p_t``
+cached keys. Either way the computation is that of a separate forward over
+``teacher_context_t + action_t``, at the cost of the query only.
 
 :func:`teacher_logits_naive` is the per-turn reference (and the benchmark baseline); the paths give
 the same logits to float tolerance (``tests/agents/test_scoring.py``).
@@ -414,15 +416,11 @@ attends over every turn's keys. A few hundred tokens per forward keeps the produ
 while a group's turns only attend over the prefix of its last turn."""
 
 
-def _require_4d_mask_support(model: Any) -> None:
+def _supports_4d_masks(model: Any) -> bool:
     """Custom 4-D attention masks are honoured by the eager and SDPA kernels only (flash-attention kernels
-    take padding masks and would silently attend across note blocks)."""
+    take padding masks and would silently attend across the turns of a group)."""
     cfg = getattr(model, "config", None)
-    impl = getattr(cfg, "_attn_implementation", None) or "eager"
-    if impl not in ("eager", "sdpa"):
-        raise ValueError(f"teacher scoring of several turns per forward needs attn_implementation 'eager' or "
-                         f"'sdpa' (4-D masks), got {impl!r}; pass group_tokens=1 (one turn per forward) for "
-                         f"other kernels")
+    return (getattr(cfg, "_attn_implementation", None) or "eager") in ("eager", "sdpa")
 
 
 def _query_groups(plan: list[tuple], group_tokens: int) -> list[list[tuple]]:
@@ -462,7 +460,6 @@ def _group_forward(model: Any, parts: tuple[Any, Any] | None, group: list[tuple]
     kw: dict[str, Any] = {"input_ids": torch.tensor([ids], device=dev), "position_ids": torch.tensor([pos], device=dev),
                           "past_key_values": _prefix_view(layers, row, P), "use_cache": True}
     if len(group) > 1:
-        _require_4d_mask_support(model)
         allowed = torch.zeros((Q, P + Q), dtype=torch.bool)
         start = 0
         for p, query, _ in group:
@@ -490,7 +487,7 @@ def _turn_queries(model: Any, parts: tuple[Any, Any] | None, ch: Chain, episode:
     plan = _block_plan(ch, episode, tctx_row)
     for p, _, act in plan:
         mask.extend([p is not None] * len(act))
-    groups = _query_groups(plan, group_tokens)
+    groups = _query_groups(plan, group_tokens if _supports_4d_masks(model) else 1)
     if groups and layers is None:
         raise ValueError("a scored turn needs the chain's prefix cache")
     for group in groups:
@@ -528,11 +525,13 @@ def teacher_logits_from_cache(
     computed with the teacher's weights (live teacher: the student forward's own cache, from
     :func:`student_logits` with ``return_cache=True`` and the same ``chain_indices``).
 
-    Per scored turn, one short forward encodes the note + generation prompt + action query with position
-    ids from ``p_t`` on top of a read-only view of the first ``p_t`` cached positions: ordinary causal
-    attention over exactly the keys of the turn's own teacher context, the computation of
-    :func:`teacher_logits_naive` (no custom mask, so any attention kernel). The cache is detached
-    (stop-gradient) and not modified. ``pad_id`` is unused (the signature is shared with the other scorers).
+    The scored turns' note + generation prompt + action queries are encoded with position ids from ``p_t``
+    on top of a read-only view of the cache, ``group_tokens`` query tokens of consecutive turns per
+    forward (:data:`QUERY_GROUP_TOKENS`; ``1`` = one plain causal forward per turn, which any attention
+    kernel supports; larger groups need a 4-D mask, so other kernels than eager and SDPA always get one
+    turn per forward). The result is the
+    computation of :func:`teacher_logits_naive`. The cache is detached (stop-gradient) and not modified.
+    ``pad_id`` is unused (the signature is shared with the other scorers).
 
     Returns ``(logits [N, V] or HiddenLogits, mask [N])`` over the selected chains' action tokens; rows of
     masked turns are zero and ``mask`` is False there.
@@ -563,9 +562,9 @@ def teacher_logits_prefix_cache(
     """Teacher logits by KV-cache prefix reuse with the teacher's own weights (any teacher kind).
 
     Per chain with a scored turn: (1) one plain causal forward over its shared prefix
-    ``sequence[:max_t p_t]`` (unpadded, decoder only: no output head) that fills a KV cache; (2) per scored
-    turn a short query on top of the first ``p_t`` cached positions (as in
-    :func:`teacher_logits_from_cache`). One prefix cache is alive at a time. Same outputs as
+    ``sequence[:max_t p_t]`` (unpadded; decoder only, stopped once the last layer's keys/values are cached)
+    that fills a KV cache; (2) the scored turns' queries on top of it, ``group_tokens`` query tokens per
+    forward (as in :func:`teacher_logits_from_cache`). One prefix cache is alive at a time. Same outputs as
     :func:`teacher_logits_naive`. ``pad_id`` is unused (nothing is padded).
     """
     del pad_id

@@ -261,3 +261,31 @@ def test_teacher_edge_cases_match_naive(attn):
     none = [[None] * len(ep.turns) for ep in eps]
     empty, m0 = teacher_logits_prefix_cache(model, eps, none, lay, as_hidden=True)
     assert not m0.any() and empty.shape == (lay.num_tokens, 101)
+
+
+def test_kernels_without_4d_masks_get_one_turn_per_forward(monkeypatch):
+    """Flash-attention kernels ignore custom 4-D masks (a group of turns would attend across turns): they get
+    one plain causal forward per turn, whatever ``group_tokens`` says."""
+    from types import SimpleNamespace
+
+    from hero_gym.agents import scoring
+
+    for impl, ok in (("eager", True), ("sdpa", True), ("flash_attention_2", False), ("flex_attention", False)):
+        assert scoring._supports_4d_masks(SimpleNamespace(config=SimpleNamespace(_attn_implementation=impl))) is ok
+    rng = random.Random(11)
+    model = tiny("sdpa", seed=7)
+    eps = [make_episode(rng, 5)]
+    tctx = [teacher_ctx(rng, eps[0], masked={3})]
+    lay = build_layout(eps)
+    monkeypatch.setattr(scoring, "_supports_4d_masks", lambda m: False)
+    masks = []
+    handle = model.model.register_forward_pre_hook(
+        lambda mod, args, kw: masks.append(kw.get("attention_mask")), with_kwargs=True)
+    try:
+        got, m1 = teacher_logits_prefix_cache(model, eps, tctx, lay, group_tokens=10**6)
+    finally:
+        handle.remove()
+    assert len(masks) == 1 + 4 and all(m is None for m in masks)     # the prefix + one query per scored turn
+    naive, m2 = teacher_logits_naive(model, eps, tctx, lay)
+    assert torch.equal(m1, m2)
+    torch.testing.assert_close(got, naive, atol=2e-5, rtol=1e-4)
