@@ -3,10 +3,11 @@
 Prints, from one run:
 
 1. teacher scoring time on 10-turn episodes: the trainer's path (a KV cache of the shared prefix
-   with the teacher's weights, then the per-turn note/action blocks) vs naive per-turn
-   re-encoding                                                           (target >= 3x);
+   with the teacher's weights, then the turns' note/action queries, a few turns per forward) vs
+   naive per-turn re-encoding                                            (target >= 3x);
 2. one HERO update (default config: EMA teacher, JSD, student top-100) vs one GRPO update on the
-   same batch                                                            (target <= 1.5x);
+   same batch                                                            (target <= 1.5x), with the
+   teacher/student split ``update`` logs;
 3. peak memory of each update, measured in a fresh subprocess each as the peak RSS above the
    RSS right before the update (a sampling thread, 2 ms period)          (target HERO <= 1.1x GRPO,
    and <= 4 GB above baseline for the 135M model).
