@@ -13,12 +13,15 @@ context), the episode is split into *chains* of consistent turns, one sequence e
 **Teacher — KV-cache prefix reuse.** Turn ``t``'s teacher context is its context minus the trailing
 generation prompt, plus a note message and the generation prompt (``ChatRenderer.note_ids``). All of
 them share the episode prefix. :func:`teacher_logits_prefix_cache` (what the trainer runs, with the
-teacher's weights active) first fills a KV cache over the shared prefix with a plain causal forward,
-then encodes every turn's block ``note_t + gen prompt + action_t`` against it in one short query
-(:func:`teacher_logits_from_cache`): block ``t`` gets position ids ``p_t, p_t+1, ...`` (``p_t`` = the
-length of its shared prefix) and a 4-D mask lets it see cache positions ``[0, p_t)`` plus its own
-earlier tokens only. Causal attention + RoPE then compute exactly what a separate forward over
-``teacher_context_t + action_t`` would.
+teacher's weights active) first fills a KV cache over the chain's shared prefix with one plain causal
+forward (decoder only, stopped once the last layer's keys/values are stored), then encodes each turn's
+query ``note_t + gen prompt + action_t`` (minus the action's last token, which predicts nothing scored)
+with position ids from ``p_t`` (= the length of the turn's shared prefix) on top of a read-only view of
+the cache (:func:`teacher_logits_from_cache`). Consecutive turns are encoded together, up to
+``group_tokens`` query tokens per forward: a 4-D mask lets turn ``t`` see cached positions ``[0, p_t)``
+and causally its own query only; a group of one turn is plain causal attention over exactly ``p_t``
+cached keys. Either way the computation is that of a separate forward over
+``teacher_context_t + action_t``, at the cost of the query only.
 
 :func:`teacher_logits_naive` is the per-turn reference (and the benchmark baseline); the paths give
 the same logits to float tolerance (``tests/agents/test_scoring.py``).
@@ -158,10 +161,6 @@ def _model_device(model: Any) -> torch.device:
         return torch.device("cpu")
 
 
-def _neg(dtype: torch.dtype) -> float:
-    return torch.finfo(dtype).min
-
-
 def _forward_keep(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                   position_ids: torch.Tensor | None, keep: torch.Tensor) -> torch.Tensor:
     """Logits ``[keep.sum(), V]`` at the True positions of ``keep`` (row-major order).
@@ -230,20 +229,24 @@ def _plain_head(model: Any) -> tuple[Any, Any] | None:
     return dec, head
 
 
-def _forward_teacher(model: Any, as_hidden: bool, keep: torch.Tensor, **kw: Any) -> torch.Tensor | HiddenLogits:
-    """No-grad forward returning logits at ``keep`` positions (or lazily projected hidden states)."""
-    parts = _plain_head(model) if as_hidden else None
-    if parts is None:
-        try:
-            return model(**kw, logits_to_keep=keep).logits
-        except TypeError:  # pragma: no cover
-            return model(**kw).logits[keep]
-    dec, head = parts
-    h = dec(**kw).last_hidden_state[keep]
-    vocab = head.weight.shape[0]
+def _teacher_rows(model: Any, parts: tuple[Any, Any] | None, keep: torch.Tensor, **kw: Any) -> torch.Tensor:
+    """One no-grad teacher forward: the rows at the True positions of ``keep`` (``[1, L]`` bool), as final
+    hidden states when ``parts = (decoder, head)`` is given (projected later), else as logits."""
+    if parts is not None:
+        return parts[0](**kw).last_hidden_state[keep]
+    try:
+        logits = model(**kw, logits_to_keep=keep).logits
+        return logits if logits.dim() == 2 and logits.shape[0] == int(keep.sum()) else logits[keep]
+    except TypeError:  # pragma: no cover - model without logits_to_keep
+        return model(**kw).logits[keep]
+
+
+def _teacher_projection(parts: tuple[Any, Any], hidden_size: int, dtype: torch.dtype, device: Any) -> Any:
+    """The teacher's output head, evaluated inside the teacher context (a frozen copy when trainable)."""
+    head = parts[1]
     if any(p.requires_grad for p in head.parameters()):
-        head = _FrozenProjection(head, h.shape[-1], h.dtype, h.device)
-    return HiddenLogits(h, head, vocab)
+        return _FrozenProjection(head, hidden_size, dtype, device)
+    return head
 
 
 def _scatter_rows(kept: torch.Tensor | HiddenLogits, mask_out: torch.Tensor, n_tokens: int, dev: Any):
@@ -254,13 +257,6 @@ def _scatter_rows(kept: torch.Tensor | HiddenLogits, mask_out: torch.Tensor, n_t
     out = torch.zeros(n_tokens, kept.shape[-1], dtype=kept.dtype, device=dev)
     out[mask_out.to(dev)] = kept
     return out
-
-
-def _model_dtype(model: Any) -> torch.dtype:
-    try:
-        return next(model.parameters()).dtype
-    except StopIteration:  # pragma: no cover
-        return torch.float32
 
 
 def _chain_batch(chains: Sequence[Chain], episodes: Sequence[Episode], pad_id: int):
@@ -336,7 +332,13 @@ def student_hidden(
 
 
 def _block_plan(ch: Chain, ep: Episode, tctx_row: Sequence[Sequence[int] | None]) -> list[tuple]:
-    """Per turn of a chain: ``(p_t, block_t, action)`` with ``p_t=None`` for a masked turn."""
+    """Per turn of a chain: ``(p_t, query_t, action_t)``, ``p_t=None`` for a masked turn.
+
+    ``p_t`` is the length of the turn's teacher context shared with the chain's sequence; ``query_t`` is
+    what the teacher must still encode on top of those ``p_t`` cached positions: the rest of the teacher
+    context (note message + generation prompt) and the action *without its last token* (that token
+    predicts nothing that is scored, and nothing scored attends to it). The last ``len(action_t)``
+    positions of ``query_t`` predict the action tokens."""
     plan = []
     for t in ch.turns:
         tctx = tctx_row[t]
@@ -345,57 +347,166 @@ def _block_plan(ch: Chain, ep: Episode, tctx_row: Sequence[Sequence[int] | None]
             plan.append((None, None, act))
             continue
         p = min(common_prefix_len(tctx, ch.sequence), len(tctx) - 1)
-        plan.append((p, list(tctx[p:]) + act, act))
+        plan.append((p, list(tctx[p:]) + act[:-1], act))
     return plan
 
 
-def _frozen_cache(cache: Any) -> Any:
-    """A read-only, detached view of a KV cache: attention sees ``cat(prefix, new)`` per layer, but
-    nothing is stored, so no layer keeps a grown copy and the student's cache is untouched."""
+def _prefix_view(layers: Sequence[tuple[torch.Tensor, torch.Tensor]], row: int, length: int) -> Any:
+    """A read-only cache of row ``row``'s first ``length`` positions (views of ``layers``, no copy).
+
+    Attention sees ``cat(prefix, new)`` per layer but nothing is stored: the shared prefix cache (possibly
+    the student's) is never modified, and no layer keeps a grown copy once its attention is done."""
     from transformers import DynamicCache
     from transformers.cache_utils import DynamicLayer
 
-    class _FrozenLayer(DynamicLayer):
+    class _ReadOnlyLayer(DynamicLayer):
         def update(self, key_states, value_states, *args, **kwargs):  # noqa: ANN001
             return torch.cat([self.keys, key_states], dim=-2), torch.cat([self.values, value_states], dim=-2)
 
-    try:
-        layers = []
-        for k, v, *_ in cache:
-            layer = _FrozenLayer()
-            layer.dtype, layer.device = k.dtype, k.device
-            layer.keys, layer.values = k.detach(), v.detach()
-            layer.is_initialized = True
-            layers.append(layer)
-        frozen = DynamicCache()
-        frozen.layers = layers
-        return frozen
-    except Exception:  # pragma: no cover - a transformers version with another cache layout
-        return DynamicCache(ddp_cache_data=[(k.detach(), v.detach()) for k, v, *_ in cache])
+    view = []
+    for k, v in layers:
+        layer = _ReadOnlyLayer()
+        layer.dtype, layer.device = k.dtype, k.device
+        layer.keys, layer.values = k[row:row + 1, :, :length], v[row:row + 1, :, :length]
+        layer.is_initialized = True
+        view.append(layer)
+    cache = DynamicCache()
+    cache.layers = view
+    return cache
 
 
-def _require_4d_mask_support(model: Any) -> None:
-    """Custom 4-D attention masks are honoured by the eager and SDPA kernels only (flash-attention
-    kernels take padding masks and would silently attend across note blocks)."""
-    cfg = getattr(model, "config", None)
-    impl = getattr(cfg, "_attn_implementation", None) or "eager"
-    if impl not in ("eager", "sdpa"):
-        raise ValueError(f"teacher scoring needs attn_implementation 'eager' or 'sdpa' (4-D masks), got {impl!r}")
+class _PrefixCached(Exception):
+    """Raised by :func:`_prefix_cache` once the last layer's keys and values are stored."""
 
 
-def _masked_teacher_forward(model: Any, as_hidden: bool, allowed: torch.Tensor, keep: torch.Tensor,
-                            ids: torch.Tensor, pos: torch.Tensor, dtype: torch.dtype, dev: Any,
-                            past: Any = None) -> Any:
-    """One no-grad teacher forward with an explicit boolean attention pattern ``allowed``
-    (``[B, Q, K]``, turned into an additive 4-D mask), optionally on top of a KV cache ``past``;
-    returns the rows selected by ``keep``."""
-    _require_4d_mask_support(model)
-    mask4d = torch.zeros((allowed.shape[0], 1, *allowed.shape[1:]), dtype=dtype)
-    mask4d.masked_fill_(~allowed[:, None], _neg(dtype))
-    extra = {"past_key_values": past, "use_cache": True} if past is not None else {"use_cache": False}
+def _prefix_cache(module: Any, ids: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """``(keys, values)`` per layer of a no-grad causal forward of ``module`` (the decoder) over ``ids``.
+
+    Only the cache is wanted, so the forward stops as soon as the last layer has stored its keys and
+    values: that layer's attention, output projection and MLP, the final norm (and any output head) are
+    never computed for the prefix. Every layer caches all positions (plain ``DynamicLayer``s), so a query
+    may attend to any prefix length."""
+    from transformers import DynamicCache
+
+    cfg = getattr(module, "config", None)
+    cfg = cfg.get_text_config(decoder=True) if hasattr(cfg, "get_text_config") else cfg
+    last = getattr(cfg, "num_hidden_layers", 0) - 1
+
+    class _UpToLastLayer(DynamicCache):
+        def update(self, key_states, value_states, layer_idx, *args, **kwargs):  # noqa: ANN001
+            out = super().update(key_states, value_states, layer_idx, *args, **kwargs)
+            if layer_idx == last:
+                raise _PrefixCached
+            return out
+
+    cache = _UpToLastLayer()
     with torch.no_grad():
-        return _forward_teacher(model, as_hidden, keep.to(dev), input_ids=ids.to(dev),
-                                attention_mask=mask4d.to(dev), position_ids=pos.to(dev), **extra)
+        try:
+            module(input_ids=ids, past_key_values=cache, use_cache=True)
+        except _PrefixCached:
+            pass
+    return [(k, v) for k, v, *_ in cache]
+
+
+QUERY_GROUP_TOKENS = 256
+"""Default ``group_tokens`` of the teacher scorers: consecutive scored turns of a chain are encoded together
+until their queries hold this many tokens. One query per turn attends to exactly its own keys, but every
+forward streams all weights through the matrix products; one query for all turns streams them once but
+attends over every turn's keys. A few hundred tokens per forward keeps the products efficient on a CPU
+while a group's turns only attend over the prefix of its last turn."""
+
+
+def _supports_4d_masks(model: Any) -> bool:
+    """Custom 4-D attention masks are honoured by the eager and SDPA kernels only (flash-attention kernels
+    take padding masks and would silently attend across the turns of a group)."""
+    cfg = getattr(model, "config", None)
+    return (getattr(cfg, "_attn_implementation", None) or "eager") in ("eager", "sdpa")
+
+
+def _query_groups(plan: list[tuple], group_tokens: int) -> list[list[tuple]]:
+    """Consecutive scored turns ``(p_t, query_t, action_t)`` grouped until a group holds ``group_tokens``
+    query tokens (``group_tokens <= 1``: one turn per group)."""
+    groups: list[list[tuple]] = []
+    cur: list[tuple] = []
+    n = 0
+    for item in plan:
+        if item[0] is None:
+            continue
+        cur.append(item)
+        n += len(item[1])
+        if n >= group_tokens:
+            groups.append(cur)
+            cur, n = [], 0
+    if cur:
+        groups.append(cur)
+    return groups
+
+
+def _group_forward(model: Any, parts: tuple[Any, Any] | None, group: list[tuple],
+                   layers: list[tuple[torch.Tensor, torch.Tensor]], row: int) -> torch.Tensor:
+    """Teacher rows of one group of turns, in one no-grad forward on top of the first ``P`` cached positions
+    (``P`` = the largest ``p_t`` of the group). A single turn is plain causal attention over its ``p_t``
+    cached keys; several turns are concatenated and a 4-D mask lets turn ``t`` see cached positions
+    ``[0, p_t)`` and causally its own query only, with position ids from ``p_t``."""
+    dev = _model_device(model)
+    P = max(p for p, _, _ in group)
+    ids: list[int] = []
+    pos: list[int] = []
+    for p, query, _ in group:
+        ids.extend(query)
+        pos.extend(range(p, p + len(query)))
+    Q = len(ids)
+    keep = torch.zeros((1, Q), dtype=torch.bool)
+    kw: dict[str, Any] = {"input_ids": torch.tensor([ids], device=dev), "position_ids": torch.tensor([pos], device=dev),
+                          "past_key_values": _prefix_view(layers, row, P), "use_cache": True}
+    if len(group) > 1:
+        allowed = torch.zeros((Q, P + Q), dtype=torch.bool)
+        start = 0
+        for p, query, _ in group:
+            n = len(query)
+            allowed[start:start + n, :p] = True
+            allowed[start:start + n, P + start:P + start + n] = torch.ones(n, n, dtype=torch.bool).tril()
+            start += n
+        dtype = layers[0][0].dtype
+        kw["attention_mask"] = torch.zeros((1, 1, Q, P + Q), dtype=dtype).masked_fill_(
+            ~allowed, torch.finfo(dtype).min).to(dev)
+    start = 0
+    for _, query, act in group:
+        start += len(query)
+        keep[0, start - len(act):start] = True
+    with torch.no_grad():
+        return _teacher_rows(model, parts, keep.to(dev), **kw)
+
+
+def _turn_queries(model: Any, parts: tuple[Any, Any] | None, ch: Chain, episode: Episode,
+                  tctx_row: Sequence[Sequence[int] | None], layers: list[tuple[torch.Tensor, torch.Tensor]] | None,
+                  row: int, rows: list[torch.Tensor], mask: list[bool], group_tokens: int) -> None:
+    """Append the teacher rows of every scored turn of chain ``ch`` to ``rows`` (turn order) and one mask
+    entry per action token to ``mask``: the turns' queries (:func:`_block_plan`) are encoded in groups
+    (:func:`_query_groups`, :func:`_group_forward`) on top of row ``row`` of the prefix cache ``layers``."""
+    plan = _block_plan(ch, episode, tctx_row)
+    for p, _, act in plan:
+        mask.extend([p is not None] * len(act))
+    groups = _query_groups(plan, group_tokens if _supports_4d_masks(model) else 1)
+    if groups and layers is None:
+        raise ValueError("a scored turn needs the chain's prefix cache")
+    for group in groups:
+        rows.append(_group_forward(model, parts, group, layers, row))
+
+
+def _assemble(model: Any, parts: tuple[Any, Any] | None, rows: list[torch.Tensor],
+              mask: list[bool]) -> tuple[torch.Tensor | HiddenLogits, torch.Tensor]:
+    """``(logits [N, V] or HiddenLogits, mask [N])`` from the scored rows; masked rows are zero."""
+    dev = _model_device(model)
+    mask_out = torch.tensor(mask, dtype=torch.bool)
+    if not rows:
+        V = model.get_output_embeddings().weight.shape[0]
+        return torch.zeros(len(mask), V, device=dev), mask_out
+    kept: torch.Tensor | HiddenLogits = torch.cat(rows)
+    if parts is not None:
+        h = kept
+        kept = HiddenLogits(h, _teacher_projection(parts, h.shape[-1], h.dtype, h.device), parts[1].weight.shape[0])
+    return _scatter_rows(kept, mask_out, len(mask), dev), mask_out
 
 
 def teacher_logits_from_cache(
@@ -408,60 +519,33 @@ def teacher_logits_from_cache(
     chain_indices: Sequence[int] | None = None,
     pad_id: int = 0,
     as_hidden: bool = False,
+    group_tokens: int = QUERY_GROUP_TOKENS,
 ) -> tuple[torch.Tensor | HiddenLogits, torch.Tensor]:
-    """Teacher logits reusing the student forward's KV cache as the shared prefix (live teacher only).
+    """Teacher logits on top of a KV cache whose row ``r`` holds the ``r``-th selected chain from position 0,
+    computed with the teacher's weights (live teacher: the student forward's own cache, from
+    :func:`student_logits` with ``return_cache=True`` and the same ``chain_indices``).
 
-    ``cache`` must come from :func:`student_logits` (``return_cache=True``) with the same
-    ``chain_indices``, computed with the teacher's weights (i.e. the live teacher = current student).
-    Only the note + generation prompt + action blocks are encoded: block ``t`` attends to cache
-    positions ``[0, p_t)`` and causally to itself, with position ids from ``p_t``. The cache is
-    detached first (stop-gradient) and not modified. Same outputs as :func:`teacher_logits_naive`.
+    The scored turns' note + generation prompt + action queries are encoded with position ids from ``p_t``
+    on top of a read-only view of the cache, ``group_tokens`` query tokens of consecutive turns per
+    forward (:data:`QUERY_GROUP_TOKENS`; ``1`` = one plain causal forward per turn, which any attention
+    kernel supports; larger groups need a 4-D mask, so other kernels than eager and SDPA always get one
+    turn per forward). The result is the
+    computation of :func:`teacher_logits_naive`. The cache is detached (stop-gradient) and not modified.
+    ``pad_id`` is unused (the signature is shared with the other scorers).
+
+    Returns ``(logits [N, V] or HiddenLogits, mask [N])`` over the selected chains' action tokens; rows of
+    masked turns are zero and ``mask`` is False there.
     """
+    del pad_id
     chains = [layout.chains[i] for i in chain_indices] if chain_indices is not None else layout.chains
-    dev = _model_device(model)
-    dtype = _model_dtype(model)
-    past = _frozen_cache(cache)
-    past_len = past.get_seq_length()
-    rows = []
-    for ch in chains:
-        ids, pos, spans, keep_idx, tok_mask = [], [], [], [], []
-        for p, block, act in _block_plan(ch, episodes[ch.episode], teacher_contexts[ch.episode]):
-            if p is None:
-                tok_mask.extend([False] * len(act))
-                continue
-            start = len(ids)
-            ids.extend(block)
-            pos.extend(range(p, p + len(block)))
-            spans.append((start, p, len(block)))
-            first = start + len(block) - len(act) - 1
-            keep_idx.extend(range(first, first + len(act)))
-            tok_mask.extend([True] * len(act))
-        rows.append((ids, pos, spans, keep_idx, tok_mask))
-    n_tokens = sum(len(r[4]) for r in rows)
-    mask_out = torch.tensor([m for r in rows for m in r[4]], dtype=torch.bool)
-    Q = max((len(r[0]) for r in rows), default=0)
-    if Q == 0:
-        V = model.get_output_embeddings().weight.shape[0]
-        return torch.zeros(n_tokens, V, device=dev), mask_out
-    B = len(rows)
-    ids_t = torch.full((B, Q), pad_id, dtype=torch.long)
-    pos_t = torch.zeros((B, Q), dtype=torch.long)
-    allowed = torch.zeros((B, Q, past_len + Q), dtype=torch.bool)
-    keep = torch.zeros((B, Q), dtype=torch.bool)
-    causal = torch.ones(Q, Q, dtype=torch.bool).tril()
-    for r, (ids, pos, spans, keep_idx, _) in enumerate(rows):
-        n = len(ids)
-        if n:
-            ids_t[r, :n] = torch.tensor(ids, dtype=torch.long)
-            pos_t[r, :n] = torch.tensor(pos, dtype=torch.long)
-        for start, p, blen in spans:
-            allowed[r, start:start + blen, :p] = True
-            allowed[r, start:start + blen, past_len + start:past_len + start + blen] = causal[:blen, :blen]
-        for k in range(n, Q):
-            allowed[r, k, past_len + k] = True
-        keep[r, keep_idx] = True
-    kept = _masked_teacher_forward(model, as_hidden, allowed, keep, ids_t, pos_t, dtype, dev, past=past)
-    return _scatter_rows(kept, mask_out, n_tokens, dev), mask_out
+    layers = [(k.detach(), v.detach()) for k, v, *_ in cache]
+    parts = _plain_head(model) if as_hidden else None
+    rows: list[torch.Tensor] = []
+    mask: list[bool] = []
+    for r, ch in enumerate(chains):
+        _turn_queries(model, parts, ch, episodes[ch.episode], teacher_contexts[ch.episode], layers, r, rows, mask,
+                      group_tokens)
+    return _assemble(model, parts, rows, mask)
 
 
 def teacher_logits_prefix_cache(
@@ -473,38 +557,33 @@ def teacher_logits_prefix_cache(
     chain_indices: Sequence[int] | None = None,
     pad_id: int = 0,
     as_hidden: bool = False,
+    group_tokens: int = QUERY_GROUP_TOKENS,
 ) -> tuple[torch.Tensor | HiddenLogits, torch.Tensor]:
     """Teacher logits by KV-cache prefix reuse with the teacher's own weights (any teacher kind).
 
-    Two passes per batch of chains: (1) a plain causal forward over each chain's shared prefix
-    (``sequence[:max_t p_t]``) that only fills the KV cache (no logits); (2)
-    :func:`teacher_logits_from_cache` encodes the note + action blocks against it. Same outputs as
-    :func:`teacher_logits_naive`; the prefix uses the ordinary causal attention kernel and the blocks
-    attend with a short query.
+    Per chain with a scored turn: (1) one plain causal forward over its shared prefix
+    ``sequence[:max_t p_t]`` (unpadded; decoder only, stopped once the last layer's keys/values are cached)
+    that fills a KV cache; (2) the scored turns' queries on top of it, ``group_tokens`` query tokens per
+    forward (as in :func:`teacher_logits_from_cache`). One prefix cache is alive at a time. Same outputs as
+    :func:`teacher_logits_naive`. ``pad_id`` is unused (nothing is padded).
     """
+    del pad_id
     layout = layout or build_layout(episodes)
-    idx = list(chain_indices) if chain_indices is not None else list(range(len(layout.chains)))
-    chains = [layout.chains[i] for i in idx]
+    chains = [layout.chains[i] for i in chain_indices] if chain_indices is not None else layout.chains
     dev = _model_device(model)
-    plens = []
+    full = _plain_head(model)
+    parts = full if as_hidden else None
+    rows: list[torch.Tensor] = []
+    mask: list[bool] = []
     for ch in chains:
-        plan = _block_plan(ch, episodes[ch.episode], teacher_contexts[ch.episode])
-        plens.append(max([p for p, _, _ in plan if p is not None], default=1))
-    P = max(plens, default=1)
-    ids = torch.full((len(chains), P), pad_id, dtype=torch.long)
-    att = torch.zeros((len(chains), P), dtype=torch.long)
-    for r, (ch, n) in enumerate(zip(chains, plens)):
-        ids[r, :n] = torch.tensor(ch.sequence[:n], dtype=torch.long)
-        att[r, :n] = 1
-    parts = _plain_head(model)
-    with torch.no_grad():
-        if parts is not None:
-            cache = parts[0](input_ids=ids.to(dev), attention_mask=att.to(dev), use_cache=True).past_key_values
-        else:  # pragma: no cover
-            cache = model(input_ids=ids.to(dev), attention_mask=att.to(dev), use_cache=True,
-                          logits_to_keep=1).past_key_values
-    return teacher_logits_from_cache(model, episodes, teacher_contexts, layout, cache, chain_indices=idx,
-                                     pad_id=pad_id, as_hidden=as_hidden)
+        ep, tctx_row = episodes[ch.episode], teacher_contexts[ch.episode]
+        scored = [p for p, _, _ in _block_plan(ch, ep, tctx_row) if p is not None]
+        layers = None
+        if scored:   # max(1, .): p_t = 0 is possible
+            ids = torch.tensor([ch.sequence[:max(1, max(scored))]], dtype=torch.long, device=dev)
+            layers = _prefix_cache(model if full is None else full[0], ids)
+        _turn_queries(model, parts, ch, ep, tctx_row, layers, 0, rows, mask, group_tokens)
+    return _assemble(model, parts, rows, mask)
 
 
 def teacher_logits_naive(

@@ -3,10 +3,11 @@
 Prints, from one run:
 
 1. teacher scoring time on 10-turn episodes: the trainer's path (a KV cache of the shared prefix
-   with the teacher's weights, then the per-turn note/action blocks) vs naive per-turn
-   re-encoding                                                           (target >= 3x);
+   with the teacher's weights, then the turns' note/action queries, a few turns per forward) vs
+   naive per-turn re-encoding                                            (target >= 3x);
 2. one HERO update (default config: EMA teacher, JSD, student top-100) vs one GRPO update on the
-   same batch                                                            (target <= 1.5x);
+   same batch                                                            (target <= 1.5x), with the
+   teacher/student split ``update`` logs;
 3. peak memory of each update, measured in a fresh subprocess each as the peak RSS above the
    RSS right before the update (a sampling thread, 2 ms period)          (target HERO <= 1.1x GRPO,
    and <= 4 GB above baseline for the 135M model).
@@ -143,10 +144,21 @@ def _one_update(policy: Any, eps: list[Any], notes: list[list[str]], method: str
     return lambda: update(policy, opt, eps, notes if method != "grpo" else None, cfg)
 
 
-def bench_updates(policy: Any, eps: list[Any], notes: list[list[str]], repeat: int) -> dict[str, float]:
-    hero = _timeit(_one_update(policy, eps, notes, "hero"), repeat)
-    grpo = _timeit(_one_update(policy, eps, notes, "grpo"), repeat)
-    return {"hero_s": hero, "grpo_s": grpo, "ratio": hero / grpo}
+def bench_updates(policy: Any, eps: list[Any], notes: list[list[str]], repeat: int) -> dict[str, Any]:
+    """Median update times, plus the phase split ``update`` logged on its last run (``UpdateStats.seconds``:
+    teacher = the no-grad teacher passes, student = forward + backward with the loss)."""
+    out: dict[str, Any] = {}
+    for method in ("hero", "grpo"):
+        fn = _one_update(policy, eps, notes, method)
+        last: dict[str, Any] = {}
+
+        def run() -> None:
+            last["stats"] = fn()
+
+        out[f"{method}_s"] = _timeit(run, repeat)
+        out[f"{method}_split"] = last["stats"].seconds
+    out["ratio"] = out["hero_s"] / out["grpo_s"]
+    return out
 
 
 def _rss() -> int:
@@ -212,6 +224,9 @@ def main(argv: list[str] | None = None) -> None:
           f"max |trainer path - naive logit| {s['max_abs_logit_diff']:.2e}]")
     u = bench_updates(policy, eps, notes, args.repeat)
     print(f"update time (default config: EMA teacher, JSD, top-100)  HERO {u['hero_s']:.3f}s  GRPO {u['grpo_s']:.3f}s  ratio {u['ratio']:.2f}x (target <= 1.5x)")
+    hs, gs = u["hero_split"], u["grpo_split"]
+    print(f"  split of the last run: HERO teacher {hs.get('teacher', 0):.3f}s + student {hs.get('student', 0):.3f}s; "
+          f"GRPO teacher {gs.get('teacher', 0):.3f}s + student {gs.get('student', 0):.3f}s")
     del policy
     mem = {}
     for m in ("hero", "grpo"):
