@@ -317,6 +317,8 @@ class Options:
     report_only: bool = False
     #: the settings a command line changed from the preset's values (shown next to the preset's name)
     changed: list[str] = field(default_factory=list)
+    #: the settings given on the command line (``--report-only`` takes these from it, the rest from the run)
+    given: list[str] = field(default_factory=list)
 
 
 #: WebShop's small-model observation options (off in the env by default; see ``hero_gym/envs/webshop``):
@@ -329,17 +331,18 @@ CPU_WARM_START = {"episodes": 120, "noise": 0.1, "recovery_rounds": 1, "recovery
 
 #: Presets. ``default`` is meant for ``make bench`` (target <= 40 min on 2 CPU cores, warm start included):
 #: two distillation methods against the warm-started base, one seed, one budget - it shows the pipeline and
-#: the table, not a difference between methods. ``cpu`` is the comparison that fits one working session
-#: (target <= 2.5 h): every method, 3 seeds, nested budgets of 32 and 64 turns. Both use the same warm start
-#: and the same 30 held-out goals, so ``cpu`` reuses a ``default`` run's cells when given the same ``--out``.
-#: A batch is tasks_per_update x group_size = 4 episodes of at most 8 turns (WebShop), i.e. at most 32 turns
-#: per optimizer step. ``quick`` is a smoke test on a tiny random model. The README's "Results" section
+#: the table, not a difference between methods. ``cpu`` is every method with 3 seeds at a budget of 32 turns:
+#: a batch is tasks_per_update x group_size = 4 episodes of at most 8 turns (WebShop; ~20 turns measured),
+#: so 32 turns buy 1 optimizer step. Measured here at ~4.4 core-hours (the model reflector of HERO and its
+#: ablation, ~10 min per batch on one core, is most of it): more than the 2.5 h target on 2 cores; see the
+#: README's "Results". Both presets use the same warm start and the same 30 held-out goals, so ``cpu``
+#: reuses a ``default`` run's cells when given the same ``--out``. ``quick`` is a smoke test on a tiny random model. The README's "Results" section
 #: gives the measured wall times.
 PRESETS: dict[str, dict[str, Any]] = {
     "default": {"envs": ["WebShop"], "methods": [BASE, "envfb_sd", "hero_rules"], "reference": "hero_rules",
                 "budgets": [32], "seeds": [0], "eval_tasks": 30, "env_kwargs": SMALL_MODEL_WEBSHOP,
                 "warm_start_overrides": CPU_WARM_START, "out": "runs/default"},
-    "cpu": {"envs": ["WebShop"], "budgets": [32, 64], "seeds": [0, 1, 2], "eval_tasks": 30,
+    "cpu": {"envs": ["WebShop"], "budgets": [32], "seeds": [0, 1, 2], "eval_tasks": 30,
             "env_kwargs": SMALL_MODEL_WEBSHOP, "warm_start_overrides": CPU_WARM_START, "out": "runs/cpu"},
     "quick": {"model": "tiny", "warm_start": False, "envs": ["Lookup", "WebShop"], "budgets": [6, 12],
               "seeds": [0, 1], "eval_tasks": 3, "max_turns": 3, "num_products": 100, "max_new_tokens": 12,
@@ -411,11 +414,10 @@ def parse_args(argv: Sequence[str] | None = None, parser: argparse.ArgumentParse
         if v is not None and f.name not in ("preset",):
             setattr(o, f.name, v)
     o.report_only = bool(a.report_only)
-    o.changed = [f.name for f in dataclasses.fields(Options)
-                 if f.name not in ("preset", "report_only", "out", "changed")
-                 and getattr(o, f.name) != getattr(Options(preset=preset, **copy.deepcopy(PRESETS[preset])), f.name)]
-    o.changed += [name for name, given in (("env_kwargs", a.env_kwarg), ("warm_start_overrides", a.warm_start_config))
-                  if given and name not in o.changed]
+    o.given = [f.name for f in dataclasses.fields(Options) if getattr(a, f.name, None) is not None]
+    o.given += [name for name, flag in (("env_kwargs", a.env_kwarg), ("warm_start_overrides", a.warm_start_config))
+                if flag]
+    o.changed = changed_from_preset(o)
     setups = _env_setups(o.data_dir, o.num_products)
     for item in a.env_kwarg or []:
         env, sep, kv = item.partition(":")
@@ -460,6 +462,14 @@ def parse_args(argv: Sequence[str] | None = None, parser: argparse.ArgumentParse
     if not o.seeds:
         ap.error("give at least one seed")
     return o
+
+
+def changed_from_preset(o: Options) -> list[str]:
+    """The settings of ``o`` that differ from its preset's (what a report names next to the preset)."""
+    ref = Options(preset=o.preset, **copy.deepcopy(PRESETS[o.preset]))
+    skip = ("preset", "report_only", "out", "changed", "given")
+    return [f.name for f in dataclasses.fields(Options)
+            if f.name not in skip and getattr(o, f.name) != getattr(ref, f.name)]
 
 
 def preset_label(o: dict[str, Any]) -> str:
@@ -993,6 +1003,8 @@ def write_markdown(rows: list[dict], comps: list[dict], prov: dict[str, Any], pa
         f"- Hardware: {prov['hardware']['cpu_count']} CPUs ({prov['hardware']['processor']}), torch "
         f"{prov['hardware']['torch']} with {prov['hardware']['torch_threads']} threads",
         f"- Wall time: {prov['wall_seconds'] / 60:.1f} min of compute"
+        + (" (rebuilt with --report-only from the finished cells: every run's training plus every evaluation)"
+           if prov.get("report_only") else "")
         + (f" ({prov['reused_cells']} cells reused from {prov['out']} with their original wall time; "
            f"this invocation {prov['invocation_seconds'] / 60:.1f} min)" if prov["reused_cells"] else ""),
         f"- Code: {prov['git_commit']}", "",
@@ -1202,6 +1214,10 @@ class Progress:
 
 
 # ============================================================================ main
+#: what ``--report-only`` takes from the command line instead of the run's provenance
+REPORT_SELECTION = ("envs", "methods", "budgets", "seeds", "reference", "bootstrap")
+
+
 def _collect_finished(out: Path, opts: Options) -> tuple[list[dict], list[dict]]:
     cells, runs = [], []
     for f in sorted((out / "cells").glob("*/result.json")):
@@ -1245,11 +1261,18 @@ def main(argv: Sequence[str] | None = None, parser: argparse.ArgumentParser | No
         if not prov_f.exists():
             raise SystemExit(f"--report-only: {prov_f} is missing, so the run's provenance is unknown")
         prov = json.loads(prov_f.read_text())["provenance"]
-        opts = Options(**{**asdict(opts), **{k: v for k, v in prov["options"].items()
-                                              if k not in ("out", "report_only")}}, )
+        # the run's settings, except the matrix the command line selects (e.g. --seeds 0 1 2 to report the
+        # cells that several invocations, one per seed, wrote into the same folder)
+        chosen = {k: getattr(opts, k) for k in REPORT_SELECTION if k in opts.given}
+        kept = {k: v for k, v in prov["options"].items() if k not in ("out", "report_only", "changed", "given")}
+        opts = Options(**{**asdict(opts), **kept, **chosen})
+        opts.changed = changed_from_preset(opts)
         cells, runs = _collect_finished(out, opts)
         if not cells:
             raise SystemExit(f"--report-only: no finished cells in {out} match its options")
+        warm = sum(v.get("seconds_this_run", 0.0) for v in prov.get("warm_start", {}).values())
+        prov = {**prov, "options": asdict(opts), "report_only": True,
+                "wall_seconds": warm + sum(r["train_seconds"] for r in runs) + sum(c["eval_seconds"] for c in cells)}
         text = report(out, opts, cells, runs, prov)
         print(text)
         print(f"report rebuilt from {len(cells)} cells in {out}")

@@ -195,3 +195,14 @@ def test_report_only_rebuilds_from_saved_cells(tmp_path):
     assert "HERO (rules) − method" in table and "| Lookup | 8 | GRPO |" in table
     assert (out / "curves_Lookup.png").read_bytes()[:4] == b"\x89PNG"
     assert len(list((out / "results.csv").read_text().splitlines())) == len(cells) + 1
+
+    # one invocation per seed into one folder: the last one's provenance says seeds [1]; the command line's
+    # --seeds selects every seed's cells, the run's other settings stay, and the compute is summed again
+    prov["options"]["seeds"] = [1]
+    (out / "results.json").write_text(json.dumps({"provenance": prov}))
+    assert len(bench.main(["--report-only", "--out", str(out)])["cells"]) == 1 + 2 * 2
+    res = bench.main(["--report-only", "--out", str(out), "--seeds", "0", "1"])
+    assert len(res["cells"]) == len(cells)
+    merged = json.loads((out / "results.json").read_text())["provenance"]
+    assert merged["options"]["seeds"] == [0, 1] and merged["options"]["reference"] == "hero_rules"
+    assert merged["wall_seconds"] == pytest.approx(1.0 * len(cells)) and merged["report_only"]
