@@ -66,6 +66,10 @@ return null;
 """
 
 
+#: fresh browsers tried after a failed step before the episode ends (see ``WebShopBrowserEnv._failure``)
+RESTART_ATTEMPTS = 2
+
+
 class BrowserUnavailable(RuntimeError):
     """Chromium or chromedriver is not installed (or cannot start)."""
 
@@ -259,22 +263,25 @@ class WebShopBrowserEnv(WebShopBase):
 
     def _failure(self, err: Exception) -> StepResult:
         """The browser failed during a step: kill it, start a new one on the page the agent was on
-        and report the step as failed; end the episode only if that fails too."""
+        and report the step as failed; end the episode only if ``RESTART_ATTEMPTS`` restarts fail too
+        (each bounded by the command time-outs; a fresh Chromium on a busy CPU can miss one)."""
         msg = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
         last_url = self._dom.get("url")
-        self._stop_browser(graceful=False)
-        self._available = {"has_search_bar": False, "clickables": []}
-        try:
-            if not last_url:
-                raise RuntimeError("no page to return to")
-            self._start_browser()
-            self.browser_restarts += 1
-            self._driver.get(last_url)
-            self._read()
-        except Exception as again:   # noqa: BLE001 - cannot recover: end the episode cleanly
+        why = "no page to return to"
+        for _ in range(RESTART_ATTEMPTS if last_url else 0):
             self._stop_browser(graceful=False)
             self._available = {"has_search_bar": False, "clickables": []}
-            why = f"{type(again).__name__}: {str(again).splitlines()[0] if str(again) else ''}"
+            try:
+                self._start_browser()
+                self.browser_restarts += 1
+                self._driver.get(last_url)
+                self._read()
+                break
+            except Exception as again:   # noqa: BLE001 - try once more, then end the episode cleanly
+                why = f"{type(again).__name__}: {str(again).splitlines()[0] if str(again) else ''}"
+        else:
+            self._stop_browser(graceful=False)
+            self._available = {"has_search_bar": False, "clickables": []}
             return StepResult(observation=f"Error: the browser failed ({msg}) and could not be restarted ({why}). "
                                           "The episode ends; reset to start a new browser.", terminated=True,
                               info={"browser_error": msg, "page": None, **self._page_info()})

@@ -194,13 +194,15 @@ def test_killed_browser_is_restarted_on_the_same_page_and_the_step_fails(envs):
     assert not term and r == 0.0 and info["browser_error"]
     assert info["action_error"]["kind"] == "browser" and info["page"] == "results"
     assert info["available_actions"] == before[4]["available_actions"]   # the page the agent was on
-    assert browser.browser_restarts == restarts + 1
+    # one restart (a second only when a fresh browser misses its time-out on a busy CPU)
+    assert restarts + 1 <= browser.browser_restarts <= restarts + 2
+    restarts = browser.browser_restarts
     assert _alive(pids) == [] and set(browser.browser_pids()).isdisjoint(pids)
     assert browser.open_resources() == ["chromium", "webshop-server"]
     # the retried action works and agrees with the text env; later episodes need no new restart
     assert _key(browser.step("click[next >]")) == _key(text.step("click[next >]"))
     assert _compare(browser, text, 3, agent=ExpertAgent()) >= 3
-    assert browser.browser_restarts == restarts + 1
+    assert browser.browser_restarts == restarts
 
 
 def test_hung_browser_times_out_and_is_replaced():
@@ -218,8 +220,9 @@ def test_hung_browser_times_out_and_is_replaced():
                 os.kill(pid, signal.SIGSTOP)
             t = time.monotonic()
             obs, r, term, trunc, info = env.step("click[back to search]")
-            assert time.monotonic() - t < 3 + 10 + 30, frozen   # command time-out + a browser start
-            assert not term and info["action_error"]["kind"] == "browser", frozen
+            # command time-out + up to two browser starts
+            assert time.monotonic() - t < 3 + 10 + 2 * 30, frozen
+            assert not term and info["action_error"]["kind"] == "browser", (frozen, obs)
             assert "Timeout" in info["browser_error"] or "timed out" in info["browser_error"], info["browser_error"]
             assert _alive(pids) == [], frozen
         obs, *_, info = env.step("click[back to search]")
