@@ -44,3 +44,32 @@ def make_tiny_policy(smol_tokenizer):
 def tiny_policy(make_tiny_policy):
     """A tiny full-weights policy (no adapter), for generation tests."""
     return make_tiny_policy(lora=None)
+
+
+@pytest.fixture(scope="session")
+def fit_reader(smol_tokenizer):
+    """Factory: ``fit_reader(pairs, steps) -> model``, a fresh tiny model (seed 0) fitted by Adam (lr 1e-2) to
+    emit each ``(context_ids, action_ids)`` pair's action after its context: a stand-in for an
+    instruction-tuned model that reads notes in its context."""
+    import torch
+
+    from hero_gym.agents.scoring import build_layout, student_logits
+    from hero_gym.records import Episode, Turn
+
+    def fit(pairs, steps: int):
+        eps = [Episode(env_id="w", initial_observation="", turns=[
+            Turn(index=0, action_text="", observation="", context_token_ids=list(c), action_token_ids=list(a))])
+            for c, a in pairs]
+        lay = build_layout(eps)
+        model = tiny_model(smol_tokenizer, seed=0)
+        opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+        for _ in range(steps):
+            logits, _ = student_logits(model, eps, lay)
+            loss = -torch.log_softmax(logits.float(), -1).gather(-1, lay.action_ids[:, None]).sum() / len(eps)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        model.eval()
+        return model
+
+    return fit

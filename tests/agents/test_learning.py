@@ -23,10 +23,9 @@ import json
 import pytest
 import torch
 
-from hero_gym.agents.models import tiny_model
 from hero_gym.agents.policy import HFPolicy
 from hero_gym.agents.reflector import TurnReflection
-from hero_gym.agents.scoring import build_layout, student_logits
+from hero_gym.agents.scoring import student_logits
 from hero_gym.agents.teachers import hero_note
 from hero_gym.agents.trainer import TrainConfig, update
 from hero_gym.chat import ChatRenderer
@@ -81,7 +80,7 @@ def _diagnosis_only(call):
 
 
 @pytest.fixture(scope="module")
-def world(smol_tokenizer):
+def world(smol_tokenizer, fit_reader):
     """The two states, the two actions, and the note reader (see the module docstring)."""
     tok = smol_tokenizer
     torch.manual_seed(0)
@@ -105,17 +104,7 @@ def world(smol_tokenizer):
                 data.append((r.note_ids(ctx, hero_note(form(calls[k]))), acts[k]))   # a note naming k: do k
                 for f in foreign:                                                     # another turn's: split
                     data.append((r.note_ids(ctx, hero_note(form(calls[f]))), acts[k]))
-    eps = [_episode([p]) for p in data]
-    lay = build_layout(eps)
-    model = tiny_model(tok, seed=0)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    for _ in range(100):
-        logits, _ = student_logits(model, eps, lay)
-        loss = -torch.log_softmax(logits.float(), -1).gather(-1, lay.action_ids[:, None]).sum() / len(eps)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    model.eval()
+    model = fit_reader(data, steps=100)
     for ctx, right, wrong in ((ctx1, "X", "Y"), (ctx2, "Z", "W")):   # the reader reads both note forms
         for form in (_names, _diagnosis_only):
             assert _logp(model, r.note_ids(ctx, hero_note(form(calls[right]))), acts[right]) > \

@@ -13,7 +13,7 @@ import hero_gym
 from hero_gym.agents.models import load_default_tokenizer, tiny_model
 from hero_gym.agents.policy import HFPolicy
 from hero_gym.agents.reflector import FunctionReflector, TurnReflection
-from hero_gym.agents.scoring import build_layout, student_logits
+from hero_gym.agents.scoring import student_logits
 from hero_gym.agents.methods import build_notes
 from hero_gym.agents.teachers import hero_note
 from hero_gym.agents.trainer import EvalResult, TrainConfig, evaluate, train, update
@@ -52,7 +52,7 @@ def _seq_logprob(model, ctx, act):
 
 
 @pytest.fixture(scope="module")
-def note_reader(tok):
+def note_reader(tok, fit_reader):
     """A tiny model briefly taught to follow HERO notes on one Lookup task (a stand-in for an instruction-
     tuned model): with a note naming action X it emits X; with no note it is split between A and B."""
     torch.manual_seed(0)
@@ -66,18 +66,7 @@ def note_reader(tok):
     refl = {k: TurnReflection(f"The right action here is {c['name']}.", "high", c) for k, c in calls.items()}
     notes = {k: r.note_ids(ctx, hero_note(v)) for k, v in refl.items()}
     data = [(ctx, acts["A"]), (ctx, acts["B"]), (notes["A"], acts["A"]), (notes["B"], acts["B"])]
-    eps = [Episode(env_id="w", initial_observation="", turns=[
-        Turn(index=0, action_text="", observation="", context_token_ids=c, action_token_ids=a)]) for c, a in data]
-    lay = build_layout(eps)
-    model = tiny_model(tok, seed=0)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    for _ in range(45):
-        logits, _ = student_logits(model, eps, lay)
-        loss = -torch.log_softmax(logits.float(), -1).gather(-1, lay.action_ids[:, None]).sum() / len(eps)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    model.eval()
+    model = fit_reader(data, steps=45)
     assert _seq_logprob(model, notes["A"], acts["A"]) > _seq_logprob(model, notes["B"], acts["A"]) + 2.0
     return {"model": model, "ctx": ctx, "acts": acts, "refl": refl, "env": env, "renderer": r}
 
