@@ -59,6 +59,8 @@ from typing import Any
 
 import numpy as np
 
+from hero_gym.envs.webshop.catalog import DEFAULT_NUM_PRODUCTS
+
 __all__ = [
     "BASE",
     "ENV_SETUPS",
@@ -74,9 +76,6 @@ __all__ = [
 
 BASE = "base"
 #: Methods in table order; "base" is the (warm-started) starting point every other method trains from.
-#: WebShop's generated catalog size when none is given (``hero_gym.envs.webshop``)
-DEFAULT_NUM_PRODUCTS = 1000
-
 METHOD_ORDER = [BASE, "grpo", "envfb_sd", "full_demo", "hero_rules", "hero", "hero_shuffled"]
 _FALLBACK_LABELS = {"grpo": "GRPO", "envfb_sd": "Env-feedback SD", "full_demo": "Full-demo",
                     "hero_rules": "HERO (rules)", "hero": "HERO", "hero_shuffled": "HERO (shuffled diagnoses)"}
@@ -336,8 +335,8 @@ CPU_WARM_START = {"episodes": 120, "noise": 0.1, "recovery_rounds": 1, "recovery
 #: so 32 turns buy 1 optimizer step. Measured here at ~4.4 core-hours (the model reflector of HERO and its
 #: ablation, ~10 min per batch on one core, is most of it): more than the 2.5 h target on 2 cores; see the
 #: README's "Results". Both presets use the same warm start and the same 30 held-out goals, so ``cpu``
-#: reuses a ``default`` run's cells when given the same ``--out``. ``quick`` is a smoke test on a tiny random model. The README's "Results" section
-#: gives the measured wall times.
+#: reuses a ``default`` run's cells when given the same ``--out``. ``quick`` is a smoke test on a tiny
+#: random model. The README's "Results" section gives the measured wall times.
 PRESETS: dict[str, dict[str, Any]] = {
     "default": {"envs": ["WebShop"], "methods": [BASE, "envfb_sd", "hero_rules"], "reference": "hero_rules",
                 "budgets": [32], "seeds": [0], "eval_tasks": 30, "env_kwargs": SMALL_MODEL_WEBSHOP,
@@ -417,7 +416,6 @@ def parse_args(argv: Sequence[str] | None = None, parser: argparse.ArgumentParse
     o.given = [f.name for f in dataclasses.fields(Options) if getattr(a, f.name, None) is not None]
     o.given += [name for name, flag in (("env_kwargs", a.env_kwarg), ("warm_start_overrides", a.warm_start_config))
                 if flag]
-    o.changed = changed_from_preset(o)
     setups = _env_setups(o.data_dir, o.num_products)
     for item in a.env_kwarg or []:
         env, sep, kv = item.partition(":")
@@ -461,6 +459,7 @@ def parse_args(argv: Sequence[str] | None = None, parser: argparse.ArgumentParse
     o.budgets = sorted(o.budgets)
     if not o.seeds:
         ap.error("give at least one seed")
+    o.changed = changed_from_preset(o)
     return o
 
 

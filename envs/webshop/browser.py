@@ -265,7 +265,7 @@ class WebShopBrowserEnv(WebShopBase):
         """The browser failed during a step: kill it, start a new one on the page the agent was on
         and report the step as failed; end the episode only if ``RESTART_ATTEMPTS`` restarts fail too
         (each bounded by the command time-outs; a fresh Chromium on a busy CPU can miss one)."""
-        msg = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+        msg = _one_line(err)
         last_url = self._dom.get("url")
         why = "no page to return to"
         for _ in range(RESTART_ATTEMPTS if last_url else 0):
@@ -278,7 +278,7 @@ class WebShopBrowserEnv(WebShopBase):
                 self._read()
                 break
             except Exception as again:   # noqa: BLE001 - try once more, then end the episode cleanly
-                why = f"{type(again).__name__}: {str(again).splitlines()[0] if str(again) else ''}"
+                why = _one_line(again)
         else:
             self._stop_browser(graceful=False)
             self._available = {"has_search_bar": False, "clickables": []}
@@ -350,6 +350,12 @@ class WebShopBrowserEnv(WebShopBase):
             return StepResult(obs, reward=reward, terminated=True,
                               info={**self._page_info(), "page": "done", **self._purchase_info(reward, breakdown)})
         return StepResult(obs, info={**self._page_info(), "page": page})
+
+
+def _one_line(err: BaseException) -> str:
+    """``"TimeoutException: first line of the message"`` (WebDriver messages run to many lines)."""
+    text = str(err)
+    return f"{type(err).__name__}: {text.splitlines()[0] if text else ''}"
 
 
 def _kill(pids: list[int]) -> None:

@@ -33,7 +33,11 @@ from typing import Any
 
 from . import lexicon
 
-__all__ = ["Product", "Goal", "Catalog", "generate_catalog", "load_official", "get_catalog", "price_upper_choices"]
+__all__ = ["DEFAULT_NUM_PRODUCTS", "Product", "Goal", "Catalog", "generate_catalog", "load_official", "get_catalog",
+           "price_upper_choices"]
+
+#: size of the generated catalog when none is given (the env, the server and the benchmark share it)
+DEFAULT_NUM_PRODUCTS = 1000
 
 _WS = re.compile(r"\s+")
 
@@ -247,7 +251,7 @@ def _make_goal(rng: random.Random, gid: int, p: Product, noun: str) -> Goal:
                 price_upper=upper, query=p.query, category=p.category, breadcrumb=p.breadcrumb, nouns=p.nouns)
 
 
-def generate_catalog(num_products: int = 1000, seed: int = 0) -> Catalog:
+def generate_catalog(num_products: int = DEFAULT_NUM_PRODUCTS, seed: int = 0) -> Catalog:
     """A deterministic synthetic catalog: the same (num_products, seed) gives the same products,
     prices, goals and splits. One goal per product."""
     if num_products < 1:
@@ -485,7 +489,7 @@ _CACHE: dict[tuple, Catalog] = {}
 _CACHE_LOCK = threading.Lock()
 
 
-def get_catalog(num_products: int = 1000, seed: int = 0, data_dir: str | Path | None = None,
+def get_catalog(num_products: int = DEFAULT_NUM_PRODUCTS, seed: int = 0, data_dir: str | Path | None = None,
                 human_goals: bool = False) -> Catalog:
     """The process-wide shared catalog for these settings (built once, read-only afterwards).
 

@@ -24,7 +24,7 @@ from typing import Any
 from hero_gym.core import MultiTurnEnv, StepResult, TextMessage, check_index
 from hero_gym.tools import ToolCall, ToolSpec
 
-from .catalog import Catalog, Goal, clean, get_catalog
+from .catalog import DEFAULT_NUM_PRODUCTS, Catalog, Goal, clean, get_catalog
 from .pages import SEARCH_STATE, PageState, Shop, render_html, render_text, render_text_rich
 from .reward import get_reward
 
@@ -88,7 +88,7 @@ class WebShopBase(MultiTurnEnv):
         built_here = catalog is None   # a catalog passed in does not say where it came from
         if catalog is None:
             if num_products is None and data_dir is None:
-                num_products = 1000
+                num_products = DEFAULT_NUM_PRODUCTS
             catalog = get_catalog(num_products, catalog_seed, data_dir, human_goals)
         self.catalog = catalog   # shared and read-only
         self.data_info = {"source": catalog.source, "num_products": len(catalog.products),

@@ -40,7 +40,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
-from .catalog import Catalog, get_catalog
+from .catalog import DEFAULT_NUM_PRODUCTS, Catalog, get_catalog
 from .pages import PageState, Shop, render_html, state_from_url
 from .reward import get_reward
 
@@ -293,7 +293,7 @@ class ShopServer:
         self.stop()
 
 
-def serve(host: str = "127.0.0.1", port: int = 0, num_products: int = 1000, seed: int = 0,
+def serve(host: str = "127.0.0.1", port: int = 0, num_products: int = DEFAULT_NUM_PRODUCTS, seed: int = 0,
           data_dir: str | None = None, *, session_ttl: float = DEFAULT_SESSION_TTL,
           max_sessions: int = DEFAULT_MAX_SESSIONS) -> None:
     """Run the shop in the foreground until interrupted (``hero-gym webshop-serve``). Binds

@@ -107,6 +107,8 @@ def test_presets_and_overrides():
     assert set(o.methods) <= set(c.methods) and set(o.budgets) <= set(c.budgets) and set(o.seeds) <= set(c.seeds)
     t = bench.parse_args(["--preset", "cpu", "--threads", "1", "--seeds", "0"])
     assert bench.preset_label(asdict(t)) == "cpu preset, changed: seeds, threads"
+    e = bench.parse_args(["--preset", "cpu", "--env-kwarg", "WebShop:max_results=3"])   # parsed after the flags
+    assert bench.preset_label(asdict(e)) == "cpu preset, changed: env_kwargs"
     assert c.methods[0] == "base" and set(bench.available_methods()) <= set(c.methods) | set(bench.METHOD_ORDER)
     assert bench.parse_args(["--methods", "grpo"]).reference is None   # nothing to compare against
     k = bench.parse_args(["--env-kwarg", "WebShop:max_results=5", "--env-kwarg", "WebShop:instruction_once=true"])
