@@ -304,6 +304,9 @@ class Options:
     lr: float = 3e-4
     tool_prompt: str = "compact"
     threads: int | None = None
+    #: training runs in parallel, each in its own process with its own copy of the model (the warm start is
+    #: built first, in the main process); ``1`` runs everything in this process
+    workers: int = 1
     bootstrap: int = 2000
     #: per-env constructor kwargs added to both training and evaluation (e.g. WebShop's small-model
     #: observation options ``{"WebShop": {"max_results": 5, "instruction_once": True}}``)
@@ -324,25 +327,28 @@ class Options:
 #: the top 5 results per page and the instruction only in the first observation.
 SMALL_MODEL_WEBSHOP = {"WebShop": {"max_results": 5, "instruction_once": True}}
 
-#: The warm start the CPU presets share (measured here: 120 demonstrations + 1 DAgger round of 30
-#: rollouts, ~20 min on 2 idle cores; figures in the README's "Warm start" section).
-CPU_WARM_START = {"episodes": 120, "noise": 0.1, "recovery_rounds": 1, "recovery_episodes": 30, "eval_goals": 30}
+#: The warm start the CPU presets share: 120 demonstrations + 1 DAgger round of 30 rollouts (~20 min on
+#: 2 idle cores; figures in the README's "Warm start" section). No held-out evaluation of its own
+#: (``eval_goals`` 0): the benchmark's base cell is that evaluation (the same greedy held-out goals).
+CPU_WARM_START = {"episodes": 120, "noise": 0.1, "recovery_rounds": 1, "recovery_episodes": 30, "eval_goals": 0}
 
-#: Presets. ``default`` is meant for ``make bench`` (target <= 40 min on 2 CPU cores, warm start included):
-#: two distillation methods against the warm-started base, one seed, one budget - it shows the pipeline and
-#: the table, not a difference between methods. ``cpu`` is every method with 3 seeds at a budget of 32 turns:
-#: a batch is tasks_per_update x group_size = 4 episodes of at most 8 turns (WebShop; ~20 turns measured),
-#: so 32 turns buy 1 optimizer step. Measured here at ~4.4 core-hours (the model reflector of HERO and its
-#: ablation, ~10 min per batch on one core, is most of it): more than the 2.5 h target on 2 cores; see the
-#: README's "Results". Both presets use the same warm start and the same 30 held-out goals, so ``cpu``
-#: reuses a ``default`` run's cells when given the same ``--out``. ``quick`` is a smoke test on a tiny
-#: random model. The README's "Results" section gives the measured wall times.
+#: Presets. ``default`` is meant for ``make bench`` (target <= 40 min on 2 CPU cores from a fresh clone, warm
+#: start included): two distillation methods against the warm-started base, one seed, one budget, two
+#: worker processes - it shows the pipeline and the table, not a difference between methods. ``cpu`` is
+#: every method with 3 seeds at a budget of 32 turns: a batch is tasks_per_update x group_size = 4 episodes
+#: of at most 8 turns (WebShop; ~20 turns measured), so 32 turns buy 1 optimizer step. Measured here at
+#: ~4.4 core-hours (the model reflector of HERO and its ablation, ~10 min per batch on one core, is most of
+#: it): more than the 2.5 h target on 2 cores; see the README's "Results". Both presets use the same warm
+#: start and the same 30 held-out goals, so ``cpu`` reuses a ``default`` run's cells when given the same
+#: ``--out``. ``quick`` is a smoke test on a tiny random model. The README's "Results" section gives the
+#: measured wall times.
 PRESETS: dict[str, dict[str, Any]] = {
     "default": {"envs": ["WebShop"], "methods": [BASE, "envfb_sd", "hero_rules"], "reference": "hero_rules",
                 "budgets": [32], "seeds": [0], "eval_tasks": 30, "env_kwargs": SMALL_MODEL_WEBSHOP,
-                "warm_start_overrides": CPU_WARM_START, "out": "runs/default"},
+                "warm_start_overrides": CPU_WARM_START, "workers": 2, "out": "runs/default"},
     "cpu": {"envs": ["WebShop"], "budgets": [32], "seeds": [0, 1, 2], "eval_tasks": 30,
-            "env_kwargs": SMALL_MODEL_WEBSHOP, "warm_start_overrides": CPU_WARM_START, "out": "runs/cpu"},
+            "env_kwargs": SMALL_MODEL_WEBSHOP, "warm_start_overrides": CPU_WARM_START, "workers": 2,
+            "out": "runs/cpu"},
     "quick": {"model": "tiny", "warm_start": False, "envs": ["Lookup", "WebShop"], "budgets": [6, 12],
               "seeds": [0, 1], "eval_tasks": 3, "max_turns": 3, "num_products": 100, "max_new_tokens": 12,
               "group_size": 2, "tasks_per_update": 1, "threads": 1, "bootstrap": 500, "out": "runs/quick",
@@ -392,7 +398,9 @@ def build_parser(prog: str = "hero-gym bench") -> argparse.ArgumentParser:
     ap.add_argument("--tasks-per-update", type=int, help="distinct tasks per update")
     ap.add_argument("--lr", type=float, help="learning rate of every method")
     ap.add_argument("--tool-prompt", choices=["full", "compact"], help="tool descriptions in the system prompt")
-    ap.add_argument("--threads", type=int, help="torch CPU threads (1 when others share the CPU)")
+    ap.add_argument("--threads", type=int, help="torch CPU threads (1 when others share the CPU); with --workers, "
+                                                "per worker (default: CPU cores // workers)")
+    ap.add_argument("--workers", type=int, help="training runs in parallel processes (each loads its own model)")
     ap.add_argument("--bootstrap", type=int, help="bootstrap resamples of the paired CI")
     ap.add_argument("--out", help="output folder (relative to the current directory)")
     ap.add_argument("--report-only", action="store_true",
@@ -459,6 +467,8 @@ def parse_args(argv: Sequence[str] | None = None, parser: argparse.ArgumentParse
     o.budgets = sorted(o.budgets)
     if not o.seeds:
         ap.error("give at least one seed")
+    if o.workers < 1:
+        ap.error(f"--workers must be >= 1, got {o.workers}")
     o.changed = changed_from_preset(o)
     return o
 
@@ -466,7 +476,7 @@ def parse_args(argv: Sequence[str] | None = None, parser: argparse.ArgumentParse
 def changed_from_preset(o: Options) -> list[str]:
     """The settings of ``o`` that differ from its preset's (what a report names next to the preset)."""
     ref = Options(preset=o.preset, **copy.deepcopy(PRESETS[o.preset]))
-    skip = ("preset", "report_only", "out", "changed", "given")
+    skip = ("preset", "report_only", "out", "changed", "given", "workers")   # workers change speed, not results
     return [f.name for f in dataclasses.fields(Options)
             if f.name not in skip and getattr(o, f.name) != getattr(ref, f.name)]
 
@@ -655,11 +665,18 @@ class ModelSource:
         torch.manual_seed(seed)
         return HFPolicy(copy.deepcopy(base), tok, device=self.opts.device)
 
+    def release(self) -> None:
+        """Drop the loaded base models (the warm-start records stay)."""
+        self._bases.clear()
+
     def identity(self, setup: EnvSetup) -> dict[str, Any]:
-        """What the starting weights are, for fingerprints (the warm start's settings, not its timing)."""
+        """What the starting weights are, for fingerprints (the warm start's settings, not its timing).
+        With a warm start this loads (or builds) it first, so the answer does not depend on call order."""
         ident: dict[str, Any] = {"model": self.opts.model, "warm_start": self.opts.warm_start}
-        if self.opts.warm_start and setup.name in self.warm_start_info:
-            ident["warm_start_config"] = self.warm_start_info[setup.name]["config"]
+        if self.opts.warm_start:
+            if setup.name not in self.warm_start_info:
+                self.base(setup)
+            ident["warm_start_config"] = self.warm_start_info[setup.name].get("config")
         return ident
 
 
@@ -1244,6 +1261,95 @@ def report(out: Path, opts: Options, cells: list[dict], runs: list[dict], prov: 
     return text
 
 
+#: one unit of work: ``("base", env)`` evaluates an env's starting model, ``("run", Run)`` trains one run
+#: and evaluates its snapshot at every budget
+Job = tuple[str, Any]
+
+
+def run_job(bench: Bench, job: Job, emit: Callable[[str, str, str], None]) -> tuple[list[dict[str, Any]],
+                                                                                   dict[str, Any] | None]:
+    """Run one job; return its cells and (for a training run) the run's record. ``emit(kind, env, line)``
+    reports progress: kind ``"train"`` after a run's training, ``"cell"`` after each evaluated cell."""
+    kind, what = job
+    opts = bench.opts
+    if kind == "base":
+        c = bench.base_cell(what)
+        emit("cell", what, _cell_line(c, opts))
+        return [c], None
+    cells: list[dict[str, Any]] = []
+    bench.log = lambda text: emit("train", what.env, text)
+
+    def on_cell(res: dict[str, Any]) -> None:
+        cells.append(res)
+        emit("cell", what.env, _cell_line(res, opts))
+
+    meta = bench.run_cells(what, on_cell)
+    return cells, meta
+
+
+_WORKER: dict[str, Any] = {}
+
+
+def _worker_init(opts: Options, out: str, events: Any) -> None:
+    import torch
+
+    torch.set_num_threads(opts.threads or max(1, (os.cpu_count() or 1) // opts.workers))
+    _WORKER["bench"] = Bench(opts, Path(out), log=lambda s: None)
+    _WORKER["events"] = events
+
+
+def _worker_job(job: Job) -> tuple[list[dict[str, Any]], dict[str, Any] | None, int, int]:
+    bench = _WORKER["bench"]
+    bench.reused = bench.rerun_stale = 0
+    cells, meta = run_job(bench, job, lambda kind, env, text: _WORKER["events"].put((kind, env, text)))
+    return cells, meta, bench.reused, bench.rerun_stale
+
+
+def _run_parallel(opts: Options, out: Path, jobs: Sequence[Job], on_event: Callable[[str, str, str], None],
+                  counts: Bench) -> dict[int, tuple[list[dict[str, Any]], dict[str, Any] | None]]:
+    """Run ``jobs`` on ``opts.workers`` spawned processes (each its own model copy and torch threads),
+    forwarding their progress events to ``on_event`` as they come and adding their reused/recomputed
+    cell counts to ``counts``. Returns each job's result by its index in ``jobs``. A failed job stops the
+    others and re-raises; cells finished before it stay in ``out`` for the next run to reuse."""
+    import multiprocessing
+    import queue as queue_mod
+    from concurrent.futures import ProcessPoolExecutor
+
+    ctx = multiprocessing.get_context("spawn")
+    events = ctx.Queue()
+    results: dict[int, tuple[list[dict[str, Any]], dict[str, Any] | None]] = {}
+    pool = ProcessPoolExecutor(max_workers=min(opts.workers, len(jobs)), mp_context=ctx,
+                               initializer=_worker_init, initargs=(opts, str(out), events))
+    ok = False
+    try:
+        pending = {pool.submit(_worker_job, job): i for i, job in enumerate(jobs)}
+
+        def drain(timeout: float) -> None:
+            try:
+                while True:
+                    on_event(*events.get(timeout=timeout))
+                    timeout = 0.0
+            except queue_mod.Empty:
+                pass
+
+        while pending:
+            drain(0.5)
+            for fut in [f for f in pending if f.done()]:
+                i = pending.pop(fut)
+                cells, meta, reused, stale = fut.result()
+                results[i] = (cells, meta)
+                counts.reused += reused
+                counts.rerun_stale += stale
+        drain(0.2)
+        ok = True
+    finally:
+        if not ok:   # stop the other workers now rather than after their runs
+            for proc in list(getattr(pool, "_processes", {}).values()):
+                proc.terminate()
+        pool.shutdown(wait=ok, cancel_futures=True)
+    return results
+
+
 def resolve_out(path: str) -> Path:
     """``--out`` as given: absolute, or relative to the current working directory."""
     return (Path.cwd() / path).resolve() if not Path(path).is_absolute() else Path(path)
@@ -1277,26 +1383,33 @@ def main(argv: Sequence[str] | None = None, parser: argparse.ArgumentParser | No
         print(f"report rebuilt from {len(cells)} cells in {out}")
         return {"out": str(out), "cells": cells}
 
-    if opts.threads:
+    if opts.threads or opts.workers > 1:
         import torch
 
-        torch.set_num_threads(opts.threads)
+        # with workers the main process only builds the warm start: it may use every core
+        if opts.threads and opts.workers == 1:
+            torch.set_num_threads(opts.threads)
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
     bench = Bench(opts, out, log=lambda s: None)
     runs_plan = [Run(e, m, s) for e in opts.envs for s in opts.seeds for m in opts.methods if m != BASE]
+    # jobs in the order one process runs them: per env its base cell, then its training runs
+    jobs: list[Job] = [job for e in opts.envs for job in [("base", e), *(("run", r) for r in runs_plan if r.env == e)]]
     n_steps = len(opts.envs) + len(runs_plan) * (1 + len(opts.budgets))
     eval_work = {e: bench._n_eval(bench.setups[e]) * bench.setups[e].max_turns for e in opts.envs}
     train_work = 3 * max(opts.budgets)
     total = sum(eval_work[e] for e in opts.envs) + sum(train_work + len(opts.budgets) * eval_work[r.env]
                                                       for r in runs_plan)
     bar = Progress(total, n_steps)
-    bench.log = lambda s: bar.advance(train_work, s)
     setups_prov: dict[str, Any] = {}
-    cells: list[dict[str, Any]] = []
-    runs: list[dict[str, Any]] = []
+    done: dict[int, tuple[list[dict[str, Any]], dict[str, Any] | None]] = {}
+
+    def on_event(kind: str, env: str, text: str) -> None:
+        bar.advance(train_work if kind == "train" else eval_work[env], text)
+
     bar.line(f"{len(opts.envs)} env(s) x {len(opts.methods)} methods x budgets {opts.budgets} x seeds {opts.seeds} "
-             f"-> {len(runs_plan)} training runs; output {out}")
+             f"-> {len(runs_plan)} training runs" + (f" on {opts.workers} workers" if opts.workers > 1 else "")
+             + f"; output {out}")
     try:
         for env in opts.envs:
             s = bench.setups[env]
@@ -1304,21 +1417,20 @@ def main(argv: Sequence[str] | None = None, parser: argparse.ArgumentParser | No
                                 "eval_tasks": bench._n_eval(s), "train_tasks": s.train_tasks,
                                 "max_turns": s.max_turns, "data": data_source(s, s.eval_kwargs),
                                 "train_data": data_source(s, s.train_kwargs)}
-            if not opts.warm_start:
-                bar.line(f"{env}: evaluating the base model")
-            elif env not in bench.source.warm_start_info:
-                bar.line(f"{env}: warm start (built once per setting, then read from the cache), then the base")
-            c = bench.base_cell(env)
-            cells.append(c)
-            bar.advance(eval_work[env], _cell_line(c, opts))
-            for r in (r for r in runs_plan if r.env == env):
-                def on_cell(res: dict[str, Any], _env: str = env) -> None:
-                    cells.append(res)
-                    bar.advance(eval_work[_env], _cell_line(res, opts))
-
-                runs.append(bench.run_cells(r, on_cell))
+            if opts.warm_start:
+                bar.line(f"{env}: warm start (built once per setting, then read from the cache)")
+            if opts.workers > 1:
+                bench.source.base(s)   # build the warm starts here, once, before the workers read them
+        if opts.workers > 1:
+            bench.source.release()
+            done = _run_parallel(opts, out, jobs, on_event, bench)
+        else:
+            for i, job in enumerate(jobs):
+                done[i] = run_job(bench, job, on_event)
     finally:
         bar.close()
+    cells = [c for i in range(len(jobs)) for c in done[i][0]]
+    runs = [meta for i in range(len(jobs)) if (meta := done[i][1]) is not None]
     invocation = time.perf_counter() - t_start
     warm_secs = sum(v.get("seconds_this_run", 0.0) for v in bench.source.warm_start_info.values())
     prov = {

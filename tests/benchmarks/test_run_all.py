@@ -85,6 +85,27 @@ def test_rerun_reuses_cells_and_keeps_wall_time(quick_run):
     assert "cells reused from" in (out / "results.md").read_text()
 
 
+def test_workers_give_the_sequential_cells(quick_run, tmp_path):
+    """``--workers 2`` runs the same jobs in two processes: every cell equals the one-process run's, and
+    a one-process rerun over its folder reuses every cell (same fingerprints whichever process made them)."""
+    seq_out, _ = quick_run
+    out = tmp_path / "par"
+    proc = _run("--quick", "--workers", "2", "--out", str(out), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    assert "on 2 workers" in proc.stdout and any("trained " in ln for ln in proc.stdout.splitlines())
+    keys = ("success_rate", "mean_score", "mean_turns", "valid_action_rate", "optimizer_steps", "snapshot_turns",
+            "fingerprint")
+
+    def cells(folder):
+        return {p.parent.name: {k: json.loads(p.read_text()).get(k) for k in keys}
+                for p in (folder / "cells").glob("*/result.json")}
+
+    assert cells(out) == cells(seq_out)
+    rerun = _run("--quick", "--out", str(out), cwd=tmp_path)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert f"{len(cells(out))} cells reused from {out}" in rerun.stdout
+
+
 def test_report_only_rebuilds(quick_run):
     out, _ = quick_run
     (out / "results.md").unlink()
@@ -102,8 +123,9 @@ def test_report_only_on_an_empty_folder_is_one_clear_error(tmp_path):
 def test_quick_with_warm_start(tmp_path):
     """``--warm-start`` builds (or reads from the cache) the behaviour-cloned base and starts every run from it."""
     pytest.importorskip("hero_gym.agents.warmstart")
+    # two workers: the warm start is built in the main process, the workers load it from the cache
     proc = _run("--quick", "--warm-start", "--envs", "Lookup", "--methods", "hero_rules", "--seeds", "0",
-                "--budgets", "6", "--out", str(tmp_path / "ws"), cwd=tmp_path)
+                "--budgets", "6", "--workers", "2", "--out", str(tmp_path / "ws"), cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     data = json.loads((tmp_path / "ws" / "results.json").read_text())
     ws = data["provenance"]["warm_start"]["Lookup"]
