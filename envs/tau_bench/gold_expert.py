@@ -52,8 +52,9 @@ def _is_error(obs: str) -> bool:
 class GoldExpert:
     """The gold-action expert of ``env`` (a Tau-bench env or a wrapper of one).
 
-    It must be asked after every ``reset``/``step`` of that same env; it is deterministic given the
-    state. The state it reads (all on the unwrapped env): the task's gold ``actions``;
+    It is asked after a ``reset``/``step`` of that same env (one instance serves successive episodes:
+    it reloads the task's facts when the task changes); it is deterministic given the state. The state
+    it reads (all on the unwrapped env): the task's gold ``actions``;
     ``executed_calls`` (which gold calls already ran and whether they succeeded); ``history`` (the
     ordered well-formed actions with their observations: whether the user gave their identity, whether
     the last message asked to confirm the next write and the user said yes); ``agent_messages``
@@ -84,25 +85,37 @@ class GoldExpert:
 
     def __init__(self, env: Any):
         self.env = env.unwrapped
-        self.task = self.env.task
-        if self.task is None:
-            raise ValueError("GoldExpert needs an env that was reset")
         self.writes = {t.name for t in self.env.tool_list if t.writes}
+        self._task: Any = None
+
+    def _sync(self) -> None:
+        """Load the per-task plan facts when the env's task changed (the expert may outlive a reset)."""
+        task = self.env.task
+        if task is None:
+            raise ValueError("GoldExpert reads the env's state: reset the env first")
+        if task is self._task:
+            return
+        self._task = task
         self.identity_kw: dict[str, Any] = {}
-        for a in self.task.actions:
+        for a in task.actions:
             if a.name in _IDENTITY_CALLS:
                 self.identity_kw = dict(a.kwargs)   # the last lookup is the one that succeeds in v1 tasks
         if self.env.domain == "retail":
             self.identity_ask = "To get started, could you please give me your email address, or your name and zip code?"
         else:
             self.identity_ask = "To get started, could you please give me your user id?"
-        outputs = self.task.outputs
-        self.closing = (("Here is what you asked for: " + ", ".join(outputs) + ".") if outputs else "All done.") \
-            + " " + FOLLOWUP
+        self.closing = (("Here is what you asked for: " + ", ".join(task.outputs) + ".") if task.outputs
+                        else "All done.") + " " + FOLLOWUP
         # which gold calls fail in the gold replay itself (transfers are not replayed and never fail)
-        observations = iter(gold_result(self.env.dataset, self.env.tool_map, self.task).observations)
+        observations = iter(gold_result(self.env.dataset, self.env.tool_map, task).observations)
         self.gold_fails = [False if a.name == TRANSFER_TOOL else _is_error(next(observations, ""))
-                           for a in self.task.actions]
+                           for a in task.actions]
+
+    @property
+    def task(self) -> Any:
+        """The env's current task (its gold ``actions``, ``outputs`` and ``user_id``)."""
+        self._sync()
+        return self._task
 
     # ------------------------------------------------------------------ state
     @staticmethod
@@ -112,6 +125,7 @@ class GoldExpert:
 
     def done(self) -> list[bool]:
         """Per gold action, whether the episode has done it (see rule 2 of the class docstring)."""
+        self._sync()
         calls = self.env.executed_calls
         used = [False] * len(calls)
         out = []
@@ -128,6 +142,7 @@ class GoldExpert:
 
     def identity_known(self) -> bool:
         """Whether the expert asked for the identity, the user gave it, or a gold lookup found it."""
+        self._sync()
         if self.identity_ask in self.env.agent_messages:
             return True
         if any(c["ok"] and c["name"] in _IDENTITY_CALLS for c in self.env.executed_calls):
@@ -136,6 +151,7 @@ class GoldExpert:
 
     def identity_in(self, reply: str) -> bool:
         """Whether a user reply holds the identity the gold calls use (the user id in airline)."""
+        self._sync()
         low = reply.lower()
         if self.identity_kw:
             return all(str(v).lower() in low for v in self.identity_kw.values())
@@ -150,6 +166,7 @@ class GoldExpert:
     # ------------------------------------------------------------------ plan
     def next_step(self) -> PlanStep:
         """The expert's next move in the current state (see the class docstring)."""
+        self._sync()
         if not self.identity_known():
             return PlanStep("identity", TextMessage(self.identity_ask))
         for i, (a, is_done) in enumerate(zip(self.task.actions, self.done())):
