@@ -101,7 +101,8 @@ class GoldExpert:
             if a.name in _IDENTITY_CALLS:
                 self.identity_kw = dict(a.kwargs)   # the last lookup is the one that succeeds in v1 tasks
         if self.env.domain == "retail":
-            self.identity_ask = "To get started, could you please give me your email address, or your name and zip code?"
+            self.identity_ask = ("To get started, could you please give me your email address, "
+                                 "or your name and zip code?")
         else:
             self.identity_ask = "To get started, could you please give me your user id?"
         self.closing = (("Here is what you asked for: " + ", ".join(task.outputs) + ".") if task.outputs
