@@ -4,7 +4,8 @@ A small model that never emits a valid action gives every training method the sa
 fine-tunes the base model (a LoRA adapter) on expert demonstrations from the **training split**, merges the
 adapter into the base weights and caches the result, so every benchmark cell can start a fresh LoRA on top
 of an agent that already acts sensibly. It is under-trained on purpose (few episodes, one epoch) so that
-the methods compared afterwards still have headroom.
+the methods compared afterwards still have headroom. Supported envs: WebShop, Tau-bench retail / airline
+and Lookup (see *Experts* below).
 
 Recipe (:func:`warm_start`):
 
@@ -12,8 +13,9 @@ Recipe (:func:`warm_start`):
    :func:`~hero_gym.agents.rollout.collect` (an :class:`ExpertPolicy` stands in for the model), so each
    recorded turn holds exactly the context ids the model will see at rollout time (same system message,
    same tool prompt, same chat rendering) and the expert's action ids (closed by the end-of-turn token).
-   With ``noise > 0`` a share of the expert's actions is replaced by a noisy one (a random button or a
-   corrupted copy of the expert's action, often invalid); those actions get no loss, but the expert's
+   With ``noise > 0`` a share of the expert's actions is replaced by a noisy one (WebShop: a random button
+   or a corrupted copy of the expert's action, often invalid; Tau: a gold call with a mis-typed id, a
+   wrong read call or an off-plan message); those actions get no loss, but the expert's
    next actions from the resulting state (after an error observation, on a wrong page) teach recovery.
 2. **Behaviour cloning.** Cross-entropy on the expert's action tokens only (the episode's action mask:
    prompt, observations and template tokens get no loss; noisy actions neither), one episode per
@@ -31,7 +33,15 @@ Recipe (:func:`warm_start`):
 
 Experts (:func:`make_expert`): WebShop uses
 :class:`~hero_gym.envs.webshop.expert.InstructionExpert` (does not know the goal product, acts from any
-page); Lookup uses its solver (look the item up, answer the code). Other envs raise ``ValueError``.
+page); Tau-bench retail and airline use :class:`~hero_gym.envs.tau_bench.gold_expert.GoldExpert` (knows
+the task's gold actions; from any state it asks for the identity, makes the first gold call not done yet,
+asking to confirm each write first, then tells the outputs); Lookup uses its solver (look the item up,
+answer the code). Other envs raise ``ValueError``.
+
+Splits: demonstrations and recovery rollouts use the env's ``train`` split and the evaluation its
+``test`` split when the env has splits (:meth:`~hero_gym.core.MultiTurnEnv.splits`: WebShop, Tau-bench);
+an env without splits (Lookup) uses its one task list for both. An env with splits but no ``train``
+split (official Tau airline has only ``test``) is an error, never a silent training on test tasks.
 
 Valid actions: a turn is *valid* when the env reported no ``action_error`` (WebShop: a parseable
 ``search``/``click`` whose button is on the page; Tau/Lookup: a well-formed tool call or a message).
@@ -50,7 +60,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -59,6 +69,9 @@ from hero_gym.agents.policy import Generation, HFPolicy, SamplingConfig, default
 from hero_gym.agents.rollout import TOOL_PROMPTS, Task, collect
 from hero_gym.chat import ChatRenderer, tokenize_episode
 from hero_gym.records import Episode
+
+if TYPE_CHECKING:
+    from hero_gym.envs.tau_bench.gold_expert import GoldExpert
 
 __all__ = [
     "ExpertPolicy",
@@ -87,7 +100,8 @@ class WarmStartConfig:
     """Settings of a warm start. Every field except ``progress`` is part of the cache key.
 
     Attributes:
-        env_id: the env to clone the expert on (WebShop or Lookup).
+        env_id: the env to clone the expert on (``hero_gym/WebShop-v0``, ``hero_gym/TauRetail-v0``,
+            ``hero_gym/TauAirline-v0`` or ``hero_gym/Lookup-v0``).
         env_kwargs: env constructor kwargs for demonstrations, recovery rollouts and the evaluation
             (e.g. the small-model observation options ``{"max_results": 5, "instruction_once": True}``);
             use the same ones as the runs that start from this model.
@@ -106,7 +120,10 @@ class WarmStartConfig:
         recovery_episodes: model rollouts per recovery round.
         recovery_temperature: sampling temperature of the recovery rollouts (``0``: greedy).
         max_turns: turn cap of recovery rollouts.
-        max_new_tokens: reply cap of every rollout (>= 64: WebShop search queries copy the instruction).
+        max_new_tokens: reply cap of every rollout (>= 64: WebShop search queries copy the instruction;
+            >= 256 for Tau-bench: the expert's confirmation messages and write calls repeat the write's
+            arguments, up to ~210 tokens; longer demonstration actions are truncated and counted in the
+            report's ``truncated_actions``).
         eval_goals: held-out (test) tasks in the final greedy evaluation (``0``: skip it).
         eval_max_turns: turn cap of the evaluation episodes.
         tool_prompt: ``"full"`` or ``"compact"`` tool description in the system message (as in
@@ -240,19 +257,24 @@ def _corrupt(action: str, rng: random.Random) -> str:
     return action[:i] + rng.choice(choices) + action[i + 1:]
 
 
-def make_expert(env: Any) -> WebShopExpert | LookupSolver:
+def make_expert(env: Any) -> WebShopExpert | LookupSolver | GoldExpert:
     """The expert for ``env`` (an env made with ``hero_gym.make``): it reads the env's current state and
-    must be asked after every ``reset``/``step`` of that same env."""
+    must be asked after every ``reset``/``step`` of that same env (a Tau expert needs a reset env)."""
     from hero_gym.envs.example.lookup import LookupEnv
+    from hero_gym.envs.tau_bench.env import TauBenchEnv
+    from hero_gym.envs.tau_bench.gold_expert import GoldExpert
     from hero_gym.envs.webshop.env import WebShopEnv
 
     inner = env.unwrapped
     if isinstance(inner, WebShopEnv):
         return WebShopExpert(env)
+    if isinstance(inner, TauBenchEnv):
+        return GoldExpert(env)
     if isinstance(inner, LookupEnv):
         return LookupSolver(env)
     raise ValueError(f"no warm-start expert for {type(inner).__name__}: supported are WebShopEnv "
-                     "(hero_gym/WebShop-v0) and LookupEnv (hero_gym/Lookup-v0)")
+                     "(hero_gym/WebShop-v0), TauRetailEnv / TauAirlineEnv (hero_gym/TauRetail-v0, "
+                     "hero_gym/TauAirline-v0) and LookupEnv (hero_gym/Lookup-v0)")
 
 
 class ExpertPolicy:
@@ -298,10 +320,22 @@ class ExpertPolicy:
 # ====================================================================================== tasks
 
 
+def _split_of(inner: Any, split: str) -> str | None:
+    """``split`` when the env has splits (``ValueError`` when it lacks that one), ``None`` when it has none."""
+    names = list(inner.splits()) if hasattr(inner, "splits") else []
+    if not names:
+        return None
+    if split not in names:
+        raise ValueError(f"{type(inner).__name__} has no {split!r} split (its splits: {', '.join(names)}); "
+                         "the warm start trains on 'train' and evaluates on 'test'")
+    return split
+
+
 def _tasks(env: Any, split: str, n: int, seed: int, *, shuffle: bool) -> list[Task]:
-    """``n`` tasks of ``split`` (WebShop) or of the env's task list (others), cycling when ``n`` exceeds it."""
+    """``n`` tasks of ``split`` (envs with splits: WebShop, Tau-bench) or of the env's task list (envs
+    without: Lookup), cycling when ``n`` exceeds it."""
     inner = env.unwrapped
-    has_split = hasattr(inner, "split")
+    has_split = _split_of(inner, split) is not None
     total = inner.num_tasks(split) if has_split else inner.num_tasks()
     if not total:
         raise ValueError(f"{type(inner).__name__} has no indexed tasks")
@@ -448,8 +482,10 @@ def _train_pass(policy: HFPolicy, optimizer: Any, examples: Sequence[Example], c
 
 
 def evaluate_valid(policy: Any, cfg: WarmStartConfig, n_goals: int | None = None) -> dict[str, Any]:
-    """Greedy evaluation on the first held-out tasks (WebShop ``test`` split; the task list otherwise):
-    success rate, mean reward, valid-action share (turns without ``action_error``), mean turns."""
+    """Greedy evaluation on the first held-out tasks (the ``test`` split of an env with splits: WebShop,
+    Tau-bench; the task list otherwise): success rate, mean reward, valid-action share (turns without
+    ``action_error``: WebShop a parseable action whose button is on the page; Tau/Lookup a well-formed tool
+    call or a message), mean turns."""
     import hero_gym
 
     from hero_gym.agents.trainer import evaluate
@@ -457,12 +493,12 @@ def evaluate_valid(policy: Any, cfg: WarmStartConfig, n_goals: int | None = None
     n = cfg.eval_goals if n_goals is None else n_goals
     probe = hero_gym.make(cfg.env_id, **cfg.env_kwargs)
     try:
-        inner = probe.unwrapped
-        total = inner.num_tasks("test") if hasattr(inner, "split") else inner.num_tasks()
+        split = _split_of(probe.unwrapped, "test")
+        total = probe.unwrapped.num_tasks(split) if split else probe.unwrapped.num_tasks()
     finally:
         probe.close()
     kwargs = dict(cfg.env_kwargs)
-    if hasattr(inner, "split"):
+    if split:
         kwargs["split"] = "test"
     t0 = time.perf_counter()
     res = evaluate(policy, cfg.env_id, kwargs, task_indices=list(range(min(n, total))),

@@ -93,6 +93,9 @@ class TauBenchEnv(MultiTurnEnv):
         self.task = None
         self.agent_messages: list[str] = []
         self.executed_calls: list[dict[str, Any]] = []
+        #: the episode's well-formed actions in order, each with its observation (the user's reply
+        #: or the tool output); malformed replies never reach it. Experts read the state from it.
+        self.history: list[tuple[ToolCall | TextMessage, str]] = []
         self.reward_info: dict[str, Any] | None = None
 
     # ------------------------------------------------------------------ helpers
@@ -129,6 +132,7 @@ class TauBenchEnv(MultiTurnEnv):
         self.db.reset()                      # copy-on-write: drop the overlays, O(#tables)
         self.agent_messages = []
         self.executed_calls = []
+        self.history = []
         self.reward_info = None
         ctx = UserContext(domain=self.domain, user_record=self.db.users.get(self.task.user_id),
                           goal_reached=self._goal_reached, executed_calls=self.executed_calls)
@@ -167,6 +171,7 @@ class TauBenchEnv(MultiTurnEnv):
             self.agent_messages.append(action.content)
             reply = self.user.reply(action.content)
             reply = "" if reply is None else str(reply)
+            self.history.append((action, reply))
             res = StepResult(reply, 0.0, STOP in reply, base, role="user")
             return self._end(res, "user_stop") if res.terminated else res
         tool: Tool | None = self.tool_map.get(action.name)
@@ -175,6 +180,7 @@ class TauBenchEnv(MultiTurnEnv):
             base["action_error"] = malformed
         self.executed_calls.append({"name": action.name, "arguments": dict(action.arguments),
                                     "ok": not obs.startswith(("Error", "Unknown action"))})
+        self.history.append((action, obs))
         if tool is not None and tool.name == TRANSFER_TOOL:
             return self._end(StepResult(obs, 0.0, True, base, role="tool"), "transfer")
         return StepResult(obs, 0.0, False, base, role="tool")

@@ -159,3 +159,87 @@ def test_warm_start_improves_valid_actions_over_the_same_model_and_is_cached(tmp
                                    "-c", "eval_max_turns=2", "-c", "max_new_tokens=48"])
     assert res.exit_code == 0, res.output + repr(res.exception)
     assert str(path) in res.output.replace("\n", "") and "valid_action_rate" in res.output
+
+
+# ---------------------------------------------------------------- Tau-bench (the gold-action expert)
+TAU = "hero_gym/TauRetail-v0"
+GENERATED = {"data": "generated"}     # not the official data even when $HERO_GYM_TAUBENCH_DIR is set
+
+
+def test_tau_expert_demonstrations_are_token_exact_on_the_train_split(smol_tokenizer):
+    from hero_gym.agents.policy import SamplingConfig
+    from hero_gym.agents.warmstart import _tasks
+
+    env = hero_gym.make(TAU, **GENERATED)
+    tasks = _tasks(env, "train", 3, seed=0, shuffle=True)
+    assert all(t.options["split"] == "train" for t in tasks)
+    pol = ExpertPolicy(env, smol_tokenizer)
+    eps = collect(pol, env, tasks=tasks, sampling=SamplingConfig(max_new_tokens=512))
+    assert all(e.success for e in eps) and pol.truncated == 0
+    train_ids = {t.task_id for t in env.unwrapped.tasks("train")}
+    assert all(e.task_id in train_ids for e in eps)
+    eot = ChatRenderer(smol_tokenizer).end_of_turn_id
+    for ep in eps:
+        assert ep.turns[0].parsed_action == {
+            "message": "To get started, could you please give me your email address, or your name and zip code?"}
+        assert any(t.action_text.startswith("<tool_call>") and t.parsed_action.get("name") for t in ep.turns)
+        for t in ep.turns:
+            assert t.action_error is None and t.action_token_ids[-1] == eot
+            assert smol_tokenizer.decode(t.action_token_ids[:-1]) == t.action_text
+    examples = build_examples(eps, smol_tokenizer, pol.noisy)
+    for ep, ex in zip(eps, examples, strict=True):
+        targets = [i for i, m in zip(ex.input_ids, ex.loss_mask) if m]
+        assert targets == [i for t in ep.turns for i in t.action_token_ids]   # the loss is on action tokens only
+
+
+def test_tau_noisy_demonstrations(smol_tokenizer):
+    env = hero_gym.make(TAU, **GENERATED)
+    pol = ExpertPolicy(env, smol_tokenizer, noise=0.3, seed=0)
+    eps = collect(pol, env, tasks=[Task(seed=i, options={"split": "train", "task_index": i}) for i in range(3)])
+    turns = [t for e in eps for t in e.turns]
+    assert 0 < sum(pol.noisy) < len(turns)
+    expert = make_expert(env)
+    assert type(expert).__name__ == "GoldExpert"
+    examples = build_examples(eps, smol_tokenizer, pol.noisy)
+    assert sum(sum(ex.loss_mask) for ex in examples) == sum(
+        len(t.action_token_ids) for t, n in zip(turns, pol.noisy) if not n)
+
+
+def test_splits_are_read_from_the_env():
+    from hero_gym.agents.warmstart import _split_of
+
+    tau = hero_gym.make(TAU, **GENERATED).unwrapped
+    assert _split_of(tau, "train") == "train" and _split_of(tau, "test") == "test"
+    with pytest.raises(ValueError, match="no 'dev' split"):
+        _split_of(tau, "dev")
+    assert _split_of(hero_gym.make("hero_gym/Lookup-v0").unwrapped, "train") is None   # no splits: its task list
+    assert _split_of(hero_gym.make("hero_gym/WebShop-v0", **SMALL).unwrapped, "test") == "test"
+
+
+def test_tau_warm_start_builds_and_caches_a_model(tmp_path, monkeypatch):
+    import hero_gym.agents.trainer as trainer
+
+    monkeypatch.setenv("HERO_GYM_CACHE", str(tmp_path))
+    evaluated = []
+    real_evaluate = trainer.evaluate
+
+    def spy(policy, env_id, env_kwargs, **kw):
+        evaluated.append(dict(env_kwargs))
+        return real_evaluate(policy, env_id, env_kwargs, **kw)
+
+    monkeypatch.setattr(trainer, "evaluate", spy)
+    # short episodes and the compact tool prompt keep the contexts near 2k tokens (full Tau episodes reach 8k)
+    cfg = WarmStartConfig(env_id=TAU, env_kwargs=GENERATED, episodes=2, demo_max_turns=4, recovery_rounds=1,
+                          recovery_episodes=1, eval_goals=1, max_turns=4, eval_max_turns=1, max_new_tokens=128,
+                          tool_prompt="compact", lora_r=0, noise=0.0)
+    path = warm_start(cfg, base="tiny", device="cpu")
+    assert path.name == cache_key(cfg, "tiny") and (path / "config.json").is_file()
+    report = read_report(path)
+    assert report["demos"]["episodes"] == 2 and report["demos"]["turns"] == 8
+    assert report["demos"]["truncated_actions"] == 0 and report["demos"]["target_tokens"] > 0
+    rec = report["recovery"][0]
+    assert rec["episodes"] == 1 and rec["labelled"] >= 1          # the expert labelled the model's states
+    ev = report["eval"]
+    assert ev["episodes"] == 1 and 0.0 <= ev["valid_action_rate"] <= 1.0 and "success_rate" in ev
+    assert evaluated == [{**GENERATED, "split": "test"}]         # held out: the test split
+    assert warm_start(cfg, base="tiny") == path                   # cached
