@@ -999,10 +999,19 @@ def _ci_text(c: dict[str, Any] | None) -> str:
     return t + (" no difference detected" if c["verdict"] == "no difference detected" else "")
 
 
+def _warm_start_eval_text(w: dict[str, Any]) -> str:
+    ev = (w.get("report") or {}).get("eval")
+    if not ev:
+        return "no held-out check of its own: the base row is its held-out evaluation"
+    return (f"its own held-out check: {100 * ev['valid_action_rate']:.0f}% valid actions, "
+            f"{100 * ev['success_rate']:.0f}% success on {ev['episodes']} goals")
+
+
 def write_markdown(rows: list[dict], comps: list[dict], prov: dict[str, Any], path: Path) -> str:
     o = prov["options"]
     ref_label = method_label(o["reference"]) if o["reference"] else "(no reference method)"
     ws = o["warm_start"]
+    workers = int(o.get("workers") or 1)
     lines = [
         f"# HERO benchmark ({preset_label(o)})", "",
         f"- Model: `{o['model']}`{' warm-started by behaviour cloning' if ws else ''}; device {prov['hardware']['device']}",
@@ -1013,12 +1022,17 @@ def write_markdown(rows: list[dict], comps: list[dict], prov: dict[str, Any], pa
                                for e, s in prov["envs"].items()),
         f"- Budgets (training env turns, nested, one run per method and seed): {o['budgets']}; seeds {o['seeds']}; "
         f"batch {o['tasks_per_update']} tasks x {o['group_size']} rollouts; lr {o['lr']}",
-        *(f"- Warm start for {e}: " + (f"`{w['path']}` (its own held-out check: {w.get('report', {}).get('eval')})"
-                                       if w.get("path") else f"none ({w.get('unavailable')}); the raw model is the base")
+        *(f"- Warm start for {e}: " + (f"`{w['path']}` ({_warm_start_eval_text(w)})" if w.get("path")
+                                       else f"none ({w.get('unavailable')}); the raw model is the base")
           for e, w in prov.get("warm_start", {}).items()),
         f"- Hardware: {prov['hardware']['cpu_count']} CPUs ({prov['hardware']['processor']}), torch "
-        f"{prov['hardware']['torch']} with {prov['hardware']['torch_threads']} threads",
+        f"{prov['hardware']['torch']}, " + (
+            f"{workers} worker processes x {o.get('threads') or max(1, (prov['hardware']['cpu_count'] or 1) // workers)}"
+            f" thread(s) (the warm start: {prov['hardware']['torch_threads']} threads)" if workers > 1
+            else f"{prov['hardware']['torch_threads']} threads"),
         f"- Wall time: {prov['wall_seconds'] / 60:.1f} min of compute"
+        + (f", {prov['invocation_seconds'] / 60:.1f} min on the clock" if workers > 1 and not prov.get("report_only")
+           and not prov["reused_cells"] else "")
         + (" (rebuilt with --report-only from the finished cells: every run's training plus every evaluation)"
            if prov.get("report_only") else "")
         + (f" ({prov['reused_cells']} cells reused from {prov['out']} with their original wall time; "

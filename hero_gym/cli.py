@@ -416,7 +416,7 @@ def eval_cmd(
 
 @app.command()
 def warmstart(
-    env_id: str = typer.Argument(..., help="hero_gym/WebShop-v0 or hero_gym/Lookup-v0"),
+    env_id: str = typer.Argument(..., help="hero_gym/WebShop-v0, hero_gym/TauRetail-v0, hero_gym/TauAirline-v0 or hero_gym/Lookup-v0"),
     model: str = typer.Option("smollm2", help="base model: smollm2 | tiny | HF id or local path"),
     device: Optional[str] = typer.Option(None, help="cpu | cuda (default: cuda if available)"),
     kwarg: Optional[list[str]] = typer.Option(None, "--kwarg", "-k",
