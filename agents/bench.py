@@ -1306,6 +1306,9 @@ _WORKER: dict[str, Any] = {}
 
 def _worker_init(opts: Options, out: str, events: Any) -> None:
     import torch
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()   # N workers' weight-loading bars would interleave with the matrix bar
 
     torch.set_num_threads(opts.threads or max(1, (os.cpu_count() or 1) // opts.workers))
     _WORKER["bench"] = Bench(opts, Path(out), log=lambda s: None)
