@@ -901,13 +901,17 @@ class Bench:
                     "train_seconds": float(first.get("run_train_seconds", 0.0)), "snapshots": {}}
             self.log(f"training run {run.key}: every cell reused (run folder not kept)")
         snaps = {int(t): rdir / p for t, p in meta["snapshots"].items()}
+        evaluated: dict[int, list[Any]] = {}   # snapshot turns -> its episodes (budgets sharing a snapshot)
         for budget in self.opts.budgets:
             if budget in done:
                 res = {**done[budget], "reused": True}
                 self.reused += 1
             else:
                 turns, path = snapshot_for_budget(snaps, budget)
-                if steps_at(meta["metrics"], turns) == 0:
+                if turns in evaluated:
+                    # a smaller budget read the same snapshot (no update in between): same weights, same answer
+                    episodes, secs = evaluated[turns], 0.0
+                elif steps_at(meta["metrics"], turns) == 0:
                     # no optimizer step yet: the weights are the base's (a fresh LoRA adds exactly 0), so
                     # its greedy evaluation is the base cell's; reuse it instead of replaying it
                     episodes, secs = self._base_episodes(run.env), 0.0
@@ -916,6 +920,7 @@ class Bench:
                         policy = self.source.policy(setup, run.seed)
                     load_snapshot(policy, path)
                     episodes, secs = self.evaluate(policy, setup)
+                evaluated[turns] = episodes
                 per_task = _per_task(episodes)
                 res = self._write_cell(cdirs[budget], {
                     "env": run.env, "method": run.method, "budget": budget, "seed": run.seed,

@@ -78,3 +78,26 @@ def test_a_budget_before_the_first_update_reuses_the_base_evaluation(tmp_path, m
     assert cells[0]["per_task"] == base["per_task"] and cells[0]["eval_seconds"] == 0.0
     assert cells[1]["optimizer_steps"] >= 1
     assert len(evaluated) == 2   # the base and budget 8; budget 1 is not replayed
+
+
+def test_budgets_that_read_the_same_snapshot_evaluate_it_once(tmp_path, monkeypatch):
+    b = bench.Bench(_opts(tmp_path), tmp_path, log=lambda s: None)
+    b.run_cells(bench.Run("Lookup", "envfb_sd", 0), lambda c: None)     # trains to 12 turns
+    snaps = sorted(bench.list_snapshots(tmp_path / "runs" / "Lookup__envfb_sd__s0" / "train"))
+    first = snaps[1]                     # the first snapshot after an update; a batch is >= 2 turns
+    evaluated: list[int] = []
+    real_evaluate = bench.Bench.evaluate
+
+    def counting_evaluate(self, policy, setup):
+        evaluated.append(1)
+        return real_evaluate(self, policy, setup)
+
+    monkeypatch.setattr(bench.Bench, "evaluate", counting_evaluate)
+    o = _opts(tmp_path)
+    o.budgets = [first, first + 1]       # both read the snapshot at `first` turns (the run is reused)
+    b2 = bench.Bench(o, tmp_path, log=lambda s: None)
+    cells: list[dict] = []
+    b2.run_cells(bench.Run("Lookup", "envfb_sd", 0), cells.append)
+    assert [c["snapshot_turns"] for c in cells] == [first, first]
+    assert len(evaluated) == 1 and cells[1]["eval_seconds"] == 0.0
+    assert cells[1]["per_task"] == cells[0]["per_task"]
