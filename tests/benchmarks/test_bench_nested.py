@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from hero_gym.agents import bench
 
 
@@ -59,15 +61,21 @@ def test_each_budget_reads_the_largest_snapshot_within_it(tmp_path, monkeypatch)
     assert b3.reused == 0 and b3.rerun_stale == 2
 
 
-def test_a_budget_before_the_first_update_reuses_the_base_evaluation(tmp_path, monkeypatch):
-    evaluated: list[int] = []
+@pytest.fixture
+def evaluated(monkeypatch) -> list[int]:
+    """Counts ``Bench.evaluate`` calls (one entry per held-out evaluation actually played)."""
+    calls: list[int] = []
     real_evaluate = bench.Bench.evaluate
 
     def counting_evaluate(self, policy, setup):
-        evaluated.append(1)
+        calls.append(1)
         return real_evaluate(self, policy, setup)
 
     monkeypatch.setattr(bench.Bench, "evaluate", counting_evaluate)
+    return calls
+
+
+def test_a_budget_before_the_first_update_reuses_the_base_evaluation(tmp_path, evaluated):
     o = _opts(tmp_path)
     o.budgets = [1, 8]          # 1 turn: smaller than any batch, so its snapshot is the start
     b = bench.Bench(o, tmp_path, log=lambda s: None)
@@ -80,19 +88,12 @@ def test_a_budget_before_the_first_update_reuses_the_base_evaluation(tmp_path, m
     assert len(evaluated) == 2   # the base and budget 8; budget 1 is not replayed
 
 
-def test_budgets_that_read_the_same_snapshot_evaluate_it_once(tmp_path, monkeypatch):
+def test_budgets_that_read_the_same_snapshot_evaluate_it_once(tmp_path, evaluated):
     b = bench.Bench(_opts(tmp_path), tmp_path, log=lambda s: None)
     b.run_cells(bench.Run("Lookup", "envfb_sd", 0), lambda c: None)     # trains to 12 turns
     snaps = sorted(bench.list_snapshots(tmp_path / "runs" / "Lookup__envfb_sd__s0" / "train"))
     first = snaps[1]                     # the first snapshot after an update; a batch is >= 2 turns
-    evaluated: list[int] = []
-    real_evaluate = bench.Bench.evaluate
-
-    def counting_evaluate(self, policy, setup):
-        evaluated.append(1)
-        return real_evaluate(self, policy, setup)
-
-    monkeypatch.setattr(bench.Bench, "evaluate", counting_evaluate)
+    evaluated.clear()
     o = _opts(tmp_path)
     o.budgets = [first, first + 1]       # both read the snapshot at `first` turns (the run is reused)
     b2 = bench.Bench(o, tmp_path, log=lambda s: None)
