@@ -3,7 +3,7 @@ without the per-slot KV cache.
 
 Usage: ``python benchmarks/policy_speed.py [--batch 8] [--new-tokens 48] [--threads N] [--skip-convert]
 [--rollout-only] [--episodes 4] [--num-envs 4] [--turns 8] [--rollout-new-tokens 64]
-[--driver random|expert|model]``
+[--driver random|expert|model] [--model NAME_OR_PATH] [--env-kwarg KEY=VALUE] [--tool-prompt full|compact]``
 
 * conversion: ``load_default_model()`` with an empty temporary ``HERO_GYM_CACHE`` (GGUF -> safetensors);
 * cached load: ``load_default_model()`` again from that cache;
@@ -23,6 +23,7 @@ Usage: ``python benchmarks/policy_speed.py [--batch 8] [--new-tokens 48] [--thre
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import tempfile
 import time
@@ -102,20 +103,22 @@ def scripted(env, driver: str, seed: int):
 
 
 def rollout_rows(policy, episodes: int, num_envs: int, turns: int, new_tokens: int,
-                 driver: str) -> list[tuple[str, str]]:
+                 driver: str, env_kwargs: dict | None = None, tool_prompt: str = "full") -> list[tuple[str, str]]:
     import hero_gym
     from hero_gym.agents.policy import SamplingConfig
-    from hero_gym.agents.rollout import collect
+    from hero_gym.agents.rollout import TOOL_PROMPTS, collect
 
     sc = SamplingConfig(max_new_tokens=new_tokens, temperature=0.0)
     runs = {}
     for cached in (False, True):
-        envs = [hero_gym.make("hero_gym/WebShop-v0", max_turns=turns, split="test") for _ in range(num_envs)]
+        envs = [hero_gym.make("hero_gym/WebShop-v0", max_turns=turns, split="test", **(env_kwargs or {}))
+                for _ in range(num_envs)]
         if driver != "model":
             envs = [scripted(e, driver, seed=i) for i, e in enumerate(envs)]
         before = policy.encoded_tokens
         t0, c0 = time.perf_counter(), time.process_time()
-        eps = collect(policy, envs, n_episodes=episodes, sampling=sc, kv_cache=cached)
+        eps = collect(policy, envs, n_episodes=episodes, sampling=sc, kv_cache=cached,
+                      tool_prompt=TOOL_PROMPTS[tool_prompt])
         runs[cached] = (eps, policy.encoded_tokens - before, time.perf_counter() - t0, time.process_time() - c0)
     (plain, enc_p, t_p, cpu_p), (fast, enc_c, t_c, cpu_c) = runs[False], runs[True]
     n_turns = sum(ep.num_turns for ep in plain)
@@ -126,7 +129,7 @@ def rollout_rows(policy, episodes: int, num_envs: int, turns: int, new_tokens: i
     head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
     kv_bytes = 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * head_dim * policy.dtype.itemsize
     setting = (f"{episodes} WebShop test episodes, {num_envs} envs, <= {turns} turns, greedy, <= {new_tokens} new "
-               f"tokens, env actions from: {driver}")
+               f"tokens, env actions from: {driver}, env kwargs {env_kwargs or {}}, {tool_prompt} tool prompt")
     return [("rollouts", setting),
             ("turns / longest final context", f"{n_turns} turns / {final_ctx} tokens"),
             ("tokens generated per turn", f"{sum(len(t.action_token_ids) for ep in plain for t in ep.turns) / n_turns:.0f}"),
@@ -157,24 +160,40 @@ def main() -> None:
                     help="who picks the env actions: a scripted agent (random: 8-turn episodes over result and "
                          "product pages; expert: buys after ~4 turns; the model still generates every reply) or the "
                          "model's own replies (an untrained model's invalid actions get short error observations)")
+    ap.add_argument("--model", default="smollm2",
+                    help="smollm2 (embedded default) or a local path / HF id, e.g. a warm-started model directory "
+                         "(whose replies are as short as a trained policy's)")
+    ap.add_argument("--env-kwarg", action="append", default=[], metavar="KEY=VALUE",
+                    help="WebShop constructor argument (VALUE is JSON when it parses), e.g. max_results=5")
+    ap.add_argument("--tool-prompt", choices=("full", "compact"), default="full")
     args = ap.parse_args()
+    env_kwargs = {}
+    for item in args.env_kwarg:
+        key, eq, value = item.partition("=")
+        if not eq or not key:
+            ap.error(f"--env-kwarg wants KEY=VALUE, got {item!r}")
+        try:
+            env_kwargs[key] = json.loads(value)
+        except json.JSONDecodeError:
+            env_kwargs[key] = value
 
     import torch
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    from hero_gym.agents.models import load_default_model
+    from hero_gym.agents.models import load_named_model
     from hero_gym.agents.policy import HFPolicy, SamplingConfig
 
     rows = load_rows(args.skip_convert or args.rollout_only)
     t0 = time.perf_counter()
-    model, tok = load_default_model()
-    rows.append(("default model: load (user cache)", f"{time.perf_counter() - t0:.2f} s"))
+    model, tok = load_named_model(args.model)
+    rows.append((f"model {args.model}: load (user cache)", f"{time.perf_counter() - t0:.2f} s"))
     policy = HFPolicy(model, tok, lora="default")
     policy.generate([[1, 2, 3]], SamplingConfig(max_new_tokens=4))  # warm-up
     if not args.rollout_only:
         rows += generate_rows(policy, args.batch, args.new_tokens)
-    rows += rollout_rows(policy, args.episodes, args.num_envs, args.turns, args.rollout_new_tokens, args.driver)
+    rows += rollout_rows(policy, args.episodes, args.num_envs, args.turns, args.rollout_new_tokens, args.driver,
+                         env_kwargs, args.tool_prompt)
     rows.append(("torch threads / device", f"{torch.get_num_threads()} / {policy.device}"))
     width = max(len(k) for k, _ in rows)
     for k, v in rows:
