@@ -59,6 +59,7 @@ from typing import Any
 
 import numpy as np
 
+from hero_gym.cli import json_or_str
 from hero_gym.envs.webshop.catalog import DEFAULT_NUM_PRODUCTS
 
 __all__ = [
@@ -430,20 +431,12 @@ def parse_args(argv: Sequence[str] | None = None, parser: argparse.ArgumentParse
         key, eq, value = kv.partition("=")
         if not sep or not eq or not key or env not in setups:
             ap.error(f"--env-kwarg wants ENV:KEY=VALUE with ENV one of {list(setups)}, got {item!r}")
-        try:
-            parsed = json.loads(value)
-        except json.JSONDecodeError:
-            parsed = value
-        o.env_kwargs = {**o.env_kwargs, env: {**o.env_kwargs.get(env, {}), key: parsed}}
+        o.env_kwargs = {**o.env_kwargs, env: {**o.env_kwargs.get(env, {}), key: json_or_str(value)}}
     for item in a.warm_start_config or []:
         key, eq, value = item.partition("=")
         if not eq or not key:
             ap.error(f"--warm-start-config wants KEY=VALUE, got {item!r}")
-        try:
-            parsed = json.loads(value)
-        except json.JSONDecodeError:
-            parsed = value
-        o.warm_start_overrides = {**o.warm_start_overrides, key: parsed}
+        o.warm_start_overrides = {**o.warm_start_overrides, key: json_or_str(value)}
     bad_envs = [e for e in o.envs if e not in setups]
     if bad_envs:
         ap.error(f"unknown env(s) {bad_envs}; choose from {list(setups)}")
@@ -1032,7 +1025,7 @@ def write_markdown(rows: list[dict], comps: list[dict], prov: dict[str, Any], pa
           for e, w in prov.get("warm_start", {}).items()),
         f"- Hardware: {prov['hardware']['cpu_count']} CPUs ({prov['hardware']['processor']}), torch "
         f"{prov['hardware']['torch']}, " + (
-            f"{workers} worker processes x {o.get('threads') or max(1, (prov['hardware']['cpu_count'] or 1) // workers)}"
+            f"{workers} worker processes x {worker_threads(o.get('threads'), workers, prov['hardware']['cpu_count'])}"
             f" thread(s) (the warm start: {prov['hardware']['torch_threads']} threads)" if workers > 1
             else f"{prov['hardware']['torch_threads']} threads"),
         f"- Wall time: {prov['wall_seconds'] / 60:.1f} min of compute"
@@ -1309,13 +1302,18 @@ def run_job(bench: Bench, job: Job, emit: Callable[[str, str, str], None]) -> tu
 _WORKER: dict[str, Any] = {}
 
 
+def worker_threads(threads: int | None, workers: int, cpu_count: int | None) -> int:
+    """Torch threads of each worker process: ``--threads`` when given, else an equal share of the cores."""
+    return threads or max(1, (cpu_count or 1) // workers)
+
+
 def _worker_init(opts: Options, out: str, events: Any) -> None:
     import torch
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()   # N workers' weight-loading bars would interleave with the matrix bar
 
-    torch.set_num_threads(opts.threads or max(1, (os.cpu_count() or 1) // opts.workers))
+    torch.set_num_threads(worker_threads(opts.threads, opts.workers, os.cpu_count()))
     _WORKER["bench"] = Bench(opts, Path(out), log=lambda s: None)
     _WORKER["events"] = events
 
@@ -1405,12 +1403,10 @@ def main(argv: Sequence[str] | None = None, parser: argparse.ArgumentParser | No
         print(f"report rebuilt from {len(cells)} cells in {out}")
         return {"out": str(out), "cells": cells}
 
-    if opts.threads or opts.workers > 1:
+    if opts.threads and opts.workers == 1:   # with workers the main process only builds the warm start (every core)
         import torch
 
-        # with workers the main process only builds the warm start: it may use every core
-        if opts.threads and opts.workers == 1:
-            torch.set_num_threads(opts.threads)
+        torch.set_num_threads(opts.threads)
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
     bench = Bench(opts, out, log=lambda s: None)

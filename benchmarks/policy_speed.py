@@ -23,7 +23,6 @@ Usage: ``python benchmarks/policy_speed.py [--batch 8] [--new-tokens 48] [--thre
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import tempfile
 import time
@@ -167,15 +166,14 @@ def main() -> None:
                     help="WebShop constructor argument (VALUE is JSON when it parses), e.g. max_results=5")
     ap.add_argument("--tool-prompt", choices=("full", "compact"), default="full")
     args = ap.parse_args()
+    from hero_gym.cli import json_or_str
+
     env_kwargs = {}
     for item in args.env_kwarg:
         key, eq, value = item.partition("=")
         if not eq or not key:
             ap.error(f"--env-kwarg wants KEY=VALUE, got {item!r}")
-        try:
-            env_kwargs[key] = json.loads(value)
-        except json.JSONDecodeError:
-            env_kwargs[key] = value
+        env_kwargs[key] = json_or_str(value)
 
     import torch
 

@@ -123,6 +123,15 @@ def _check_env_kwargs(env_id: str, kwargs: dict[str, Any]) -> None:
             _check_value(f"{env_id} argument", key, value, params[key])
 
 
+def json_or_str(value: str) -> Any:
+    """A command-line ``key=value`` value: its JSON reading when it parses (``5``, ``true``, ``[1, 2]``),
+    else the string itself (``max_results=5`` gives 5, ``split=test`` gives ``"test"``)."""
+    try:
+        return json.loads(value)
+    except json.JSONDecodeError:
+        return value
+
+
 def _parse_kv(items: list[str] | None) -> dict[str, Any]:
     """``key=value`` pairs; values are JSON when they parse as JSON, strings otherwise."""
     out: dict[str, Any] = {}
@@ -130,10 +139,7 @@ def _parse_kv(items: list[str] | None) -> dict[str, Any]:
         if "=" not in item:
             raise CLIError(f"expected key=value, got {item!r}")
         key, value = item.split("=", 1)
-        try:
-            out[key] = json.loads(value)
-        except json.JSONDecodeError:
-            out[key] = value
+        out[key] = json_or_str(value)
     return out
 
 
