@@ -207,6 +207,11 @@ def call_error(tools: dict[str, Tool], name: str, kwargs: Any) -> dict[str, str]
     return None if err is None else {"kind": "invalid_arguments", "message": err}
 
 
+def is_error_observation(obs: str) -> bool:
+    """Whether a :func:`run_tool` observation reports a failed call (``Error: ...`` or ``Unknown action ...``)."""
+    return obs.startswith(("Error", "Unknown action"))
+
+
 def run_tool(tools: dict[str, Tool], db: TauDB, name: str, kwargs: dict[str, Any], domain: str = "") -> str:
     """Run one tool like v1's env does: unknown tool -> ``Unknown action <name>``, arguments that do
     not bind or any exception -> ``Error: <Python's message>``; a tool that returns nothing (v1's

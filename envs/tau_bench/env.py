@@ -32,7 +32,7 @@ from typing import Any
 from hero_gym.core import MultiTurnEnv, StepResult, TextMessage, check_index
 from hero_gym.tools import ToolCall, ToolSpec
 
-from .common import TRANSFER_TOOL, Tool, call_error, run_tool
+from .common import TRANSFER_TOOL, Tool, call_error, is_error_observation, run_tool
 from .data import Dataset, load_official, resolve_data_dir
 from .reward import OUTPUT_MODES, compute_reward, output_found
 from .tools_airline import AIRLINE_TOOL_MAP, AIRLINE_TOOLS
@@ -179,7 +179,7 @@ class TauBenchEnv(MultiTurnEnv):
         if (malformed := call_error(self.tool_map, action.name, action.arguments)) is not None:
             base["action_error"] = malformed
         self.executed_calls.append({"name": action.name, "arguments": dict(action.arguments),
-                                    "ok": not obs.startswith(("Error", "Unknown action"))})
+                                    "ok": not is_error_observation(obs)})
         self.history.append((action, obs))
         if tool is not None and tool.name == TRANSFER_TOOL:
             return self._end(StepResult(obs, 0.0, True, base, role="tool"), "transfer")

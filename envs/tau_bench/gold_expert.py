@@ -22,7 +22,7 @@ from typing import Any, Literal
 from hero_gym.core import TextMessage
 from hero_gym.tools import ToolCall
 
-from .common import TRANSFER_TOOL
+from .common import TRANSFER_TOOL, is_error_observation
 from .reward import gold_result
 
 __all__ = ["FOLLOWUP", "GoldExpert", "PlanStep", "play_gold"]
@@ -43,10 +43,6 @@ class PlanStep:
     phase: Phase
     action: ToolCall | TextMessage
     gold_index: int | None = None
-
-
-def _is_error(obs: str) -> bool:
-    return obs.startswith(("Error", "Unknown action"))
 
 
 class GoldExpert:
@@ -109,7 +105,7 @@ class GoldExpert:
                         else "All done.") + " " + FOLLOWUP
         # which gold calls fail in the gold replay itself (transfers are not replayed and never fail)
         observations = iter(gold_result(self.env.dataset, self.env.tool_map, task).observations)
-        self.gold_fails = [False if a.name == TRANSFER_TOOL else _is_error(next(observations, ""))
+        self.gold_fails = [False if a.name == TRANSFER_TOOL else is_error_observation(next(observations, ""))
                            for a in task.actions]
 
     @property
