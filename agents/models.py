@@ -31,6 +31,8 @@ SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 __all__ = [
     "DEFAULT_MODEL_NAME",
     "cache_dir",
+    "cache_kwargs",
+    "output_cache",
     "default_device",
     "default_dtype",
     "default_model_dir",
@@ -47,6 +49,41 @@ __all__ = [
 def cache_dir() -> Path:
     """The hero-gym cache root: ``$HERO_GYM_CACHE`` or ``~/.cache/hero_gym``."""
     return Path(os.environ.get("HERO_GYM_CACHE") or Path.home() / ".cache" / "hero_gym").expanduser()
+
+
+def _cache_keyword(model: Any) -> str:
+    """The forward keyword under which ``model`` takes a KV cache: ``cache`` (transformers >= 5.25, which
+    deprecates ``past_key_values`` and removes it in 5.40) where the decoder's ``forward`` names it, else
+    ``past_key_values``. PEFT wrappers and the decoder of a causal LM are unwrapped to the transformers
+    module whose signature decides."""
+    import inspect
+
+    seen = set()
+    while id(model) not in seen:
+        seen.add(id(model))
+        params = inspect.signature(type(model).forward).parameters
+        if "cache" in params:
+            return "cache"
+        if "past_key_values" in params:
+            return "past_key_values"
+        inner = getattr(model, "base_model", None)
+        inner = getattr(inner, "model", inner) if inner is not None and inner is not model else None
+        if inner is None or not isinstance(inner, torch.nn.Module):
+            break
+        model = inner
+    return "past_key_values"
+
+
+def cache_kwargs(model: Any, cache: Any) -> dict[str, Any]:
+    """``{keyword: cache}`` for ``model(**kwargs)``, under the keyword the installed transformers expects."""
+    return {_cache_keyword(model): cache}
+
+
+def output_cache(out: Any) -> Any:
+    """The KV cache a forward returned (``out.cache`` on transformers >= 5.25, ``out.past_key_values``
+    before), read without touching the deprecated attribute."""
+    names = getattr(out, "keys", lambda: ())()
+    return out["cache"] if "cache" in names else out.past_key_values
 
 
 def default_model_dir() -> Path:

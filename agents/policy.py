@@ -36,7 +36,7 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 
-from hero_gym.agents.models import default_device
+from hero_gym.agents.models import cache_kwargs, default_device, output_cache
 
 __all__ = ["DEFAULT_LORA", "Generation", "HFPolicy", "KVCache", "SamplingConfig", "default_lora_config"]
 
@@ -402,8 +402,8 @@ class HFPolicy:
             if done[i]:
                 reason[i] = "length"
         out = _forward(self.model, 1, input_ids=input_ids, attention_mask=attn, position_ids=pos,
-                       past_key_values=past, use_cache=True)
-        past = out.past_key_values
+                       use_cache=True, **cache_kwargs(self.model, past))
+        past = output_cache(out)
         logits = out.logits[:, -1, :].float()
         last_pos = pos[:, -1:]
         rows = list(range(b))  # position in the running batch -> original row
@@ -459,8 +459,8 @@ class HFPolicy:
             attn = torch.cat([attn, torch.ones((attn.shape[0], 1), dtype=attn.dtype, device=self.device)], dim=1)
             last_pos = last_pos + 1
             out = self.model(input_ids=nxt[:, None], attention_mask=attn, position_ids=last_pos,
-                             past_key_values=past, use_cache=True)
-            past = out.past_key_values
+                             use_cache=True, **cache_kwargs(self.model, past))
+            past = output_cache(out)
             logits = out.logits[:, -1, :].float()
         results = []
         for i in range(b):

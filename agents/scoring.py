@@ -35,6 +35,7 @@ from typing import Any
 
 import torch
 
+from hero_gym.agents.models import cache_kwargs, output_cache
 from hero_gym.records import Episode
 
 __all__ = [
@@ -304,7 +305,7 @@ def student_logits(
     ids, att, keep = (x.to(dev) for x in _chain_batch(chains, episodes, pad_id))
     if return_cache:
         out = model(input_ids=ids, attention_mask=att, use_cache=True, logits_to_keep=keep)
-        return out.logits, layout, out.past_key_values
+        return out.logits, layout, output_cache(out)
     return _forward_keep(model, ids, att, None, keep), layout
 
 
@@ -402,7 +403,7 @@ def _prefix_cache(module: Any, ids: torch.Tensor) -> list[tuple[torch.Tensor, to
     cache = _UpToLastLayer()
     with torch.no_grad():
         try:
-            module(input_ids=ids, past_key_values=cache, use_cache=True)
+            module(input_ids=ids, use_cache=True, **cache_kwargs(module, cache))
         except _PrefixCached:
             pass
     return [(k, v) for k, v, *_ in cache]
@@ -458,7 +459,8 @@ def _group_forward(model: Any, parts: tuple[Any, Any] | None, group: list[tuple]
     Q = len(ids)
     keep = torch.zeros((1, Q), dtype=torch.bool)
     kw: dict[str, Any] = {"input_ids": torch.tensor([ids], device=dev), "position_ids": torch.tensor([pos], device=dev),
-                          "past_key_values": _prefix_view(layers, row, P), "use_cache": True}
+                          "use_cache": True,
+                          **cache_kwargs(model if parts is None else parts[0], _prefix_view(layers, row, P))}
     if len(group) > 1:
         allowed = torch.zeros((Q, P + Q), dtype=torch.bool)
         start = 0

@@ -196,7 +196,7 @@ def test_teacher_queries_attend_to_their_own_prefix_only(group_tokens):
     calls = []
 
     def record(module, args, kwargs):
-        past = kwargs.get("past_key_values")
+        past = kwargs.get("cache", kwargs.get("past_key_values"))  # transformers >= 5.25 renamed the keyword
         calls.append((kwargs["input_ids"].shape, past.get_seq_length() if past is not None and past.layers
                       and past.layers[0].is_initialized else 0))
 
