@@ -6,6 +6,7 @@
 ``hero-gym serve ENV_ID``         serve an env over HTTP (sessions) and OpenEnv's WebSocket protocol
 ``hero-gym train`` / ``eval``     train a policy with HERO or a baseline / evaluate it
 ``hero-gym bench``                the HERO benchmark (``hero-gym bench --help``)
+``hero-gym probe ENV_ID``         the mechanism probe: how each method's note moves the self-teacher
 
 The core commands import no torch; ``train``, ``eval`` and ``bench`` import the trainer lazily.
 
@@ -461,6 +462,18 @@ def bench(ctx: typer.Context) -> None:
     except ImportError as e:
         raise SystemExit(f"hero-gym bench needs the training extra: pip install 'hero-gym[train]' ({e})") from None
     bench_module.main(list(ctx.args), parser=bench_module.build_parser(prog="hero-gym bench"))
+
+
+@app.command(add_help_option=False,
+             context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def probe(ctx: typer.Context) -> None:
+    """The mechanism probe (forward passes only): how each method's note moves the self-teacher's log-probs of
+    the student's and the oracle's actions; `hero-gym probe --help` lists its options."""
+    try:
+        from hero_gym.agents import probe as probe_module
+    except ImportError as e:
+        raise SystemExit(f"hero-gym probe needs the training extra: pip install 'hero-gym[train]' ({e})") from None
+    probe_module.main(list(ctx.args), parser=probe_module.build_parser(prog="hero-gym probe"))
 
 
 def _one_line(e: BaseException) -> str:

@@ -170,6 +170,23 @@ class MultiTurnEnv(gym.Env[str, str]):
     def _close(self) -> None:
         """Release resources (servers, browsers)."""
 
+    #: Whether :meth:`oracle_action` names a goal-aware expert (set True by envs that implement it).
+    has_oracle: ClassVar[bool] = False
+
+    def oracle_action(self) -> str | None:
+        """Optional hook: the action a goal-aware expert takes in the env's *current* state, as a reply
+        the env's parser reads (WebShop: ``click[...]``/``search[...]``; Tau-bench: a ``<tool_call>``
+        block or a plain message), or ``None`` when the expert has nothing to do here (the episode has
+        ended, or the env has no oracle).
+
+        It must act from any reachable state (after another policy's mistakes, not only from a
+        trajectory of its own) and must not change the env. The mechanism probe
+        (:mod:`hero_gym.agents.probe`) compares the agent's action with it at every turn; envs that
+        leave it out (``has_oracle = False``, the default) get the probe's oracle-free metrics only.
+        The shipped envs implement it with their experts: WebShop's goal-knowing expert, Tau-bench's
+        ``GoldExpert`` and Lookup's solver."""
+        return None
+
     # ----------------------------------------------------------------- helpers for subclasses
     def check_split(self, split: Any) -> str:
         """``split`` if the env has it; otherwise a one-line ``ValueError`` naming the valid splits."""

@@ -11,6 +11,7 @@ with reward 1 if the code is right, 0 otherwise. A plain message gets a reminder
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import numpy as np
@@ -55,6 +56,7 @@ class LookupEnv(MultiTurnEnv):
         rng = np.random.default_rng(table_seed)
         self.table = {item: f"{int(rng.integers(100, 1000))}" for item in ITEMS[:num_items]}
         self._item = ""
+        self._found = False   # the requested item was looked up this episode
 
     def system_prompt(self) -> str:
         return SYSTEM_PROMPT
@@ -65,9 +67,22 @@ class LookupEnv(MultiTurnEnv):
     def tools(self) -> list[ToolSpec]:
         return TOOLS
 
+    has_oracle = True
+
+    def oracle_action(self) -> str | None:
+        """The solver's action: ``lookup`` the requested item until it was looked up, then ``answer`` its code."""
+        if not self._item or self._done:
+            return None
+        if not self._found:
+            call = {"name": "lookup", "arguments": {"key": self._item}}
+        else:
+            call = {"name": "answer", "arguments": {"code": self.table[self._item]}}
+        return "<tool_call>\n" + json.dumps(call) + "\n</tool_call>"
+
     def _reset(self, *, seed: int | None, options: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         index = self.select_task(options)
         self._item = list(self.table)[index]
+        self._found = False
         return f"What is the code for {self._item}?", {"task_id": f"lookup-{index}", "task_index": index}
 
     def _step(self, action: ToolCall | TextMessage) -> StepResult:
@@ -78,6 +93,7 @@ class LookupEnv(MultiTurnEnv):
             key = str(action.arguments["key"]).strip().lower()
             if key not in self.table:
                 return StepResult(f"Error: no item named {key!r}.", info={"lookup_hit": False})
+            self._found = self._found or key == self._item
             return StepResult(self.table[key], info={"lookup_hit": True})
         code = str(action.arguments["code"]).strip()
         correct = code == self.table[self._item]

@@ -123,6 +123,20 @@ class TauBenchEnv(MultiTurnEnv):
     def system_prompt(self) -> str | None:
         return self.dataset.policy
 
+    has_oracle = True
+
+    def oracle_action(self) -> str | None:
+        """The gold expert's next action here (:class:`~hero_gym.envs.tau_bench.gold_expert.GoldExpert`:
+        it reads the state, so it takes over from any state); ``None`` before a reset or after the end."""
+        if self.task is None or self._done:
+            return None
+        expert = getattr(self, "_oracle_expert", None)
+        if expert is None:
+            from .gold_expert import GoldExpert
+
+            expert = self._oracle_expert = GoldExpert(self)
+        return expert.action()
+
     # ------------------------------------------------------------------ API hooks
     def _reset(self, *, seed: int | None, options: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         split = self.check_split(options.get("split", self.default_split))

@@ -211,6 +211,16 @@ class WebShopEnv(WebShopBase):
     def _page_kind(self) -> str | None:
         return self.state.kind
 
+    has_oracle = True
+
+    def oracle_action(self) -> str | None:
+        """The goal-knowing expert's action here (:class:`~hero_gym.envs.webshop.expert.GoalExpert`)."""
+        if self.goal is None or self._done:
+            return None
+        from .expert import GoalExpert
+
+        return GoalExpert(self).action()
+
     def _set_state(self, state: PageState) -> None:
         self.state = state
         self._available = self.shop.available_actions(state)

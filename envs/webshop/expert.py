@@ -21,7 +21,7 @@ import random
 import re
 from typing import Any
 
-__all__ = ["ExpertAgent", "InstructionExpert", "RandomAgent", "run_episode", "evaluate"]
+__all__ = ["ExpertAgent", "GoalExpert", "InstructionExpert", "RandomAgent", "run_episode", "evaluate"]
 
 _PRICE_LIMIT = re.compile(r"price lower than \$?(\d+(?:\.\d+)?)")
 _NUMBER = re.compile(r"\d+(?:\.\d+)?")
@@ -117,6 +117,77 @@ class InstructionExpert:
         if state.kind == "sub":
             return "click[< prev]"
         raise RuntimeError(f"InstructionExpert: no action on a {state.kind!r} page (the episode has ended)")
+
+
+class GoalExpert:
+    """The goal-knowing expert as a function of the env's current state (the WebShop oracle hook).
+
+    :class:`ExpertAgent`'s rule, read from ``env.unwrapped.state`` and the goal instead of remembered
+    between steps, so it acts from any state (after another policy's mistakes too). Per page:
+
+    * search -> ``search[<instruction>]``;
+    * results -> the goal product if it is on this page; the page holding it (``next >``/``< prev``)
+      if the query found it; else ``back to search`` when the query is not the instruction, and
+      otherwise (the instruction itself does not find the goal) :class:`ExpertAgent`'s fallback: the
+      next page, then the first product;
+    * item -> on the goal product: the first goal option value not chosen yet, then ``buy now``; on
+      another product: ``< prev`` when the query found the goal, else ``back to search`` (query not the
+      instruction) or the fallback purchase (goal option values, ``buy now``);
+    * description/features/reviews -> ``< prev``.
+
+    From the reset state it plays :class:`ExpertAgent`'s episode, so its success rate is the expert's.
+    It reads the hidden goal: privileged, an oracle for measurement, never a policy or a note source.
+    """
+
+    def __init__(self, env: Any) -> None:
+        self.env = env.unwrapped if hasattr(env, "unwrapped") else env
+        if not hasattr(self.env, "state") or not hasattr(self.env, "shop"):
+            raise TypeError("GoalExpert needs the in-process WebShopEnv (it reads the page state)")
+
+    def action(self) -> str | None:
+        """The expert's action in the env's current state (``None`` after the purchase)."""
+        from .catalog import clean
+
+        env = self.env
+        goal, state = env.goal, env.state
+        if goal is None:
+            raise RuntimeError("GoalExpert: the env has not been reset")
+        if state.kind == "done":
+            return None
+        if state.kind == "search":
+            return f"search[{goal.instruction}]"
+        if state.kind == "sub":
+            return "click[< prev]"
+        results = env.shop.results(state.query)
+        found = goal.asin in results
+        own_query = state.query == clean(goal.instruction)
+        clickables = env.shop.available_actions(state)["clickables"]
+        if state.kind == "results":
+            page_asins = env.shop.page_asins(state)
+            if goal.asin in page_asins:
+                return f"click[{goal.asin.lower()}]"
+            if found:
+                from .search import PER_PAGE
+
+                target = results.index(goal.asin) // PER_PAGE + 1
+                return "click[next >]" if target > state.page else "click[< prev]"
+            if not own_query:
+                return "click[back to search]"
+            if "next >" in clickables:
+                return "click[next >]"
+            return f"click[{page_asins[0].lower()}]" if page_asins else "click[back to search]"
+        # item page
+        if state.asin != goal.asin:
+            if found:
+                return "click[< prev]"
+            if not own_query:
+                return "click[back to search]"
+        chosen = {v.lower() for _, v in state.options}
+        for _, value in goal.options:
+            v = value.lower()
+            if v not in chosen and v in clickables:
+                return f"click[{v}]"
+        return "click[buy now]"
 
 
 class RandomAgent:
