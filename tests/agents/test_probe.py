@@ -138,46 +138,48 @@ def test_scorer_equals_one_forward_per_turn_note_and_action(smol_tokenizer, tiny
 
 
 # ---------------------------------------------------------------- the mechanism, on a model that reads notes
-WORDS = ["red", "blue", "green", "gold", "pink", "gray"]
+WORDS = ["red", "blue"]
 
 
 def test_an_informative_note_raises_the_oracle_action_and_a_context_free_one_does_not(smol_tokenizer, fit_reader):
-    """The reader is fitted to copy the action a note names and to guess uniformly without one (or with
-    irrelevant text). The probe must then find Δ log p(a*) > 0 for the informative note (CI above 0) and no
-    effect for the context-free control (CI includes 0): if the probe ignored the notes, both would be 0."""
+    """The reader is fitted to emit the action a note names, and to pick either action with even odds without a
+    note or with irrelevant text. The probe must then find Δ log p(a*) > 0 for the informative note (CI above
+    0: log 2 in theory) and no effect for the context-free control (CI includes 0). If the probe did not put
+    the notes in the teacher's context, the informative row would be 0 too; if it scored the wrong tokens or
+    positions, neither row would be what the reader was fitted to."""
     from hero_gym.agents.probe import _context_free
 
     r = ChatRenderer(smol_tokenizer)
-    act = {w: r.encode(f"click[{w}]") + [r.end_of_turn_id] for w in WORDS}
-    note = {w: f"Better action: click[{w}]" for w in WORDS}
+    act = {w: r.encode(w) + [r.end_of_turn_id] for w in WORDS}
+    note = {w: f"Better action: {w}" for w in WORDS}
+    free = _context_free(len(note["blue"]))
 
     def ctx(i):
         return r.prompt_ids([{"role": "user", "content": f"Shop {i}: pick the colour."}])
 
     pairs = []
-    for i in range(12):
+    for i in range(3):
         for w in WORDS:
-            pairs.append((r.note_ids(ctx(i), note[w]), act[w]))                  # copy the named action
-            pairs.append((ctx(i), act[w]))                                       # no note: uniform guess
-            pairs.append((r.note_ids(ctx(i), _context_free(len(note[w]))), act[w]))   # irrelevant: uniform
-    model = fit_reader(pairs, steps=120)
+            pairs += [(r.note_ids(ctx(i), note[w]), act[w]), (ctx(i), act[w]), (r.note_ids(ctx(i), free), act[w])]
+    model = fit_reader(pairs, steps=150)
     episodes, oracle, n = [], [], 12
-    for i in range(n):
-        target, wrong = WORDS[i % 6], WORDS[(i + 1) % 6]
-        episodes.append(Episode(env_id="x", initial_observation="", episode_id=f"e{i}", turns=[
-            Turn(index=0, action_text=f"click[{wrong}]", observation="ok", context_token_ids=ctx(i),
-                 action_token_ids=act[wrong])]))
-        oracle.append([f"click[{target}]"])
-    notes = {"informative": [[note[o[0][6:-1]]] for o in oracle],
-             "context_free": [[_context_free(len(note[o[0][6:-1]]))] for o in oracle]}
-    refl = [Reflection(ep.episode_id) for ep in episodes]
-    turns = turn_records(model, r, episodes, notes, oracle, "bracket", refl, {})
+    for k in range(n):      # the student said the other word (an invalid action); the oracle names the target
+        target, wrong = WORDS[k % 2], WORDS[1 - k % 2]
+        episodes.append(Episode(env_id="x", initial_observation="", episode_id=f"e{k}", turns=[
+            Turn(index=0, action_text=wrong, observation="Error", action_error={"kind": "invalid_arguments"},
+                 context_token_ids=ctx(k % 3), action_token_ids=act[wrong])]))
+        oracle.append([target])
+    notes = {"informative": [[note[o[0]]] for o in oracle], "context_free": [[free] for _ in oracle]}
+    turns = turn_records(model, r, episodes, notes, oracle, "hermes", [Reflection(ep.episode_id) for ep in episodes], {})
+    assert all(t["kind"] == "invalid" for t in turns)
     s = summarise(turns, list(notes), n_boot=2000)
     inf, ctl = s["rows"]["informative"]["d_oracle"], s["rows"]["context_free"]["d_oracle"]
     assert inf["n"] == ctl["n"] == n
     assert inf["lo"] > 0.5, inf
-    assert ctl["lo"] <= 0 <= ctl["hi"], ctl
-    assert s["paired"] == {}
+    assert ctl["lo"] <= 0 <= ctl["hi"] and abs(ctl["value"]) < 0.05, ctl
+    # and the sampled (wrong) action: the informative note lowers it, the control leaves it
+    assert s["rows"]["informative"]["d_wrong"]["hi"] < -0.5
+    assert abs(s["rows"]["context_free"]["d_wrong"]["value"]) < 0.05
 
 
 # ---------------------------------------------------------------- notes and the whole run
