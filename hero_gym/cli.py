@@ -470,7 +470,7 @@ def probe(ctx: typer.Context) -> None:
     """The mechanism probe (forward passes only): how each method's note moves the self-teacher's log-probs of
     the student's and the oracle's actions; `hero-gym probe --help` lists its options."""
     try:
-        from hero_gym.agents import probe as probe_module
+        from hero_gym.agents import probe_cli as probe_module
     except ImportError as e:
         raise SystemExit(f"hero-gym probe needs the training extra: pip install 'hero-gym[train]' ({e})") from None
     probe_module.main(list(ctx.args), parser=probe_module.build_parser(prog="hero-gym probe"))

@@ -73,10 +73,8 @@ class LookupEnv(MultiTurnEnv):
         """The solver's action: ``lookup`` the requested item until it was looked up, then ``answer`` its code."""
         if not self._item or self._done:
             return None
-        if not self._found:
-            call = {"name": "lookup", "arguments": {"key": self._item}}
-        else:
-            call = {"name": "answer", "arguments": {"code": self.table[self._item]}}
+        call = ({"name": "answer", "arguments": {"code": self.table[self._item]}} if self._found
+                else {"name": "lookup", "arguments": {"key": self._item}})
         return "<tool_call>\n" + json.dumps(call) + "\n</tool_call>"
 
     def _reset(self, *, seed: int | None, options: dict[str, Any]) -> tuple[str, dict[str, Any]]:
