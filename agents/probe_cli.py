@@ -132,6 +132,12 @@ def main(argv: Sequence[str] | None = None, parser: Any = None) -> int:
                       max_turns=a.max_turns, tool_prompt=a.tool_prompt,
                       model_reflector_episodes=a.model_reflector_episodes, n_boot=a.bootstrap)
     res = run_probe(model, tok, cfg, progress=True)
+    if a.out:   # the rollouts, for audit and reuse
+        from pathlib import Path
+
+        from hero_gym.records import save_jsonl
+
+        save_jsonl(res.episodes, Path(a.out) / "episodes.jsonl")
     summary = summarise(res.turns, res.rows, n_boot=cfg.n_boot, seed=cfg.seed)
     import platform
 
