@@ -37,6 +37,8 @@ __all__ = [
     "default_dtype",
     "default_model_dir",
     "find_smollm2_gguf",
+    "free_device_memory",
+    "kv_bytes_per_token",
     "load_default_model",
     "load_default_tokenizer",
     "load_model",
@@ -84,6 +86,28 @@ def output_cache(out: Any) -> Any:
     before), read without touching the deprecated attribute."""
     names = getattr(out, "keys", lambda: ())()
     return out["cache"] if "cache" in names else out.past_key_values
+
+
+def kv_bytes_per_token(config: Any, dtype: torch.dtype | None = None) -> int:
+    """Bytes one token takes in a decoder's KV cache: keys and values of every layer,
+    ``2 x layers x kv_heads x head_dim x bytes(dtype)`` (``dtype`` default: the config's, else bf16)."""
+    layers = int(config.num_hidden_layers)
+    heads = int(getattr(config, "num_attention_heads"))
+    kv_heads = int(getattr(config, "num_key_value_heads", None) or heads)
+    head_dim = int(getattr(config, "head_dim", None) or config.hidden_size // heads)
+    if dtype is None:
+        dtype = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None) or torch.bfloat16
+        dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
+    return 2 * layers * kv_heads * head_dim * torch.empty((), dtype=dtype).element_size()
+
+
+def free_device_memory(device: torch.device | str) -> int | None:
+    """Free bytes on a CUDA device (``torch.cuda.mem_get_info``); ``None`` for other devices."""
+    device = torch.device(device)
+    if device.type != "cuda" or not torch.cuda.is_available():
+        return None
+    free, _total = torch.cuda.mem_get_info(device)
+    return int(free)
 
 
 def default_model_dir() -> Path:

@@ -34,7 +34,7 @@ from . import losses as L
 from .checkpoint import RunCounters, RunFiles, save_snapshot
 from .methods import MethodSpec, NoteOptions, get_method
 from .reflector import LLMReflector, Reflector, RuleReflector
-from .rollout import TOOL_PROMPTS
+from .rollout import TOOL_PROMPTS, policy_context_window
 from .scoring import TokenLayout, build_layout, student_hidden, teacher_logits_prefix_cache
 from .teachers import SuccessBuffer, TeacherKind, TeacherWeights
 
@@ -152,6 +152,14 @@ class TrainConfig:
     # --- files
     checkpoint_dir: str | None = None
     """Checkpoints, JSONL logs and weight snapshots (``None`` = none of them, no resume)."""
+    snapshot_budgets: list[int] | None = None
+    """Write weight snapshots only where these budgets (in turns) read them: at the start, before the update
+    of a batch that carries the run past a budget, and at the end when a budget is at or beyond the final
+    turn count (the snapshot a budget ``B`` reads is the last one with ``T <= B``). ``None``: after every
+    optimizer step (disk: ~160 MB per 7B LoRA snapshot, so set this for long runs)."""
+    snapshot_dtype: Literal["keep", "bfloat16"] = "keep"
+    """Dtype of the weights in snapshots: the training dtype, or bfloat16 (half the disk of fp32 LoRA
+    weights; the resume checkpoint always keeps full precision)."""
     resume: bool = True
     """Continue from ``checkpoint_dir`` if it holds a checkpoint (else start fresh there)."""
     progress: bool | None = None
@@ -175,6 +183,10 @@ class TrainConfig:
             raise ValueError(f"mixed_precision must be 'none' or 'bf16', got {self.mixed_precision!r}")
         if self.mixed_precision != "none" and self.sharding != "fsdp":
             raise ValueError("mixed_precision applies to sharding='fsdp' only")
+        if self.snapshot_dtype not in ("keep", "bfloat16"):
+            raise ValueError(f"snapshot_dtype must be 'keep' or 'bfloat16', got {self.snapshot_dtype!r}")
+        if self.snapshot_budgets is not None and any(int(b) < 0 for b in self.snapshot_budgets):
+            raise ValueError("snapshot_budgets must be >= 0")
         if self.topk_source not in ("student", "teacher"):
             raise ValueError(f"topk_source must be 'student' or 'teacher', got {self.topk_source!r}")
 
@@ -270,7 +282,14 @@ def train(
     ``reflector`` overrides the method's reflector. ``rollout_policy`` (e.g. a
     :class:`~hero_gym.agents.vllm_policy.VLLMPolicy` on the same base model) generates the rollouts;
     ``policy`` is the one trained, and its adapter is handed to ``rollout_policy.set_lora`` at the start
-    (so a resumed run samples from the resumed weights) and after every update.
+    (so a resumed run samples from the resumed weights) and after every update. The model reflector
+    generates through ``rollout_policy`` too, and a backend with ``released()`` (vLLM sleep mode) frees
+    its GPU memory during each update.
+
+    Trainable weights in bfloat16/float16 (full fine-tuning of a bf16 model) are refused: without fp32
+    master weights, AdamW steps below the weights' resolution are lost. Load the model in float32, train
+    a LoRA adapter (PEFT keeps adapter weights in fp32), or use ``sharding="fsdp"`` with
+    ``mixed_precision="bf16"``.
 
     With ``config.checkpoint_dir``: episodes and metrics are appended to JSONL logs, the resume checkpoint
     is rewritten atomically after every iteration, and the trainable weights are snapshotted to
@@ -287,6 +306,7 @@ def train(
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ValueError("the policy has no trainable parameters")
+    _require_master_weights(params)
     files = RunFiles(config.checkpoint_dir) if config.checkpoint_dir else None
     resuming = files is not None and config.resume and files.has_checkpoint()
     main = D.is_main()   # under torch.distributed only rank 0 writes files; every rank reads a checkpoint
@@ -295,7 +315,7 @@ def train(
     optimizer = optimizer or torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     teacher = TeacherWeights(model, config.teacher, config.ema_rate)
     buffer = SuccessBuffer()
-    reflector = reflector or _make_reflector(spec, policy, config)
+    reflector = reflector or _make_reflector(spec, rollout_policy or policy, config)
     counters, metrics, resumed_from = RunCounters(), [], 0
     if resuming:
         counters, metrics = files.restore(model=model, optimizer=optimizer, teacher=teacher, buffer=buffer)
@@ -304,7 +324,7 @@ def train(
         resumed_from = counters.iterations
     elif files is not None and main:
         files.start_fresh(config)
-        save_snapshot(policy, files.dir, counters)        # budget 0: the starting weights
+        _snapshot(policy, files, counters, config)        # budget 0: the starting weights
     D.broadcast_parameters(model)                         # every rank starts from rank 0's weights
     if config.sharding == "fsdp":                         # after restoring: full state in, shards out
         D.fsdp_shard(model, optimizer=optimizer, teacher=teacher,
@@ -334,7 +354,12 @@ def train(
                 local = episodes
             buffer.add(episodes)
             t_notes = time.perf_counter() - t0 - t_collect
-            stats = update(policy, optimizer, local, notes, config, teacher=teacher)
+            if files is not None and _crosses_budget(config, counters.turns, sum(len(ep.turns) for ep in episodes)):
+                with D.full_state(model, optimizer, teacher):   # the weights a budget in this batch reads
+                    if main:
+                        _snapshot(policy, files, counters, config)
+            with getattr(rollout_policy, "released", contextlib.nullcontext)():   # vLLM asleep while training
+                stats = update(policy, optimizer, local, notes, config, teacher=teacher)
             counters.iterations += 1
             counters.optimizer_steps += int(stats.stepped)
             counters.tokens_trained += stats.tokens_trained
@@ -353,12 +378,17 @@ def train(
                         if reflections is not None:
                             ep.metadata["reflection"] = reflections[i].to_json()
                     files.log(episodes, row)
-                    if stats.stepped:
-                        save_snapshot(policy, files.dir, counters)
+                    if stats.stepped and config.snapshot_budgets is None:
+                        _snapshot(policy, files, counters, config)
                     files.save(model=model, optimizer=optimizer, teacher=teacher, buffer=buffer, counters=counters)
             if bar is not None:
                 bar.update(sum(len(ep.turns) for ep in episodes))
                 bar.set_postfix(loss=f"{stats.loss:.4f}", succ=f"{row['success_rate']:.2f}")
+        if files is not None and config.snapshot_budgets is not None and any(
+                int(b) >= counters.turns for b in config.snapshot_budgets):
+            with D.full_state(model, optimizer, teacher):   # the final weights: what budgets >= T read
+                if main:
+                    _snapshot(policy, files, counters, config)
     finally:
         for e in envs:
             e.close()
@@ -414,7 +444,7 @@ def update(
     for cidx, tok in D.fsdp_micro_batches(model, teacher, _micro_batches(layout, config.micro_batch_episodes)):
         t1 = time.perf_counter()
         t_logits = None
-        if plan.n_distill:
+        if bool(plan.distill_mask[tok].any()):   # no teacher pass (nor a dense [N, V] zero table) without a scored turn
             with torch.no_grad(), teacher.active():
                 t_logits, _ = teacher_logits_prefix_cache(model, episodes, plan.teacher_contexts, layout,
                                                           chain_indices=cidx, pad_id=pad, as_hidden=True)
@@ -730,10 +760,9 @@ def _collect_batch(policy: Any, envs: list[Any], config: TrainConfig, iteration:
 
     sampling = SamplingConfig(max_new_tokens=config.max_new_tokens, temperature=config.temperature,
                               seed=config.seed * 7919 + iteration)
-    model_cfg = getattr(getattr(policy, "model", None), "config", None)
     return collect(policy, envs, tasks=D.shard(_tasks_for(iteration, config)), group_size=config.group_size,
                    sampling=sampling, tool_prompt=TOOL_PROMPTS[config.tool_prompt],
-                   max_context_tokens=getattr(model_cfg, "max_position_embeddings", None))
+                   max_context_tokens=policy_context_window(policy))
 
 
 def _metrics_row(c: RunCounters, episodes: Sequence[Episode], stats: UpdateStats,
@@ -755,6 +784,27 @@ def _hand_over_adapter(policy: Any, rollout_policy: Any, files: RunFiles | None)
     root = files.dir if files is not None else Path(tempfile.mkdtemp(prefix="hero_gym_adapter_"))
     policy.save(root / "rollout_adapter")
     rollout_policy.set_lora(root / "rollout_adapter")
+
+
+def _require_master_weights(params: Sequence[torch.Tensor]) -> None:
+    """Refuse half-precision trainable weights (no fp32 master copy for the optimizer)."""
+    low = sorted({str(p.dtype) for p in params if p.dtype in (torch.bfloat16, torch.float16)})
+    if low:
+        raise ValueError(f"the trainable weights are {', '.join(low)}: training them directly has no fp32 master "
+                         "weights (AdamW steps below their resolution are lost). Load the model in float32 for full "
+                         "fine-tuning, train a LoRA adapter (its weights are fp32), or use sharding='fsdp' with "
+                         "mixed_precision='bf16'")
+
+
+def _crosses_budget(config: TrainConfig, turns: int, batch_turns: int) -> bool:
+    """Whether a batch of ``batch_turns`` starting at ``turns`` carries the run past a snapshot budget."""
+    return config.snapshot_budgets is not None and any(
+        turns <= int(b) < turns + batch_turns for b in config.snapshot_budgets)
+
+
+def _snapshot(policy: Any, files: RunFiles, counters: RunCounters, config: TrainConfig) -> None:
+    save_snapshot(policy, files.dir, counters,
+                  dtype=torch.bfloat16 if config.snapshot_dtype == "bfloat16" else None)
 
 
 def _progress_bar(config: TrainConfig, spent: int) -> Any:
@@ -784,13 +834,17 @@ def evaluate(
     max_context_tokens: int | None = None,
     progress: bool = False,
     tool_prompt: Literal["full", "compact"] = "full",
+    max_cached_tokens: int | None = None,
 ) -> EvalResult:
     """Roll the policy out (greedy by default) and report success rate, mean reward and mean turns.
 
     Tasks: ``task_indices`` (``options={"task_index": i}``, with ``seeds[i]`` or ``i`` as reset seed),
     else ``seeds``, else ``range(n_episodes)`` as reset seeds. ``n_episodes`` with ``task_indices``
     or ``seeds`` truncates the list. ``max_turns`` overrides the env's per-episode turn cap.
-    No training budget is spent. ``tool_prompt`` as in :class:`TrainConfig`.
+    No training budget is spent. ``tool_prompt`` as in :class:`TrainConfig`. ``policy`` may be a
+    :class:`~hero_gym.agents.vllm_policy.VLLMPolicy` (its ``max_model_len`` caps the context).
+    ``num_envs`` episodes run at once; ``max_cached_tokens`` caps their KV caches together (see
+    :func:`~hero_gym.agents.rollout.collect`).
     """
     from .policy import SamplingConfig
     from .rollout import Task, collect
@@ -808,13 +862,13 @@ def evaluate(
         tasks = tasks[:n_episodes]
     sampling = SamplingConfig(max_new_tokens=max_new_tokens, temperature=temperature, seed=12345)
     if max_context_tokens is None:
-        model_cfg = getattr(getattr(policy, "model", None), "config", None)
-        max_context_tokens = getattr(model_cfg, "max_position_embeddings", None)
+        max_context_tokens = policy_context_window(policy)
     env_kwargs = dict(env_kwargs or {})
     if max_turns is not None:
         env_kwargs["max_turns"] = max_turns
     eps = collect(policy, env_id, tasks=tasks, sampling=sampling, env_kwargs=env_kwargs, num_envs=num_envs,
-                  max_context_tokens=max_context_tokens, progress=progress, tool_prompt=TOOL_PROMPTS[tool_prompt])
+                  max_context_tokens=max_context_tokens, progress=progress, tool_prompt=TOOL_PROMPTS[tool_prompt],
+                  max_cached_tokens=max_cached_tokens)
     n = max(1, len(eps))
     return EvalResult(success_rate=sum(e.success for e in eps) / n,
                       mean_reward=float(sum(e.total_reward for e in eps) / n),
