@@ -148,7 +148,7 @@ def check_teacher_scoring(model: Any, tok: Any, dtype: torch.dtype, reduced: boo
     with torch.no_grad():
         fast, m1 = teacher_logits_prefix_cache(model, eps, tctx, layout)
         slow, m2 = teacher_logits_naive(model, eps, tctx, layout)
-    diff = float((fast.float()[m1] - slow.float()[m2]).abs().max())
+    diff = float((fast.float().cpu()[m1] - slow.float().cpu()[m2]).abs().max())
     return {"scored_tokens": int(m1.sum()), "masks_equal": bool(torch.equal(m1, m2)), "max_abs_diff": diff,
             "tolerance": TOL[dtype], "ok": bool(torch.equal(m1, m2)) and diff <= TOL[dtype]}
 
