@@ -36,7 +36,8 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 
-from hero_gym.agents.models import cache_kwargs, default_device, free_device_memory, kv_bytes_per_token, output_cache
+from hero_gym.agents.models import (CPU_DECODE_LIMITS, DecodeLimits, cache_kwargs, decode_limits, default_device,
+                                    free_device_memory, output_cache)
 
 __all__ = ["CPU_DECODE_LIMITS", "DEFAULT_LORA", "DecodeLimits", "Generation", "HFPolicy", "KVCache", "SamplingConfig",
            "decode_limits", "default_lora_config"]
@@ -133,46 +134,6 @@ class KVCache:
 
     def clear(self) -> None:
         self.ids, self.layers = [], []
-
-
-@dataclass(frozen=True)
-class DecodeLimits:
-    """How much :meth:`HFPolicy.generate` batches, and how many tokens rollouts keep cached between turns.
-
-    ``max_batch_size`` rows and ``max_batch_tokens`` padded tokens (rows x (context + reply)) per decode
-    batch; ``max_cached_tokens``: tokens the env slots' KV caches may hold together between turns (``None``:
-    no cap; see :func:`hero_gym.agents.rollout.collect`)."""
-
-    max_batch_size: int
-    max_batch_tokens: int
-    max_cached_tokens: int | None
-
-
-CPU_DECODE_LIMITS = DecodeLimits(max_batch_size=64, max_batch_tokens=65536, max_cached_tokens=None)
-"""The limits on a CPU (and any device whose free memory is unknown)."""
-
-
-def decode_limits(free_bytes: int | None, config: Any, dtype: torch.dtype, *, decode_share: float = 0.4,
-                  cache_share: float = 0.3, max_rows: int = 256) -> DecodeLimits:
-    """Decode limits sized from ``free_bytes`` of device memory (:data:`CPU_DECODE_LIMITS` when ``None``).
-
-    A decode batch may use ``decode_share`` of the free memory: per token its KV cache
-    (:func:`~hero_gym.agents.models.kv_bytes_per_token`) plus the prefill's transient activations of one layer
-    (``(4 hidden + 2 intermediate) x bytes(dtype)``); per row the fp32 last-position logits and the sampler's
-    copies of them (``4 x vocab x 4`` bytes). The env slots' caches kept between turns may use ``cache_share``.
-    """
-    if free_bytes is None:
-        return CPU_DECODE_LIMITS
-    elt = torch.empty((), dtype=dtype).element_size()
-    kv = kv_bytes_per_token(config, dtype)
-    hidden = int(config.hidden_size)
-    inter = int(getattr(config, "intermediate_size", None) or 4 * hidden)
-    per_token = kv + (4 * hidden + 2 * inter) * elt
-    per_row = 16 * int(config.vocab_size)
-    budget = decode_share * free_bytes
-    rows = max(1, min(max_rows, int(budget * 0.25 // per_row)))
-    return DecodeLimits(max_batch_size=rows, max_batch_tokens=max(1024, int(budget * 0.75 // per_token)),
-                        max_cached_tokens=max(0, int(cache_share * free_bytes // kv)))
 
 
 def _filter_logits(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:

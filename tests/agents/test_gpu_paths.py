@@ -98,6 +98,10 @@ def test_cached_tokens_are_capped_across_slots_with_the_same_replies(tiny_policy
     assert all(h <= cap + 3 * 8 for h in held[1:])
     assert [[t.action_token_ids for t in e.turns] for e in capped] == [[t.action_token_ids for t in e.turns]
                                                                        for e in free]
+    held.clear()
+    tiny_policy.max_cached_tokens = cap                          # the policy's own cap is the default
+    collect(tiny_policy, LOOKUP, tasks=tasks, num_envs=3, sampling=sc, env_kwargs={"max_turns": 3})
+    assert all(h <= cap + 3 * 8 for h in held[1:])
 
 
 # --------------------------------------------------------------------------- snapshots at budgets
