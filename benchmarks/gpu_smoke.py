@@ -15,6 +15,10 @@ Models have random weights built from a config; the tokenizer is the embedded Sm
    (notes from a fixed high-confidence reflection; a group with rewards 1 and 0): finite loss, a step, the
    EMA teacher moved.
 
+With CUDA and vLLM installed, the vLLM backend is checked on a small random model saved to disk (engine
+start with a set memory fraction, greedy replies, a LoRA hand-over matching the HF policy's log-probs,
+sleep/wake).
+
 Then with a **7B-shaped** random config (Qwen2.5-7B's: 28 layers, hidden 3584, 4 KV heads, vocab 152,064;
 bf16 base, LoRA rank 16): peak GPU memory of one HERO update on an 8k-token episode, HF decode tokens/s at
 8 and 64 rows, the bf16 LoRA snapshot's size on disk, and the eval KV cache per 8k-token slot (measured, and
@@ -177,6 +181,71 @@ def check_updates(make_policy: Any, tok: Any, reduced: bool) -> dict[str, Any]:
     return out
 
 
+def check_vllm(tok: Any, device: str, api: Any | None = None, dtype: str = "bfloat16") -> dict[str, Any]:
+    """The vLLM backend on a small random model saved to disk: the engine starts with a set memory fraction
+    and ``max_model_len``; greedy replies (the share equal to HF's is reported, not required: kernels differ);
+    a LoRA adapter handed over changes the engine's log-probs to the HF policy's with that adapter (max
+    difference against a tolerance); sleep and wake-up round-trip. ``api``: vLLM's entry points (tests
+    pass a fake)."""
+    from hero_gym.agents.policy import HFPolicy, SamplingConfig
+    from hero_gym.agents.scoring import student_logits
+    from hero_gym.agents.vllm_policy import VLLMPolicy
+    from hero_gym.chat import ChatRenderer
+    from hero_gym.records import Episode, Turn
+
+    torch_dtype = getattr(torch, dtype)
+    small = dict(vocab_size=len(tok), hidden_size=256, intermediate_size=512, num_hidden_layers=2,
+                 num_attention_heads=8, num_key_value_heads=2, max_position_embeddings=4096)
+    out: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory() as d:
+        model = _qwen(small, tok, torch_dtype, "cpu", seed=3)
+        model.save_pretrained(Path(d) / "base")
+        tok.save_pretrained(Path(d) / "base")
+        hf = HFPolicy(model, tok, device=device)
+        with torch.no_grad():   # a non-trivial adapter
+            for n, p in hf.model.named_parameters():
+                if "lora_B" in n:
+                    p.normal_(0.0, 0.3, generator=torch.Generator(device=p.device).manual_seed(1))
+        hf.save(Path(d) / "adapter")
+        t0 = time.perf_counter()
+        engine = VLLMPolicy(Path(d) / "base", tok, api=api, gpu_memory_utilization=0.2, max_model_len=2048,
+                            dtype=dtype)
+        out["engine_start_s"] = time.perf_counter() - t0
+        out["sleep_mode"] = engine.can_sleep
+        r = ChatRenderer(tok, check=False)
+        ctxs = [r.prompt_ids([{"role": "user", "content": f"Where is order {i}?"}]) for i in range(8)]
+        sc = SamplingConfig(max_new_tokens=16, temperature=0.0)
+        with hf.adapter_disabled():
+            ref = hf.generate(ctxs, sc)
+        got = engine.generate(ctxs, sc)
+        out["greedy_rows_equal_to_hf"] = f"{sum(a.token_ids == b.token_ids for a, b in zip(got, ref))}/{len(ctxs)}"
+        engine.set_lora(Path(d) / "adapter")
+        with engine.released():
+            out["slept"] = engine.sleeping or not engine.can_sleep
+        lora = engine.generate(ctxs[:2], sc)
+        diffs, effects = [], []
+        for ctx, g in zip(ctxs[:2], lora):
+            ep = Episode(env_id="x", initial_observation="", turns=[Turn(
+                index=0, action_text="", observation="", context_token_ids=list(ctx), action_token_ids=g.token_ids)])
+
+            def logprobs() -> torch.Tensor:
+                with torch.no_grad():
+                    logits, lay = student_logits(hf.model, [ep])
+                return torch.log_softmax(logits.float(), -1).gather(
+                    -1, lay.action_ids[:, None].to(logits.device)).squeeze(-1).cpu()
+
+            lp = logprobs()
+            with hf.adapter_disabled():
+                base_lp = logprobs()
+            diffs.append(float((lp - torch.tensor(g.logprobs)).abs().max()))
+            effects.append(float((lp - base_lp).abs().max()))
+        out["lora_logprob_max_abs_diff"] = max(diffs)
+        out["lora_effect_max_abs"] = max(effects)   # the adapter's own effect: the comparison means something
+        out["tolerance"] = TOL[torch_dtype]
+        out["ok"] = out["slept"] and max(diffs) <= TOL[torch_dtype] < max(effects)
+    return out
+
+
 def _sync(device: str) -> None:
     if device.startswith("cuda"):
         torch.cuda.synchronize()
@@ -282,6 +351,15 @@ def run(reduced: bool) -> dict[str, Any]:
             "teacher_scoring": check_teacher_scoring(make(lora=None).model, tok, dtype, reduced),
             "update_per_method": check_updates(make, tok, reduced),
         }
+    from hero_gym.agents.vllm_policy import vllm_available
+
+    if cuda and vllm_available():
+        try:
+            result["vllm"] = check_vllm(tok, device)
+        except Exception as e:   # reported, and the run fails: the first real vLLM run is what this is for
+            result["vllm"] = {"ok": False, "error": f"{type(e).__name__}: {e}"}
+    else:
+        result["vllm"] = {"skipped": "needs CUDA and vLLM (tests/agents/fake_vllm.py drives the wiring on CPU)"}
     result["seven_b"] = measure_7b(tok, device, reduced)
     result["seconds"] = time.perf_counter() - t_start
     return result
@@ -292,6 +370,7 @@ def _ok(result: dict[str, Any]) -> bool:
     for checks in result["checks"].values():
         flat += [checks["kv_cache_greedy"]["ok"], checks["teacher_scoring"]["ok"]]
         flat += [m["ok"] for m in checks["update_per_method"].values()]
+    flat.append(result.get("vllm", {}).get("ok", True))
     return all(flat)
 
 
@@ -308,6 +387,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print(f"  [{dtype}] teacher scoring: {checks['teacher_scoring']}")
         for m, r in checks["update_per_method"].items():
             print(f"  [{dtype}] update {m}: {r}")
+    print(f"  vllm: {result['vllm']}")
     for k, v in result["seven_b"].items():
         print(f"  7B-shaped: {k} = {v:.4g}" if isinstance(v, float) else f"  7B-shaped: {k} = {v}")
     print(f"  all checks ok: {result['all_checks_ok']}; {result['seconds']:.1f} s")

@@ -162,3 +162,19 @@ def test_model_reflector_generates_through_the_rollout_backend(model_dir, smol_t
     train(policy, cfg, rollout_policy=rollout)
     assert not calls                              # neither rollouts nor the reflector used the HF policy
     assert len(rollout.llm.calls) >= 2            # rollouts and the reflection
+
+
+def test_the_smoke_scripts_vllm_check_runs_against_the_fake(smol_tokenizer):
+    """``benchmarks/gpu_smoke.py``'s vLLM check (run for real only on CUDA with vLLM) on the fake engine: it
+    starts the engine, hands a non-trivial adapter over and compares log-probs with the HF policy's."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+    import gpu_smoke
+
+    r = gpu_smoke.check_vllm(smol_tokenizer, "cpu", api=fake_vllm.api(), dtype="float32")
+    assert r["ok"] and r["slept"] and r["sleep_mode"], r
+    assert r["lora_logprob_max_abs_diff"] < 1e-4 and r["greedy_rows_equal_to_hf"] == "8/8"
+    engine = fake_vllm.LLM.instances[-1]
+    assert engine.engine_args["gpu_memory_utilization"] == 0.2 and "load_lora:1" in engine.events
