@@ -10,17 +10,24 @@ import numpy as np
 import pytest
 
 from hero_gym.agents import bench
+from hero_gym.agents.checkpoint import list_snapshots, snapshot_for_budget
 
 
 # ------------------------------------------------------------------ snapshots
-def test_snapshot_for_budget_takes_the_largest_snapshot_within_the_budget():
-    snaps = {0: Path("s0"), 6: Path("s6"), 11: Path("s11"), 18: Path("s18")}
-    assert bench.snapshot_for_budget(snaps, 0) == (0, Path("s0"))
-    assert bench.snapshot_for_budget(snaps, 10) == (6, Path("s6"))
-    assert bench.snapshot_for_budget(snaps, 11) == (11, Path("s11"))
-    assert bench.snapshot_for_budget(snaps, 100) == (18, Path("s18"))
-    with pytest.raises(ValueError, match="no snapshot"):
-        bench.snapshot_for_budget({5: Path("s5")}, 4)
+def _snapshots(root: Path, turns: list[int]) -> dict[int, Path]:
+    for t in turns:
+        d = root / "snapshots" / f"turns_{t:07d}"
+        d.mkdir(parents=True)
+        (d / "snapshot.json").write_text(json.dumps({"turns": t}))
+    return list_snapshots(root)
+
+
+def test_snapshot_for_budget_takes_the_largest_snapshot_within_the_budget(tmp_path):
+    snaps = _snapshots(tmp_path, [0, 6, 11, 18])
+    assert [snapshot_for_budget(tmp_path, b) for b in (0, 10, 11, 100)] == [snaps[0], snaps[6], snaps[11], snaps[18]]
+    _snapshots(tmp_path / "other", [5])
+    with pytest.raises(FileNotFoundError, match="no snapshot"):
+        snapshot_for_budget(tmp_path / "other", 4)
 
 
 def test_steps_at_counts_updates_within_the_turns():
@@ -65,7 +72,7 @@ def _cell(env, method, budget, seed, successes):
     per_task = [{"task": i, "success": float(s), "score": float(s), "turns": 2, "valid_turns": 2}
                 for i, s in enumerate(successes)]
     return {"env": env, "method": method, "budget": budget, "seed": seed, "per_task": per_task,
-            **bench._summarise(per_task), "optimizer_steps": budget // 4, "snapshot_turns": budget}
+            **bench.summarise_cell(per_task), "optimizer_steps": budget // 4, "snapshot_turns": budget}
 
 
 def test_compare_pairs_over_seed_and_goal_and_uses_the_base_for_every_seed():
@@ -113,7 +120,7 @@ def test_presets_and_overrides():
     assert bench.parse_args(["--methods", "grpo"]).reference is None   # nothing to compare against
     k = bench.parse_args(["--env-kwarg", "WebShop:max_results=5", "--env-kwarg", "WebShop:instruction_once=true"])
     assert k.env_kwargs == {"WebShop": {"max_results": 5, "instruction_once": True}}
-    ws = bench._setups(k)["WebShop"]
+    ws = bench.setups_for(k)["WebShop"]
     assert ws.train_kwargs["max_results"] == 5 and ws.eval_kwargs["instruction_once"] is True
     assert ws.train_kwargs["split"] == "train" and ws.eval_kwargs["split"] == "test"
 
@@ -185,7 +192,7 @@ def test_report_only_rebuilds_from_saved_cells(tmp_path):
         (d / "result.json").write_text(json.dumps({**c, "eval_seconds": 1.0, "wall_seconds": 2.0}))
     opts = bench.Options(preset="quick", envs=["Lookup"], methods=["base", "grpo", "hero_rules"],
                          reference="hero_rules", budgets=[4, 8], seeds=[0, 1], out=str(out))
-    prov = {"options": json.loads(json.dumps(bench.asdict(opts))), "out": str(out), "reused_cells": 0,
+    prov = {"options": json.loads(json.dumps(asdict(opts))), "out": str(out), "reused_cells": 0,
             "invocation_seconds": 1.0, "wall_seconds": 30.0, "git_commit": "abc",
             "hardware": {"device": "cpu", "cpu_count": 2, "processor": "x", "torch": "2", "torch_threads": 1},
             "envs": {"Lookup": {"env_id": "hero_gym/Lookup-v0", "eval_kwargs": {}, "eval_tasks": 3, "max_turns": 4,

@@ -7,6 +7,8 @@ from pathlib import Path
 import pytest
 
 from hero_gym.agents import bench
+from hero_gym.agents.bench import protocol
+from hero_gym.agents.checkpoint import list_snapshots, snapshot_for_budget
 
 
 def _opts(out: Path) -> bench.Options:
@@ -17,13 +19,13 @@ def _opts(out: Path) -> bench.Options:
 
 def test_each_budget_reads_the_largest_snapshot_within_it(tmp_path, monkeypatch):
     loaded: list[Path] = []
-    real_load = bench.load_snapshot
+    real_load = protocol.load_snapshot
 
     def recording_load(policy, path):
         loaded.append(Path(path))
         real_load(policy, path)
 
-    monkeypatch.setattr(bench, "load_snapshot", recording_load)
+    monkeypatch.setattr(protocol, "load_snapshot", recording_load)
     logs: list[str] = []
     b = bench.Bench(_opts(tmp_path), tmp_path, log=logs.append)
     cells: list[dict] = []
@@ -31,7 +33,7 @@ def test_each_budget_reads_the_largest_snapshot_within_it(tmp_path, monkeypatch)
 
     # one training run to the largest budget, with a snapshot at the start and after every update
     assert sum(line.startswith("trained ") for line in logs) == 1
-    snaps = bench.list_snapshots(tmp_path / "runs" / "Lookup__envfb_sd__s0" / "train")
+    snaps = list_snapshots(tmp_path / "runs" / "Lookup__envfb_sd__s0" / "train")
     turns = [m["turns_used"] for m in run["metrics"]]
     assert sorted(snaps) == [0, *turns] and turns[-1] >= 12 - 6 and len(turns) >= 2
     # snapshots hold different weights (env-feedback SD has a gradient even when every reward is 0;
@@ -39,7 +41,8 @@ def test_each_budget_reads_the_largest_snapshot_within_it(tmp_path, monkeypatch)
     w = {t: b"".join(f.read_bytes() for f in sorted(p.glob("*.safetensors"))) for t, p in snaps.items()}
     assert all(w.values()) and len(set(w.values())) == len(w)
 
-    expected = [bench.snapshot_for_budget(snaps, budget) for budget in (8, 12)]
+    expected = [next((t, p) for t, p in snaps.items() if p == snapshot_for_budget(snaps[0].parent.parent, budget))
+                for budget in (8, 12)]
     assert loaded == [p for _, p in expected]
     assert [c["budget"] for c in cells] == [8, 12]
     assert [c["snapshot_turns"] for c in cells] == [t for t, _ in expected]
@@ -91,7 +94,7 @@ def test_a_budget_before_the_first_update_reuses_the_base_evaluation(tmp_path, e
 def test_budgets_that_read_the_same_snapshot_evaluate_it_once(tmp_path, evaluated):
     b = bench.Bench(_opts(tmp_path), tmp_path, log=lambda s: None)
     b.run_cells(bench.Run("Lookup", "envfb_sd", 0), lambda c: None)     # trains to 12 turns
-    snaps = sorted(bench.list_snapshots(tmp_path / "runs" / "Lookup__envfb_sd__s0" / "train"))
+    snaps = sorted(list_snapshots(tmp_path / "runs" / "Lookup__envfb_sd__s0" / "train"))
     first = snaps[1]                     # the first snapshot after an update; a batch is >= 2 turns
     evaluated.clear()
     o = _opts(tmp_path)
