@@ -31,8 +31,9 @@ from hero_gym.records import Episode
 
 from . import distributed as D
 from . import losses as L
-from .checkpoint import RunCounters, RunFiles, save_snapshot
-from .methods import MethodSpec, NoteOptions, get_method
+from .checkpoint import RunCounters, RunFiles, list_snapshots, save_snapshot
+from .future_guard import drop_future_copies
+from .methods import ExpertDemos, MethodSpec, NoteOptions, get_method
 from .reflector import LLMReflector, Reflector, RuleReflector
 from .rollout import TOOL_PROMPTS
 from .scoring import TokenLayout, build_layout, student_hidden, teacher_logits_prefix_cache
@@ -69,9 +70,9 @@ class TrainConfig:
     than ``turn_budget`` turns are spent and always runs to the end, so no training episode is cut by the
     budget (the last batch may overshoot; every snapshot records the turns actually spent)."""
     max_turns: int | None = None
-    """Per-episode turn cap (``None`` = the env's). Episodes it cuts (truncated), like those cut by the
-    context window or an env error, are *unfinished*: they get no GRPO advantage (not counted as
-    failures) and reflectors do not call them failed; their per-turn notes still train."""
+    """Per-episode turn cap (``None`` = the env's). An episode it truncates keeps its env reward and
+    enters GRPO (:func:`episode_finished`); only episodes cut by the context window or an env error get
+    no GRPO advantage. Every method's per-turn notes train on all of them."""
     tasks_per_update: int = 2
     """Distinct tasks per batch."""
     group_size: int = 4
@@ -121,7 +122,12 @@ class TrainConfig:
     envfb_max_chars: int = 600
     """Env-feedback notes keep this many characters of the next observation."""
     demo_max_chars: int = 2000
-    """Full-demo notes keep this many characters of the demonstration."""
+    """Full-demo notes keep this many characters of the demonstration (Tau-bench's need more: the bench
+    raises it there)."""
+    demo_fallback: bool = True
+    """Full-demo: when no episode of a task succeeded (in the batch or before), show the env expert's
+    demonstration of that same training task (:class:`~hero_gym.agents.methods.ExpertDemos`; envs without
+    an expert have no fallback). ``demo_notes`` / ``demo_from_expert`` in the metrics count how often."""
 
     # --- GRPO (method grpo, or blended into a distillation method)
     grpo_weight: float = 0.0
@@ -189,7 +195,7 @@ class UpdateStats:
 
     ``stepped``: an optimizer step was taken (not when no token carried a training signal);
     ``tokens_trained``: action tokens that entered a loss with a non-zero signal; ``distill_tokens``:
-    action tokens of turns with a teacher note; ``grpo_tokens``: action tokens of finished episodes.
+    action tokens of turns with a teacher note; ``grpo_tokens``: action tokens of episodes the env ended (:func:`episode_finished`).
     """
 
     stepped: bool
@@ -274,8 +280,8 @@ def train(
 
     With ``config.checkpoint_dir``: episodes and metrics are appended to JSONL logs, the resume checkpoint
     is rewritten atomically after every iteration, and the trainable weights are snapshotted to
-    ``snapshots/turns_<T>/`` before the first update and after every optimizer step
-    (:mod:`hero_gym.agents.checkpoint`).
+    ``snapshots/turns_<T>/`` before the first update and after every iteration (an iteration without an
+    optimizer step points at the previous snapshot's weights; :mod:`hero_gym.agents.checkpoint`).
     """
     spec = config.spec
     model = policy.model
@@ -296,6 +302,7 @@ def train(
     teacher = TeacherWeights(model, config.teacher, config.ema_rate)
     buffer = SuccessBuffer()
     reflector = reflector or _make_reflector(spec, policy, config)
+    expert_demos = _expert_demos(config) if spec.name == "full_demo" and config.demo_fallback else None
     counters, metrics, resumed_from = RunCounters(), [], 0
     if resuming:
         counters, metrics = files.restore(model=model, optimizer=optimizer, teacher=teacher, buffer=buffer)
@@ -324,7 +331,17 @@ def train(
                     break
                 t_collect = time.perf_counter() - t0
                 reflections = reflector.reflect(episodes) if reflector is not None else None
-            notes = spec.notes(episodes, reflections, buffer, _note_options(config, counters.iterations))
+            guard = {"diagnoses": 0, "targets": 0}
+            if isinstance(reflector, LLMReflector):   # the no-future-exposure rule, enforced
+                reflections, guard = drop_future_copies(episodes, reflections)
+            used_before = expert_demos.used if expert_demos is not None else 0
+            notes = spec.notes(episodes, reflections, buffer,
+                               _note_options(config, counters.iterations, expert_demos))
+            note_counts = {"future_copy_diagnoses_dropped": guard["diagnoses"],
+                           "future_copy_targets_dropped": guard["targets"]}
+            if spec.name == "full_demo":
+                note_counts["demo_notes"] = sum(bool(row) and row[0] is not None for row in notes)
+                note_counts["demo_from_expert"] = (expert_demos.used - used_before) if expert_demos else 0
             if D.world_size() > 1:   # this rank's share above; the whole batch (every rank's) below
                 if reflections is not None:
                     for ep, r in zip(episodes, reflections):
@@ -345,6 +362,7 @@ def train(
                 _hand_over_adapter(policy, rollout_policy, files)
             row = _metrics_row(counters, episodes, stats,
                                {"collect": t_collect, "notes": t_notes, "iteration": time.perf_counter() - t0})
+            row.update(zip(note_counts, (int(x) for x in D.global_counts(list(note_counts.values())))))
             metrics.append(row)
             with D.full_state(model, optimizer, teacher) if files is not None else contextlib.nullcontext():
                 if files is not None and main:   # FSDP: every rank gathered the full state above
@@ -353,8 +371,9 @@ def train(
                         if reflections is not None:
                             ep.metadata["reflection"] = reflections[i].to_json()
                     files.log(episodes, row)
-                    if stats.stepped:
-                        save_snapshot(policy, files.dir, counters)
+                    # every iteration: the model at any budget is the first snapshot at or past it
+                    save_snapshot(policy, files.dir, counters,
+                                  weights_of=None if stats.stepped else max(list_snapshots(files.dir)))
                     files.save(model=model, optimizer=optimizer, teacher=teacher, buffer=buffer, counters=counters)
             if bar is not None:
                 bar.update(sum(len(ep.turns) for ep in episodes))
@@ -391,8 +410,8 @@ def update(
     divergence between the student's next-token distribution (in the context the model saw) and the
     teacher's (teacher weights, the context with the note inserted before the action), weighted by
     truncated importance ratios; mean over those tokens. GRPO (method ``grpo`` or ``grpo_weight > 0``):
-    clipped surrogate with the episode's group-normalised advantage on every action token of *finished*
-    episodes; mean over those tokens. Only sampled action tokens ever enter a loss.
+    clipped surrogate with the episode's group-normalised advantage on every action token of episodes
+    the env ended (terminated or truncated by its turn cap: :func:`episode_finished`); mean over those tokens. Only sampled action tokens ever enter a loss.
     """
     model = policy.model
     teacher = teacher or TeacherWeights(model, config.teacher, config.ema_rate)
@@ -447,9 +466,14 @@ def update(
 # ======================================================================================
 
 def episode_finished(ep: Episode) -> bool:
-    """Whether the env itself ended the episode (success or failure), as opposed to a cut: the
-    per-episode turn cap (truncation), the context window, an env error or the budget."""
-    return ep.success or (ep.terminated and not ep.metadata.get("cut_short", False))
+    """Whether the env itself ended the episode: it terminated (success or failure) or the env's own
+    per-episode turn cap truncated it. Such an episode has its env reward (a capped WebShop or Tau-bench
+    episode scores what the env gives it, usually 0) and enters GRPO like any other. Not finished: an
+    episode cut from outside the env - by the context window, an env error or the training budget
+    (``metadata["cut_short"]``, set by :mod:`~hero_gym.agents.rollout`)."""
+    if ep.metadata.get("cut_short", False):
+        return False
+    return ep.success or ep.terminated or ep.truncated
 
 
 @dataclass
@@ -688,9 +712,26 @@ def _make_reflector(spec: MethodSpec, policy: Any, config: TrainConfig) -> Refle
     return LLMReflector(policy, max_new_tokens=config.reflector_max_new_tokens, max_retries=config.reflector_retries)
 
 
-def _note_options(config: TrainConfig, iteration: int) -> NoteOptions:
+def _note_options(config: TrainConfig, iteration: int, expert_demos: ExpertDemos | None = None) -> NoteOptions:
     return NoteOptions(envfb_max_chars=config.envfb_max_chars, demo_max_chars=config.demo_max_chars,
-                       min_confidence=config.min_confidence, seed=config.seed * 1_000_003 + iteration)
+                       min_confidence=config.min_confidence, seed=config.seed * 1_000_003 + iteration,
+                       expert_demo=expert_demos)
+
+
+def _expert_demos(config: TrainConfig) -> ExpertDemos | None:
+    """Full-demo's fallback demonstrations, when the env has an expert (``None`` otherwise)."""
+    import hero_gym
+
+    from .warmstart import make_expert
+
+    env = hero_gym.make(config.env_id, **config.env_kwargs)
+    try:
+        make_expert(env)
+    except ValueError:
+        return None
+    finally:
+        env.close()
+    return ExpertDemos(config.env_id, config.env_kwargs, max_turns=config.max_turns)
 
 
 def _make_envs(config: TrainConfig) -> list[Any]:

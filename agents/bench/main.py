@@ -110,6 +110,7 @@ def main(argv: Sequence[str] | None = None, parser: argparse.ArgumentParser | No
         "warm_start": bench.source.warm_start_info, "git_commit": git_commit(), "code_fingerprint": code_fingerprint(),
         "hardware": {**hardware(), "device": opts.device or "auto"},
         "command": " ".join(sys.argv), "reused_cells": bench.reused, "stale_cells_rerun": bench.rerun_stale,
+        "kept_aside": bench.kept_aside,
         "invocation_seconds": invocation,
         # compute behind the table: every run's training plus every evaluation (reused ones keep their time)
         "wall_seconds": warm_secs + sum(r["train_seconds"] for r in runs) + sum(c["eval_seconds"] for c in cells),
@@ -120,5 +121,8 @@ def main(argv: Sequence[str] | None = None, parser: argparse.ArgumentParser | No
         print(f"{bench.reused} cells reused from {out} (original wall time kept)")
     if bench.rerun_stale:
         print(f"{bench.rerun_stale} cells in {out} had another code/config fingerprint and were recomputed")
+    if bench.kept_aside:
+        print(f"{len(bench.kept_aside)} runs/cells by other code or settings kept aside (not deleted) under "
+              f"{out / 'stale'}: " + ", ".join(bench.kept_aside))
     print(f"wrote {out} in {invocation / 60:.1f} min")
     return {"out": str(out), "cells": cells, "runs": runs, "provenance": prov}

@@ -51,12 +51,19 @@ class EnvSetup:
     eval_tasks: int            # the first N held-out tasks (0 = all)
     train_tasks: int           # training tasks cycled through
     max_turns: int
+    demo_max_chars: int = 2000  # full-demo's demonstration clip (Tau-bench's demonstrations are long)
+
+
+#: Tau-bench's full-demo clip: a gold demonstration of 10 calls with their JSON results needs more than the
+#: default 2000 characters (the notes keep each observation's first 200 characters either way)
+TAU_DEMO_MAX_CHARS = 6000
 
 
 def _env_setups(data_dir: str | None, num_products: int) -> dict[str, EnvSetup]:
     """Train/eval splits: Tau retail trains on the official train split and is evaluated on test;
     Tau airline (whose official data has only a test split) trains on generated airline tasks;
-    WebShop trains on its training goals and is evaluated on its test goals; Lookup on disjoint seeds."""
+    WebShop trains on its training goals and is evaluated on its test goals; Lookup's 16-item table is split
+    in halves: 8 training items, 8 held-out items (every index in range)."""
     tau = {"data_dir": data_dir} if data_dir else {}
     # the env's own default catalog size is left implicit, so a warm start built by ``hero-gym warmstart``
     # (which passes only the -k arguments given) has the same cache key
@@ -65,10 +72,11 @@ def _env_setups(data_dir: str | None, num_products: int) -> dict[str, EnvSetup]:
         "WebShop": EnvSetup("WebShop", "hero_gym/WebShop-v0", {**ws, "split": "train"}, {**ws, "split": "test"},
                             50, 200, 8),
         "TauRetail": EnvSetup("TauRetail", "hero_gym/TauRetail-v0", {**tau, "split": "train"},
-                              {**tau, "split": "test"}, 30, 200, 10),
+                              {**tau, "split": "test"}, 30, 200, 10, demo_max_chars=TAU_DEMO_MAX_CHARS),
         "TauAirline": EnvSetup("TauAirline", "hero_gym/TauAirline-v0", {"data": "generated", "split": "train"},
-                               {**tau, "split": "test"}, 30, 200, 10),
-        "Lookup": EnvSetup("Lookup", "hero_gym/Lookup-v0", {}, {}, 20, 50, 4),
+                               {**tau, "split": "test"}, 30, 200, 10, demo_max_chars=TAU_DEMO_MAX_CHARS),
+        "Lookup": EnvSetup("Lookup", "hero_gym/Lookup-v0", {"num_items": 16, "split": "train"},
+                           {"num_items": 16, "split": "test"}, 8, 8, 4),
     }
 
 
@@ -93,7 +101,9 @@ class Options:
     max_turns: int | None = None       # None = the env's default
     num_products: int = DEFAULT_NUM_PRODUCTS
     max_new_tokens: int = 64
-    group_size: int = 2
+    #: rollouts per task: GRPO's group (with 2, a group rarely shows a reward difference)
+    group_size: int = 4
+    #: tasks per batch (>= 2: the shuffled ablations draw their donors from other tasks of the batch)
     tasks_per_update: int = 2
     lr: float = 3e-4
     tool_prompt: str = "compact"
@@ -127,17 +137,19 @@ SMALL_MODEL_WEBSHOP = {"WebShop": {"max_results": 5, "instruction_once": True}}
 CPU_WARM_START = {"episodes": 120, "noise": 0.1, "recovery_rounds": 1, "recovery_episodes": 30, "eval_goals": 0}
 
 #: Presets. ``default`` is meant for ``make bench`` (target <= 40 min on 2 CPU cores from a fresh clone, warm
-#: start included): two distillation methods against the warm-started base, one seed, one budget, two
+#: start included): env-feedback SD, HERO (rules) and its shuffled-diagnoses ablation (no model reflector:
+#: the settle-it control costs one more run) against the warm-started base, one seed, one budget, two
 #: worker processes - it shows the pipeline and the table, not a difference between methods. ``cpu`` is
-#: every method with 3 seeds at a budget of 32 turns: a batch is tasks_per_update x group_size = 4 episodes
-#: of at most 8 turns (WebShop; ~20 turns measured), so 32 turns buy 1 optimizer step. Measured here at
-#: ~4.4 core-hours (the model reflector of HERO and its ablation, ~10 min per batch on one core, is most of
-#: it): more than the 2.5 h target on 2 cores; see the README's "Results". Both presets use the same warm
-#: start and the same 30 held-out goals, so ``cpu`` reuses a ``default`` run's cells when given the same
-#: ``--out``. ``quick`` is a smoke test on a tiny random model. The README's "Results" section gives the
-#: measured wall times.
+#: every method with 3 seeds at a budget of 32 turns. In both a batch is tasks_per_update x group_size =
+#: 2 x 4 = 8 episodes of at most 8 turns (WebShop; ~40 turns), so budget 32 is the first batch (the model
+#: at B is the first snapshot at or past B): one optimizer step. The ``cpu`` tables in docs/results were
+#: produced before the fair-comparison fixes (groups of 2, a batch of 4 episodes). Both presets use the
+#: same warm start and the same 30 held-out goals, so ``cpu`` reuses a ``default`` run's cells when given
+#: the same ``--out``. ``quick`` is a smoke test on a tiny random model. The README's "Results" section
+#: gives the measured wall times.
 PRESETS: dict[str, dict[str, Any]] = {
-    "default": {"envs": ["WebShop"], "methods": [BASE, "envfb_sd", "hero_rules"], "reference": "hero_rules",
+    "default": {"envs": ["WebShop"], "methods": [BASE, "envfb_sd", "hero_rules", "hero_rules_shuffled"],
+                "reference": "hero_rules",
                 "budgets": [32], "seeds": [0], "eval_tasks": 30, "env_kwargs": SMALL_MODEL_WEBSHOP,
                 "warm_start_overrides": CPU_WARM_START, "workers": 2, "out": "runs/default"},
     "cpu": {"envs": ["WebShop"], "budgets": [32], "seeds": [0, 1, 2], "eval_tasks": 30,
@@ -145,7 +157,7 @@ PRESETS: dict[str, dict[str, Any]] = {
             "out": "runs/cpu"},
     "quick": {"model": "tiny", "warm_start": False, "envs": ["Lookup", "WebShop"], "budgets": [6, 12],
               "seeds": [0, 1], "eval_tasks": 3, "max_turns": 3, "num_products": 100, "max_new_tokens": 12,
-              "group_size": 2, "tasks_per_update": 1, "threads": 1, "bootstrap": 500, "out": "runs/quick",
+              "group_size": 2, "tasks_per_update": 2, "threads": 1, "bootstrap": 500, "out": "runs/quick",
               # the model reflector of a random tiny model writes noise: keep it short
               "train_overrides": {"reflector_max_new_tokens": 24, "reflector_retries": 0},
               # with --warm-start: a token warm start (a few demonstrations, no recovery round)

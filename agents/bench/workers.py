@@ -99,18 +99,19 @@ def _worker_init(opts: Options, out: str, events: Any) -> None:
     _WORKER["events"] = events
 
 
-def _worker_job(job: Job) -> tuple[list[dict[str, Any]], dict[str, Any] | None, int, int]:
+def _worker_job(job: Job) -> tuple[list[dict[str, Any]], dict[str, Any] | None, int, int, list[str]]:
     bench = _WORKER["bench"]
     bench.reused = bench.rerun_stale = 0
+    bench.kept_aside = []
     cells, meta = run_job(bench, job, lambda kind, env, text: _WORKER["events"].put((kind, env, text)))
-    return cells, meta, bench.reused, bench.rerun_stale
+    return cells, meta, bench.reused, bench.rerun_stale, bench.kept_aside
 
 
 def run_parallel(opts: Options, out: Path, jobs: Sequence[Job], on_event: Callable[[str, str, str], None],
                   counts: Bench) -> dict[int, tuple[list[dict[str, Any]], dict[str, Any] | None]]:
     """Run ``jobs`` on ``opts.workers`` spawned processes (each its own model copy and torch threads),
     forwarding their progress events to ``on_event`` as they come and adding their reused/recomputed
-    cell counts to ``counts``. Returns each job's result by its index in ``jobs``. A failed job stops the
+    cell counts and the folders they kept aside to ``counts``. Returns each job's result by its index in ``jobs``. A failed job stops the
     others and re-raises; cells finished before it stay in ``out`` for the next run to reuse."""
     import multiprocessing
     import queue as queue_mod
@@ -137,10 +138,11 @@ def run_parallel(opts: Options, out: Path, jobs: Sequence[Job], on_event: Callab
             drain(0.5)
             for fut in [f for f in pending if f.done()]:
                 i = pending.pop(fut)
-                cells, meta, reused, stale = fut.result()
+                cells, meta, reused, stale, aside = fut.result()
                 results[i] = (cells, meta)
                 counts.reused += reused
                 counts.rerun_stale += stale
+                counts.kept_aside += aside
         drain(0.2)
         ok = True
     finally:
