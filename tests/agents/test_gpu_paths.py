@@ -147,8 +147,9 @@ def test_bf16_snapshots_halve_the_lora_weights_on_disk(smol_tokenizer, tmp_path)
 
 # --------------------------------------------------------------------------- teacher pass per micro-batch
 def test_no_teacher_pass_for_a_micro_batch_without_a_scored_turn(make_tiny_policy, monkeypatch):
-    import hero_gym.agents.update as T
+    import importlib
 
+    T = importlib.import_module("hero_gym.agents.update")   # (the package exports a function of that name)
     calls = []
     real = T.teacher_logits_prefix_cache
     monkeypatch.setattr(T, "teacher_logits_prefix_cache", lambda *a, **k: calls.append(k["chain_indices"]) or real(*a, **k))
