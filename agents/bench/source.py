@@ -1,9 +1,9 @@
 """The starting weights of a benchmark: the base model per env, warm-started when asked (built once per
-setting by :mod:`hero_gym.agents.warmstart` and cached), and a fresh LoRA per training run."""
+setting by :mod:`hero_gym.agents.warmstart` and cached), one policy on it per process with a fresh LoRA per
+training run, and the rollout backend (``--rollout``)."""
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import time
 from dataclasses import asdict
@@ -15,16 +15,21 @@ __all__ = ["ModelSource"]
 
 
 class ModelSource:
-    """The base weights per env (warm-started when asked), loaded once; each run gets a deep copy
-    with a fresh LoRA adapter."""
+    """The base weights per env (warm-started when asked), loaded once per process; every run trains the
+    same policy on them with a fresh LoRA adapter (no copy of the model per run)."""
 
     def __init__(self, opts: Options):
         self.opts = opts
         self._bases: dict[str, tuple[Any, Any]] = {}
+        self._policies: dict[str, Any] = {}
+        self._rollouts: dict[str, Any] = {}
         self.warm_start_info: dict[str, dict[str, Any]] = {}
 
+    def _key(self, setup: EnvSetup) -> str:
+        return setup.name if self.opts.warm_start else "_raw"
+
     def base(self, setup: EnvSetup) -> tuple[Any, Any]:
-        key = setup.name if self.opts.warm_start else "_raw"
+        key = self._key(setup)
         if key not in self._bases:
             if self.opts.warm_start:
                 self._bases[key] = self._warm_started(setup)
@@ -70,18 +75,42 @@ class ModelSource:
         return model, tok
 
     def policy(self, setup: EnvSetup, seed: int) -> Any:
-        """A fresh trainable policy (deep copy of the base, new LoRA initialised from ``seed``)."""
+        """The trainable policy of a run: one :class:`~hero_gym.agents.HFPolicy` per base model in this
+        process (no copy of the base weights), its LoRA adapter re-drawn from ``seed`` for every run
+        (:meth:`~hero_gym.agents.HFPolicy.reset_adapter`: ``B = 0``, so a fresh run starts at the base)."""
         import torch
 
         from hero_gym.agents import HFPolicy
 
-        base, tok = self.base(setup)
+        key = self._key(setup)
+        if key not in self._policies:
+            base, tok = self.base(setup)
+            self._policies[key] = HFPolicy(base, tok, device=self.opts.device)
         torch.manual_seed(seed)
-        return HFPolicy(copy.deepcopy(base), tok, device=self.opts.device)
+        policy = self._policies[key]
+        policy.reset_adapter(seed)
+        return policy
+
+    def rollout(self, setup: EnvSetup) -> Any | None:
+        """The rollout backend of ``--rollout``: ``None`` for ``hf``; for ``vllm`` one
+        :class:`~hero_gym.agents.VLLMPolicy` per base model in this process, on the model's directory (the
+        warm start's when there is one), with the base tokenizer."""
+        if self.opts.rollout == "hf":
+            return None
+        key = self._key(setup)
+        if key not in self._rollouts:
+            from hero_gym.agents.vllm_policy import make_rollout_policy
+
+            _, tok = self.base(setup)
+            path = (self.warm_start_info.get(setup.name) or {}).get("path") if self.opts.warm_start else None
+            self._rollouts[key] = make_rollout_policy(self.opts.rollout, path or self.opts.model, tok)
+        return self._rollouts[key]
 
     def release(self) -> None:
-        """Drop the loaded base models (the warm-start records stay)."""
+        """Drop the loaded base models and policies (the warm-start records stay)."""
         self._bases.clear()
+        self._policies.clear()
+        self._rollouts.clear()
 
     def identity(self, setup: EnvSetup) -> dict[str, Any]:
         """What the starting weights are, for fingerprints (the warm start's settings, not its timing).
