@@ -12,7 +12,7 @@ Models have random weights built from a config; the tokenizer is the embedded Sm
 2. **Teacher scoring**: :func:`teacher_logits_prefix_cache` equals :func:`teacher_logits_naive` (max abs
    difference of the scored logits against a dtype tolerance).
 3. **One update per method** (every key of ``METHODS``) with gradient checkpointing on a synthetic batch
-   (notes from a fixed high-confidence reflection; a group with rewards 1 and 0): finite loss, a step, the
+   (notes from a fixed high-confidence reflection; two tasks, each a group with rewards 1 and 0): finite loss, a step, the
    EMA teacher moved.
 
 With CUDA and vLLM installed, the vLLM backend is checked on a small random model saved to disk (engine
@@ -74,10 +74,10 @@ def _words(rng: torch.Generator, n: int) -> str:
     return " ".join(vocab[int(i)] for i in torch.randint(len(vocab), (n,), generator=rng))
 
 
-def synthetic_episodes(tok: Any, *, turns: int, obs_words: int, action_tokens: int, n: int = 2,
+def synthetic_episodes(tok: Any, *, turns: int, obs_words: int, action_tokens: int, n: int = 2, tasks: int = 1,
                        seed: int = 0) -> list[Any]:
-    """``n`` episodes of one task (a group), each ``turns`` turns of random chat text rendered as a rollout
-    renders it; the first succeeds (reward 1), the others fail (0)."""
+    """``n`` episodes of ``tasks`` tasks (groups of ``n // tasks``), each ``turns`` turns of random chat text
+    rendered as a rollout renders it; the first of each group succeeds (reward 1), the others fail (0)."""
     from hero_gym.chat import ChatRenderer
     from hero_gym.records import Episode, Turn
 
@@ -87,19 +87,21 @@ def synthetic_episodes(tok: Any, *, turns: int, obs_words: int, action_tokens: i
     for e in range(n):
         msgs = [{"role": "system", "content": _words(rng, 200)}, {"role": "user", "content": _words(rng, obs_words)}]
         ctx = r.prompt_ids(msgs)
-        ep = Episode(env_id="smoke", initial_observation="", task_id="t0", metadata={"group_index": e})
+        group = max(1, n // tasks)
+        won = e % group == 0
+        ep = Episode(env_id="smoke", initial_observation="", task_id=f"t{e // group}", metadata={"group_index": e % group})
         for t in range(turns):
             body = r.encode(_words(rng, action_tokens))[:action_tokens]
             act = body + [r.end_of_turn_id]
             last = t == turns - 1
             ep.turns.append(Turn(index=t, action_text=tok.decode(body), observation="obs", context_token_ids=list(ctx),
                                  action_token_ids=act, action_logprobs=[float("nan")] * len(act),
-                                 reward=float(last and e == 0), terminated=last))
+                                 reward=float(last and won), terminated=last))
             prev = msgs + [{"role": "assistant", "content": tok.decode(body)}]
             new = [{"role": "user", "content": _words(rng, obs_words)}]
             ctx = ctx + act + r.continuation_ids(prev, new, sampled_ids=act)
             msgs = prev + new
-        ep.total_reward, ep.success = float(e == 0), e == 0
+        ep.total_reward, ep.success = float(won), won
         eps.append(ep)
     return eps
 
@@ -165,7 +167,8 @@ def check_updates(make_policy: Any, tok: Any, reduced: bool) -> dict[str, Any]:
     out = {}
     for method, spec in METHODS.items():
         policy = make_policy()
-        eps = synthetic_episodes(tok, turns=2 if reduced else 4, obs_words=15, action_tokens=10)
+        # two tasks: the shuffled ablations draw their notes from another task's episodes
+        eps = synthetic_episodes(tok, turns=2 if reduced else 4, obs_words=15, action_tokens=10, n=4, tasks=2)
         buffer = SuccessBuffer()
         buffer.add(eps)
         notes = spec.notes(eps, _reflections(eps) if spec.reflector else None, buffer,
