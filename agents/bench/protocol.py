@@ -7,6 +7,7 @@ fingerprint (code, starting weights, every setting it depends on) matches.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -197,18 +198,19 @@ class Bench:
         n = self._n_eval(setup)
         t0 = time.perf_counter()
         engine = self.source.rollout(setup)
-        if engine is not None:   # vLLM evaluates: the policy's adapter (a fresh one = the base) is handed over
-            import tempfile
+        with contextlib.ExitStack() as stack:
+            if engine is not None:   # vLLM evaluates: the policy's adapter (a fresh one = the base) handed over
+                import tempfile
 
-            adapter = Path(tempfile.mkdtemp(prefix="hero_gym_eval_adapter_"))
-            policy.save(adapter)
-            engine.set_lora(adapter)
-            policy = engine
-        # Reset seeds depend on the goal only: every method and seed plays the same episodes.
-        ev = evaluate(policy, setup.env_id, setup.eval_kwargs, task_indices=list(range(n)),
-                      seeds=[100_000 + i for i in range(n)], temperature=0.0, max_turns=setup.max_turns,
-                      max_new_tokens=self.opts.max_new_tokens, num_envs=min(n, self.opts.eval_slots or n),
-                      tool_prompt=self.opts.tool_prompt)
+                adapter = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="hero_gym_eval_adapter_")))
+                policy.save(adapter)
+                engine.set_lora(adapter)
+                policy = engine
+            # Reset seeds depend on the goal only: every method and seed plays the same episodes.
+            ev = evaluate(policy, setup.env_id, setup.eval_kwargs, task_indices=list(range(n)),
+                          seeds=[100_000 + i for i in range(n)], temperature=0.0, max_turns=setup.max_turns,
+                          max_new_tokens=self.opts.max_new_tokens, num_envs=min(n, self.opts.eval_slots or n),
+                          tool_prompt=self.opts.tool_prompt)
         return ev.episodes, time.perf_counter() - t0
 
     def set_aside(self, path: Path, fingerprint: str | None) -> Path:
