@@ -44,8 +44,10 @@ class ModelSource:
         or the raw model, recorded as such, for an env the warm start has no expert for."""
         from hero_gym.agents import warmstart as ws
 
-        # the same env settings, turn cap, reply cap and tool prompt as the runs that start from it
-        wanted = {"env_id": setup.env_id, "env_kwargs": {k: v for k, v in setup.train_kwargs.items() if k != "split"},
+        # the same env settings, turn cap, reply cap and tool prompt as the runs that start from it; the warm
+        # start picks the training split itself where the env's reset takes one (WebShop, Tau-bench), and an
+        # env with a constructor-only split (Lookup) keeps its training split, so no held-out task is cloned
+        wanted = {"env_id": setup.env_id, "env_kwargs": _warm_start_env_kwargs(setup),
                   "max_new_tokens": self.opts.max_new_tokens, "max_turns": setup.max_turns,
                   "eval_max_turns": setup.max_turns, "tool_prompt": self.opts.tool_prompt, "progress": True,
                   **self.opts.warm_start_overrides}
@@ -122,3 +124,14 @@ class ModelSource:
             ident["warm_start_config"] = self.warm_start_info[setup.name].get("config")
         return ident
 
+
+def _warm_start_env_kwargs(setup: EnvSetup) -> dict[str, Any]:
+    """The training env's kwargs for the warm start: without ``split`` when the env's reset selects splits."""
+    import hero_gym
+
+    env = hero_gym.make(setup.env_id, **setup.train_kwargs)
+    try:
+        reset_splits = bool(env.unwrapped.splits())
+    finally:
+        env.close()
+    return {k: v for k, v in setup.train_kwargs.items() if k != "split" or not reset_splits}
