@@ -264,8 +264,9 @@ def probe_notes(episodes: Sequence[Episode], methods: Sequence[str], *, rule_ref
             rows[m] = notes
         else:
             rows[m] = build_notes(m, episodes, reflections=rule_reflections, success_buffer=buffer, options=opts)
-    rows["hero_rules_shuffled"] = build_notes("hero_shuffled", episodes, reflections=rule_reflections, options=opts) \
-        if len(episodes) >= 2 else [r[:] for r in empty]
+    if "hero_rules_shuffled" not in rows:   # the control: the registry's shuffled rule diagnoses
+        rows["hero_rules_shuffled"] = build_notes("hero_rules_shuffled", episodes, reflections=rule_reflections,
+                                                  options=opts)
     oracle_env, oracle_json = [r[:] for r in empty], [r[:] for r in empty]
     from hero_gym.parsers import ToolCallError, parse_reply
 

@@ -12,6 +12,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from .mechanism import mechanism_report, saved_mechanism
 from .presets import BASE, Options, changed_from_preset, parse_args
 from .protocol import Bench, Run
 from .provenance import code_fingerprint, data_source, git_commit, hardware
@@ -52,7 +53,7 @@ def main(argv: Sequence[str] | None = None, parser: argparse.ArgumentParser | No
         warm = sum(v.get("seconds_this_run", 0.0) for v in prov.get("warm_start", {}).values())
         prov = {**prov, "options": asdict(opts), "report_only": True,
                 "wall_seconds": warm + sum(r["train_seconds"] for r in runs) + sum(c["eval_seconds"] for c in cells)}
-        text = report(out, opts, cells, runs, prov)
+        text = report(out, opts, cells, runs, prov) + saved_mechanism(out, opts)
         print(text)
         print(f"report rebuilt from {len(cells)} cells in {out}")
         return {"out": str(out), "cells": cells}
@@ -116,6 +117,7 @@ def main(argv: Sequence[str] | None = None, parser: argparse.ArgumentParser | No
         "wall_seconds": warm_secs + sum(r["train_seconds"] for r in runs) + sum(c["eval_seconds"] for c in cells),
     }
     text = report(out, opts, cells, runs, prov)
+    text += mechanism_report(bench, opts, out)
     print(text)
     if bench.reused:
         print(f"{bench.reused} cells reused from {out} (original wall time kept)")

@@ -119,6 +119,8 @@ class Options:
     #: weight snapshots: after ``"every"`` iteration, or only where the ``"budgets"`` read them (bf16 on CUDA)
     snapshots: str = "every"
     bootstrap: int = 2000
+    #: episodes of the report's "Mechanism" section (the probe on each env's base model; 0 = no section)
+    mechanism_episodes: int = 0
     #: per-env constructor kwargs added to both training and evaluation (e.g. WebShop's small-model
     #: observation options ``{"WebShop": {"max_results": 5, "instruction_once": True}}``)
     env_kwargs: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -168,15 +170,16 @@ PAPER = {"model": "Qwen/Qwen2.5-7B-Instruct", "device": "cuda", "warm_start": Fa
 PRESETS: dict[str, dict[str, Any]] = {
     "paper": PAPER,
     "default": {"envs": ["WebShop"], "methods": [BASE, "envfb_sd", "hero_rules", "hero_rules_shuffled"],
-                "reference": "hero_rules",
+                "reference": "hero_rules", "mechanism_episodes": 8,
                 "budgets": [32], "seeds": [0], "eval_tasks": 30, "env_kwargs": SMALL_MODEL_WEBSHOP,
                 "warm_start_overrides": CPU_WARM_START, "workers": 2, "out": "runs/default"},
     "cpu": {"envs": ["WebShop"], "budgets": [32], "seeds": [0, 1, 2], "eval_tasks": 30,
             "env_kwargs": SMALL_MODEL_WEBSHOP, "warm_start_overrides": CPU_WARM_START, "workers": 2,
-            "out": "runs/cpu"},
+            "mechanism_episodes": 20, "out": "runs/cpu"},
     "quick": {"model": "tiny", "warm_start": False, "envs": ["Lookup", "WebShop"], "budgets": [6, 12],
               "seeds": [0, 1], "eval_tasks": 3, "max_turns": 3, "num_products": 100, "max_new_tokens": 12,
               "group_size": 2, "tasks_per_update": 2, "threads": 1, "bootstrap": 500, "out": "runs/quick",
+              "mechanism_episodes": 2,
               # the model reflector of a random tiny model writes noise: keep it short
               "train_overrides": {"reflector_max_new_tokens": 24, "reflector_retries": 0},
               # with --warm-start: a token warm start (a few demonstrations, no recovery round)
@@ -227,6 +230,8 @@ def build_parser(prog: str = "hero-gym bench") -> argparse.ArgumentParser:
                                                 "per worker (default: CPU cores // workers)")
     ap.add_argument("--workers", type=int, help="training runs in parallel processes (each loads its own model)")
     ap.add_argument("--bootstrap", type=int, help="bootstrap resamples of the paired CI")
+    ap.add_argument("--mechanism-episodes", type=int,
+                    help="episodes of the report's Mechanism section (the probe, docs/probe.md; 0 = none)")
     ap.add_argument("--rollout", choices=["hf", "vllm"],
                     help="who generates rollouts, evaluations and reflections: hf (transformers) or vllm (GPU)")
     ap.add_argument("--eval-slots", type=int, help="evaluation episodes at once (default: all)")

@@ -38,6 +38,10 @@ def test_quick_run_writes_every_output(quick_run):
 
     assert {c["env"] for c in cells} == envs
     assert {c["method"] for c in cells} == set(available_methods())
+    # the Mechanism section: the probe on each env's base model, its files under mechanism/<env>/
+    assert "## Mechanism" in (out / "results.md").read_text()
+    for e in envs:
+        assert (out / "mechanism" / e / "probe.json").exists() and (out / "mechanism" / e / "delta.png").exists()
     budgets = prov["options"]["budgets"]
     for c in cells:
         assert 0.0 <= c["success_rate"] <= 1.0 and c["mean_turns"] >= 1 and c["n_eval_episodes"] > 0
