@@ -172,8 +172,10 @@ def _examples(turns: Sequence[dict], rows: Sequence[str], notes_of: Any, n: int 
 
     picked: list[dict] = []
     pools = {k: [r for r in turns if r["kind"] == k] for k in ("invalid", "wrong", "right")}
+    if not any(pools.values()):   # no oracle comparison possible (e.g. messages only): show unjudged turns
+        pools["unjudged"] = [r for r in turns if r["kind"] == "unjudged"]
     while len(picked) < n and any(pools.values()):
-        for k in ("invalid", "wrong", "right"):
+        for k in pools:
             if pools[k] and len(picked) < n:
                 picked.append(pools[k].pop(len(pools[k]) // 2))
     out = ["# Example turns", ""]
