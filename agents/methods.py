@@ -53,6 +53,7 @@ class NoteOptions:
     min_confidence: Literal["high", "medium", "low"] = "medium"
     target_confidence: tuple[str, ...] = ("high",)
     seed: int = 0   # the derangement of ``hero_shuffled``
+    note_style: str = "no_echo_target"   # HERO note style, see hero_gym.agents.teachers.NOTE_STYLES
 
 
 NoteBuilder = Callable[[Sequence[Episode], "Sequence[Reflection] | None", "SuccessBuffer | None", NoteOptions], Notes]
@@ -107,8 +108,8 @@ def _check_reflections(episodes: Sequence[Episode], reflections: Sequence[Reflec
 
 def _hero_notes(episodes, reflections, buffer, opts) -> Notes:
     reflections = _check_reflections(episodes, reflections)
-    return [[hero_note(r.get(t), min_confidence=opts.min_confidence, target_confidence=opts.target_confidence)
-             for t in range(len(ep.turns))] for ep, r in zip(episodes, reflections)]
+    return [[hero_note(r.get(t), min_confidence=opts.min_confidence, target_confidence=opts.target_confidence,
+                       style=opts.note_style) for t in range(len(ep.turns))] for ep, r in zip(episodes, reflections)]
 
 
 def derangement(n: int, seed: int) -> list[int]:

@@ -36,7 +36,7 @@ from .methods import MethodSpec, NoteOptions, get_method
 from .reflector import LLMReflector, Reflector, RuleReflector
 from .rollout import TOOL_PROMPTS
 from .scoring import TokenLayout, build_layout, student_hidden, teacher_logits_prefix_cache
-from .teachers import SuccessBuffer, TeacherKind, TeacherWeights
+from .teachers import NOTE_STYLES, SuccessBuffer, TeacherKind, TeacherWeights
 
 __all__ = ["TrainConfig", "TrainResult", "EvalResult", "UpdateStats", "train", "evaluate", "update",
            "teacher_contexts_for", "episode_finished"]
@@ -114,8 +114,15 @@ class TrainConfig:
     """HERO diagnoses below this confidence are masked (uninformative notes stay out of the loss)."""
     reflector: Literal["rules", "model", "llm"] | None = None
     """Override the method's reflector (``"llm"`` = ``"model"``: the policy reflects on its episodes)."""
-    reflector_max_new_tokens: int = 768
-    """Generation length of the model reflector (its JSON covers every turn)."""
+    reflector_max_new_tokens: int | None = None
+    """Cap on the model reflector's generation (``None``: none); its budget is
+    ``reflector_tokens_per_turn`` per turn of the episode (+32), see ``reflector.reflection_budget``."""
+    reflector_tokens_per_turn: int = 80
+    """The model reflector's new tokens per turn reviewed (its JSON has one entry per turn)."""
+    note_style: str = "no_echo_target"
+    """HERO note style (:data:`hero_gym.agents.teachers.NOTE_STYLES`): ``no_echo_target`` (default),
+    ``no_echo``, ``target_only``, ``echo_target`` or ``legacy`` (the notes and the model reflector's prompt
+    before issue 23)."""
     reflector_retries: int = 2
     """Bounded retries of the model reflector when too few turns parsed."""
     envfb_max_chars: int = 600
@@ -167,6 +174,8 @@ class TrainConfig:
             raise ValueError("group_size and tasks_per_update must be >= 1")
         if self.reflector not in (None, "rules", "model", "llm"):
             raise ValueError(f"unknown reflector {self.reflector!r}")
+        if self.note_style not in NOTE_STYLES:
+            raise ValueError(f"note_style must be one of {list(NOTE_STYLES)}, got {self.note_style!r}")
         if self.env_pool not in ("inprocess", "subprocess", "ray"):
             raise ValueError(f"env_pool must be 'inprocess', 'subprocess' or 'ray', got {self.env_pool!r}")
         if self.sharding not in ("none", "fsdp"):
@@ -685,12 +694,15 @@ def _make_reflector(spec: MethodSpec, policy: Any, config: TrainConfig) -> Refle
     kind = {"llm": "model"}.get(config.reflector or "", config.reflector) or spec.reflector
     if kind == "rules":
         return RuleReflector()
-    return LLMReflector(policy, max_new_tokens=config.reflector_max_new_tokens, max_retries=config.reflector_retries)
+    return LLMReflector(policy, max_new_tokens=config.reflector_max_new_tokens, max_retries=config.reflector_retries,
+                        tokens_per_turn=config.reflector_tokens_per_turn,
+                        style="legacy" if config.note_style == "legacy" else "current")
 
 
 def _note_options(config: TrainConfig, iteration: int) -> NoteOptions:
     return NoteOptions(envfb_max_chars=config.envfb_max_chars, demo_max_chars=config.demo_max_chars,
-                       min_confidence=config.min_confidence, seed=config.seed * 1_000_003 + iteration)
+                       min_confidence=config.min_confidence, seed=config.seed * 1_000_003 + iteration,
+                       note_style=config.note_style)
 
 
 def _make_envs(config: TrainConfig) -> list[Any]:

@@ -167,7 +167,8 @@ def test_turn_capped_episode_is_not_called_failed():
 def test_function_reflector():
     ep = _ep([("a", None, None, "o")])
     [res] = FunctionReflector(lambda e: {0: TurnReflection("x", "high", {"name": "y"})}).reflect([ep])
-    assert res.to_json() == {"turn1": {"diagnosis": "x", "confidence": "high", "next_action_target": {"name": "y"}}}
+    assert res.to_json() == {"turn1": {"diagnosis": "x", "confidence": "high", "next_action_target": {"name": "y"},
+                                       "target_text": '<tool_call>\n{"name": "y", "arguments": {}}\n</tool_call>'}}
 
 
 # --------------------------------------------------------------------------- scripted experts
@@ -271,7 +272,10 @@ def test_webshop_paging_and_option_clicks_are_not_errors_but_a_missing_option_is
     ep.turns = ep.turns[:opened + 1] + [buy]
     ep.success = False
     refl = RuleReflector().reflect_one(ep)
-    assert refl[len(ep.turns) - 1].verdict == "error" and "without selecting" in refl[len(ep.turns) - 1].diagnosis
+    last = refl[len(ep.turns) - 1]
+    assert last.verdict == "error" and "before selecting" in last.diagnosis and "without selecting" in last.echo_diagnosis
+    missing = last.diagnosis.split("'")[1]      # the first requested option, clicked as the target
+    assert last.target_text == f"click[{missing}]" and last.target_source == "visible"
 
 
 class _Spy(dict):
