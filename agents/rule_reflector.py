@@ -115,6 +115,8 @@ class _WebShop:
 
     def execution_error(self, turn: Turn) -> str | None:
         name = (turn.parsed_action or {}).get("name")
+        if turn.action_error and turn.action_error.get("kind") == "unknown_tool":
+            return "this kind of action is not available on this page"
         if turn.action_error and turn.action_error.get("kind") == "invalid_arguments":
             if name == "click":
                 return "the clicked button is not on this page, so nothing happened"
