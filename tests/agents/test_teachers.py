@@ -168,6 +168,6 @@ def test_note_style_reaches_the_notes_and_the_config():
     cfg = TrainConfig(method="hero", note_style="legacy")
     assert _note_options(cfg, 0).note_style == "legacy"
     assert _make_reflector(cfg.spec, lambda chats: [], cfg).style == "legacy"
-    assert _make_reflector(TrainConfig(method="hero"), lambda chats: [], TrainConfig()).style == "current"
+    assert _make_reflector(TrainConfig().spec, lambda chats: [], TrainConfig()).style == "current"
     with pytest.raises(ValueError):
         TrainConfig(note_style="fancy")
