@@ -104,8 +104,8 @@ def syntax_hint(syntax: str) -> str:
     if syntax == "bracket":
         return ("Actions are written search[<query>] or click[<button text>], exactly as the agent writes them; "
                 "there are no messages.")
-    call = render_action({"name": "<tool name>", "arguments": {"<argument>": "<value>"}}, syntax)
-    return f"A tool call is written exactly as: {call}  A message to the user is its plain text."
+    call = render_action({"name": "<tool name>", "arguments": {"argument": "<value>"}}, syntax)
+    return f"A tool call is written exactly as:\n{call}\nA message to the user is written as its plain text."
 
 
 def render_action(action: dict[str, Any] | None, syntax: str) -> str | None:

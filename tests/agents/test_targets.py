@@ -74,6 +74,7 @@ def test_action_syntax_of_an_episode():
     assert action_syntax(_ep(metadata={"parser": "openai"})) == "openai"
     assert action_syntax(_ep()) == "hermes"
     assert "click[" in syntax_hint("bracket") and "<tool_call>" in syntax_hint("hermes")
+    assert all("None" not in syntax_hint(s) for s in SYNTAXES)
 
 
 # --------------------------------------------------------------------------- WebShop visible pages
