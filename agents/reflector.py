@@ -423,7 +423,7 @@ class LLMReflector:
             prompt before issue 23).
     """
 
-    def __init__(self, generate: Any, *, max_retries: int = 2, min_coverage: float = 0.5,
+    def __init__(self, generate: Any, *, max_retries: int = 1, min_coverage: float = 0.5,
                  max_new_tokens: int | None = None, tokens_per_turn: int = 80, base_tokens: int = 32,
                  temperature: float = 0.3, max_obs_chars: int = 1500, max_system_chars: int | None = None,
                  style: Literal["current", "legacy"] = "current"):

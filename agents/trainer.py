@@ -125,8 +125,9 @@ class TrainConfig:
     """HERO note style (:data:`hero_gym.agents.teachers.NOTE_STYLES`): ``no_echo_target`` (default),
     ``no_echo``, ``target_only``, ``echo_target`` or ``legacy`` (the notes and the model reflector's prompt
     before issue 23)."""
-    reflector_retries: int = 2
-    """Bounded retries of the model reflector when too few turns parsed."""
+    reflector_retries: int = 1
+    """Bounded retries of the model reflector when too few turns parsed (each asks only for the missing
+    turns; one retry keeps a first SmolLM2 run on a CPU to minutes, see ``benchmarks/reflector_speed.py``)."""
     envfb_max_chars: int = 600
     """Env-feedback notes keep this many characters of the next observation."""
     demo_max_chars: int = 2000

@@ -3,8 +3,8 @@
 Collects one batch the way ``train`` does with the README's "Training with HERO" settings (``TrainConfig``
 defaults: 2 tasks x 4 rollouts, 128 new tokens, temperature 1, on ``hero_gym/Lookup-v0``), then times
 :class:`~hero_gym.agents.reflector.LLMReflector` on it twice with the same policy: with the defaults
-(``reflection_budget``: 32 + 80 tokens per turn, retries asking only for the missing turns) and with the
-old flat budget (768 new tokens for every episode). Prints the turns, the budgets, the seconds and the
+(``reflection_budget``: 32 + 80 tokens per turn, one retry asking only for the missing turns) and with
+the old flat budget (768 new tokens for every episode, same retries). Prints the turns, the budgets, the seconds and the
 turns covered.
 
     python benchmarks/reflector_speed.py --model tiny        # a random 2-layer model (seconds)
@@ -32,6 +32,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--skip-old", action="store_true", help="time only the new defaults")
+    ap.add_argument("--retries", type=int, default=None, help="reflector retries (default: TrainConfig's)")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     torch.manual_seed(a.seed)
@@ -55,14 +56,15 @@ def main() -> None:
     if not a.skip_old:
         runs.append(("old flat 768", {"tokens_per_turn": 768, "base_tokens": 0, "max_new_tokens": 768}))
     for label, kw in runs:
-        reflector = LLMReflector(policy, max_retries=cfg.reflector_retries, **kw)
+        retries = cfg.reflector_retries if a.retries is None else a.retries
+        reflector = LLMReflector(policy, max_retries=retries, **kw)
         budgets = [reflection_budget(n, **{k: v for k, v in kw.items()}) for n in turns]
         torch.manual_seed(a.seed)
         t0 = time.perf_counter()
         out = reflector.reflect(episodes)
         dt = time.perf_counter() - t0
         covered = sum(len(r.turns) for r in out)
-        print(f"{label}: budgets={budgets} attempts={[r.attempts for r in out]} reflect={dt:.1f}s "
+        print(f"{label} (retries={retries}): budgets={budgets} attempts={[r.attempts for r in out]} reflect={dt:.1f}s "
               f"turns covered={covered}/{sum(turns)}")
 
 
