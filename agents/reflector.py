@@ -497,10 +497,10 @@ def _as_generate_fn(obj: Any, *, temperature: float) -> GenerateFn:
         from hero_gym.chat import ChatRenderer
 
         from .policy import SamplingConfig
+        from .rollout import policy_context_window
 
         renderer = ChatRenderer(obj.tokenizer, check=False)
-        model_cfg = getattr(getattr(obj, "model", None), "config", None)
-        context = getattr(model_cfg, "max_position_embeddings", None)
+        context = policy_context_window(obj)     # vLLM's max_model_len, or the model's position limit
 
         def call_policy(chats, budgets):
             ctxs = [renderer.prompt_ids(c) for c in chats]
