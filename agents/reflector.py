@@ -47,6 +47,7 @@ __all__ = [
     "Reflector",
     "FunctionReflector",
     "RuleReflector",
+    "VISIBLE_INFO_KEYS",
     "LLMReflector",
     "REFLECTION_RULES",
     "LEGACY_REFLECTION_RULES",
