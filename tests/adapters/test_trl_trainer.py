@@ -319,3 +319,16 @@ def test_docs_example_runs(tool_tokenizer, tmp_path, monkeypatch):
     assert trainer.state.global_step == trainer.args.max_steps
     rows = [r for r in trainer.state.log_history if "hero/distill_loss" in r]
     assert rows and all("rewards/Lookup_v0/mean" in r for r in rows)
+
+
+def test_behaviour_logprobs_prefer_the_sampler(tool_tokenizer, tmp_path):
+    trainer = _trainer(tool_tokenizer, tmp_path)
+    ids = [[1, 2, 3], [4, 5]]
+    old = {"old_per_token_logps": torch.tensor([[-1.0, -2.0, -3.0], [-4.0, -5.0, 0.0]])}
+    vllm = trainer._behaviour_logprobs([[-0.1, None, -0.3], [-0.4, -0.5]], old, ids)   # vLLM's, NaN where unscored
+    assert vllm[0][0] == -0.1 and math.isnan(vllm[0][1]) and vllm[1] == [-0.4, -0.5]
+    assert trainer._behaviour_logprobs(None, old, ids) == [[-1.0, -2.0, -3.0], [-4.0, -5.0]]
+    assert trainer._behaviour_logprobs(None, {}, ids) is None          # on-policy: weight 1
+    trainer.temperature = 0.7
+    with pytest.warns(UserWarning, match="temperature"):
+        assert trainer._behaviour_logprobs([[-0.1, -0.2, -0.3]], old, ids) is None
