@@ -24,6 +24,9 @@ the model as a tool error; the reward is already fixed. :func:`task_dataset` bui
 system prompt and one row per task index) and :func:`env_reward` is the reward function for those who prefer
 ``reward_funcs`` (then pass ``owns_reward=False``). With ``url=`` both play an env served by ``hero-gym serve``
 (one HTTP session per instance) instead of an in-process one.
+
+:class:`HEROTrainer` and :class:`HEROConfig` (a ``GRPOTrainer`` that trains with hero-gym's per-turn
+self-distillation on these envs; :mod:`hero_gym.adapters.trl_trainer`, docs/trl.md) are importable from here too.
 """
 
 from __future__ import annotations

@@ -396,5 +396,7 @@ def _chunked_surrogate(hidden: torch.Tensor, head: Any, loss_fn: Any, chunk: int
         value = val.detach() if value is None else value + val.detach()
     if value is None:
         return None
-    surrogate = (hidden * g_h).sum() + sum(((p * g).sum() for p, g in zip(params, g_p)), torch.zeros((), device=leaf.device))
+    surrogate = (hidden * g_h).sum()
+    for p, g in zip(params, g_p):
+        surrogate = surrogate + (p * g).sum()
     return surrogate - surrogate.detach() + value
