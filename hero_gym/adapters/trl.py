@@ -43,8 +43,9 @@ import hero_gym
 from hero_gym.core import TextMessage
 from hero_gym.tools import ToolCall, ToolSpec
 
-__all__ = ["EnvStep", "HEROConfig", "HEROTrainer", "HeroGymTRLEnv", "env_reward", "environment_factory",
-           "schema_to_annotation", "task_dataset"]
+__all__ = ["EnvStep", "HeroGymTRLEnv", "env_reward", "environment_factory", "schema_to_annotation", "task_dataset"]
+# HEROTrainer and HEROConfig are attributes too (module __getattr__ below), left out of __all__ so that a star import
+# does not pull in torch and trl.
 
 MESSAGE_TOOL = "respond"   # tau-bench's name for a message to the user (RESPOND_ACTION_NAME in tau_bench/types.py)
 _RESERVED = {"reset", "get_reward"}

@@ -332,3 +332,20 @@ def test_behaviour_logprobs_prefer_the_sampler(tool_tokenizer, tmp_path):
     trainer.temperature = 0.7
     with pytest.warns(UserWarning, match="temperature"):
         assert trainer._behaviour_logprobs([[-0.1, -0.2, -0.3]], old, ids) is None
+
+
+def test_grpo_weight_blends_trls_own_grpo_loss(tool_tokenizer, tmp_path, monkeypatch):
+    trainer = _trainer(tool_tokenizer, tmp_path, seed=3, grpo_weight=0.25)
+    _perturb(trainer.model, 1)
+    fixed = _fixed_rollouts(trainer)
+    seen = []
+
+    def trl_grpo(model, inputs):   # stands in for GRPOTrainer._compute_loss (its own tests cover it)
+        seen.append(inputs)
+        return torch.tensor(2.0, requires_grad=True)
+
+    monkeypatch.setattr(trainer, "_compute_loss", trl_grpo)
+    total = float(_trl_side(trainer, fixed, NOTES))
+    distill, value = trainer.hero_distill_loss(trainer.model, [0, 1])
+    assert len(seen) == 1 and "hero_index" in seen[0]
+    assert total == pytest.approx(0.75 * value + 0.25 * 2.0, abs=1e-6) and value > 0
