@@ -10,7 +10,8 @@ Tested with ``trl==1.16.0`` (the version in the locked test set). One training s
    ``tool_mask`` and turned into a hero-gym :class:`~hero_gym.records.Episode`, one turn per reply, with the exact
    context ids the model saw and the sampled ids (:mod:`hero_gym.adapters.trl_episodes`).
 3. **Notes** from hero-gym's method registry (:mod:`hero_gym.agents.methods`): ``hero_rules``, ``envfb_sd``,
-   ``full_demo``, ``hero`` (the model reflector, generating through the trainer's own model), ``hero_shuffled``.
+   ``full_demo``, ``hero`` (the model reflector, generating through the trainer's own model), and the shuffled
+   ablations ``hero_shuffled`` / ``hero_rules_shuffled``.
    Turn ``t``'s note goes into turn ``t``'s context only, right before that turn's action
    (``ChatRenderer.note_ids``), exactly as in :func:`hero_gym.agents.trainer.train`.
 4. **Loss**: the teacher (by default the EMA of the trainable weights, rate 0.05 as in SDPO, updated after
@@ -18,8 +19,8 @@ Tested with ``trl==1.16.0`` (the version in the locked test set). One training s
    (:func:`hero_gym.agents.scoring.teacher_logits_prefix_cache`); the loss is hero-gym's generalised JSD over the
    student's top-k tokens plus a tail bucket, weighted by importance ratios clipped at ``is_clip``, on model
    tokens only, averaged over the distilled tokens of the whole generation batch. It is computed by the very
-   functions :func:`hero_gym.agents.trainer.update` runs (``_plan_losses`` and ``_chunk_loss``), so the two
-   implementations cannot drift (``tests/adapters/test_trl_trainer.py`` checks equality to 1e-5).
+   functions :func:`hero_gym.agents.update.update` runs (``_plan_losses``, ``_teacher_scores``, ``_chunk_loss``),
+   so the two implementations cannot drift (``tests/adapters/test_trl_trainer.py`` checks equality to 1e-5).
    ``grpo_weight = w > 0`` blends in TRL's own GRPO loss: ``(1 - w) L_distill + w L_grpo``; ``method="grpo"`` is
    plain ``GRPOTrainer``.
 
@@ -47,10 +48,10 @@ from trl.models.utils import unwrap_model_for_generation
 
 from hero_gym.adapters.trl_episodes import rollout_to_episode
 from hero_gym.agents.methods import get_method
-from hero_gym.agents.scoring import build_layout, student_hidden, teacher_logits_prefix_cache
+from hero_gym.agents.scoring import build_layout, student_hidden
 from hero_gym.agents.teachers import SuccessBuffer, TeacherWeights
-from hero_gym.agents.trainer import (TrainConfig, _chunk_loss, _make_reflector, _micro_batches, _note_options,
-                                     _plan_losses, _TokenBatch, teacher_contexts_for)
+from hero_gym.agents.trainer import TrainConfig, _make_reflector, _note_options, reflect
+from hero_gym.agents.update import _chunk_loss, _micro_batches, _plan_losses, _teacher_scores, teacher_contexts_for
 from hero_gym.chat import ChatRenderer
 from hero_gym.records import Episode
 
@@ -65,8 +66,9 @@ class HEROConfig(GRPOConfig):
     :class:`hero_gym.agents.trainer.TrainConfig`; ``distill_topk`` is ``TrainConfig.topk``, since ``top_k`` is TRL's
     sampling setting). Every ``GRPOConfig`` field works as in TRL (generation, vLLM, batch sizes, logging)."""
 
-    method: str = field(default="hero", metadata={"help": "hero-gym method: hero, hero_rules, hero_shuffled, "
-                                                            "envfb_sd, full_demo or grpo."})
+    method: str = field(default="hero", metadata={"help": "A hero-gym method (agents/methods.py): hero, hero_rules, "
+                                                            "hero_shuffled, hero_rules_shuffled, envfb_sd, full_demo, "
+                                                            "grpo."})
     distill_loss: Literal["jsd", "forward_kl", "reverse_kl", "sampled"] = field(
         default="jsd", metadata={"help": "Per-token divergence (TrainConfig.loss)."})
     jsd_alpha: float = field(default=0.5, metadata={"help": "Generalised JSD interpolation weight."})
@@ -273,8 +275,9 @@ class HEROTrainer(GRPOTrainer):
         return episodes
 
     def hero_notes(self, episodes: list[Episode]) -> list[list[str | None]]:
-        """Per-turn notes by the method registry (reflections first for the HERO methods)."""
-        reflections = self.hero_reflector.reflect(episodes) if self.hero_reflector is not None else None
+        """Per-turn notes by the method registry (reflections first for the HERO methods; a model reflector's
+        diagnoses that copy a later turn are dropped, as in hero-gym's trainer)."""
+        reflections, _dropped = reflect(self.hero_reflector, episodes)
         notes = self.hero_spec.notes(episodes, reflections, self.hero_success_buffer,
                                      _note_options(self.hero_config, self.state.global_step))
         self.hero_success_buffer.add(episodes)
@@ -337,16 +340,12 @@ class HEROTrainer(GRPOTrainer):
         plan.distill_denom = batch.distill_tokens
         pad = self.hero_policy.pad_token_id
         micro = list(_micro_batches(layout, cfg.micro_batch_episodes))
-        teacher_logits = []
-        with torch.no_grad(), self.hero_teacher.active():   # every teacher pass before any student graph exists
-            for cidx, _ in micro:
-                teacher_logits.append(teacher_logits_prefix_cache(
-                    model, eps, plan.teacher_contexts, layout, chain_indices=cidx, pad_id=pad, as_hidden=True)[0])
+        # every teacher pass before any student graph exists (the EMA swap writes into the weights in place)
+        scored = [_teacher_scores(model, self.hero_teacher, eps, layout, plan, cidx, tok, pad, cfg)
+                  for cidx, tok in micro]
         sums = {"distill": 0.0, "grpo": 0.0}
         total = None
-        for (cidx, tok), t_logits in zip(micro, teacher_logits):
-            tb = _TokenBatch(layout.action_ids[tok], layout.behaviour_logprobs[tok], plan.distill_mask[tok],
-                             plan.grpo_mask[tok], plan.advantages[tok], t_logits, None)
+        for (cidx, _tok), tb in zip(micro, scored):
             hidden, head = student_hidden(model, eps, layout, chain_indices=cidx, pad_id=pad)
             part = _chunked_surrogate(hidden, head, lambda sl, z, tb=tb: _chunk_loss(sl, z, tb, plan, cfg, sums),
                                       cfg.loss_chunk_tokens)
@@ -373,7 +372,7 @@ class HEROTrainer(GRPOTrainer):
 def _chunked_surrogate(hidden: torch.Tensor, head: Any, loss_fn: Any, chunk: int) -> torch.Tensor | None:
     """A tensor equal in value to ``sum_chunks loss_fn(slice, head(hidden[slice]))`` whose gradient is that sum's.
 
-    Like :func:`hero_gym.agents.trainer._chunked_backward`, the vocabulary-sized logits exist one chunk at a time:
+    Like :func:`hero_gym.agents.update._chunked_backward`, the vocabulary-sized logits exist one chunk at a time:
     each chunk's gradient w.r.t. the hidden states (and the output head's weights) is taken at once, and the
     returned surrogate ``<hidden, g_h> + sum_p <p, g_p>`` (value corrected to the loss) carries exactly those
     gradients into TRL's own ``backward`` (gradient accumulation, clipping and the optimizer stay TRL's)."""

@@ -24,7 +24,8 @@ from hero_gym.agents.models import load_default_tokenizer, tiny_model  # noqa: E
 from hero_gym.agents.policy import HFPolicy  # noqa: E402
 from hero_gym.agents.reflector import FunctionReflector, TurnReflection  # noqa: E402
 from hero_gym.agents.teachers import TeacherWeights  # noqa: E402
-from hero_gym.agents.trainer import TrainConfig, update  # noqa: E402
+from hero_gym.agents.trainer import TrainConfig  # noqa: E402
+from hero_gym.agents.update import update  # noqa: E402
 from hero_gym.records import Episode, Turn  # noqa: E402
 
 os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
@@ -292,9 +293,9 @@ def test_hero_and_shuffled_notes_come_from_the_registry(tool_tokenizer, tmp_path
         got[method] = trainer.hero_notes(trainer.hero_episodes(*fixed[:6], fixed[6]))
     assert [[n.splitlines()[-1] for n in row] for row in got["hero"]] == [["diag 0.0", "diag 0.1", "diag 0.2"],
                                                                           ["diag 1.0", "diag 1.1"]]
-    # two episodes: each gets the other's diagnosis of the same turn (none for turn 2 of the shorter one)
+    # two episodes of two tasks: each gets the other's diagnoses, in order and repeated (methods.shuffled_notes)
     assert [[n and n.splitlines()[-1] for n in row] for row in got["hero_shuffled"]] == \
-        [["diag 1.0", "diag 1.1", None], ["diag 0.0", "diag 0.1"]]
+        [["diag 1.0", "diag 1.1", "diag 1.0"], ["diag 0.0", "diag 0.1"]]
 
 
 def test_config_errors(tmp_path, tool_tokenizer):
