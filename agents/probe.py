@@ -82,6 +82,7 @@ class ProbeConfig:
     max_turns: int | None = 8
     tool_prompt: str = "compact"
     model_reflector_episodes: int = 4   # episodes the (slow) model reflector diagnoses (0 = none)
+    note_styles: list[str] = field(default_factory=list)   # extra HERO (rules) rows, one per note style (issue 23)
     reflector_max_new_tokens: int = 768
     n_boot: int = 2000
     group_tokens: int = 384
@@ -235,7 +236,7 @@ def _context_free(length: int) -> str:
 def probe_notes(episodes: Sequence[Episode], methods: Sequence[str], *, rule_reflections: Sequence[Any],
                 model_reflections: dict[int, Any] | None = None, demos: Sequence[Episode] = (),
                 oracle_texts: Sequence[Sequence[str | None]] | None = None, parser: str = "hermes",
-                seed: int = 0) -> dict[str, list[list[str | None]]]:
+                seed: int = 0, note_styles: Sequence[str] = ()) -> dict[str, list[list[str | None]]]:
     """The note of every probed row for every turn (``None`` = masked), keyed by row name.
 
     Methods' rows come from the registry with the trainer's default :class:`NoteOptions`; methods whose
@@ -264,6 +265,9 @@ def probe_notes(episodes: Sequence[Episode], methods: Sequence[str], *, rule_ref
             rows[m] = notes
         else:
             rows[m] = build_notes(m, episodes, reflections=rule_reflections, success_buffer=buffer, options=opts)
+    for style in note_styles:   # HERO (rules) in another note style (teachers.NOTE_STYLES), e.g. "legacy"
+        rows[f"hero_rules:{style}"] = build_notes("hero_rules", episodes, reflections=rule_reflections,
+                                                  options=NoteOptions(seed=seed, note_style=style))
     if "hero_rules_shuffled" not in rows:   # the control: the registry's shuffled rule diagnoses
         rows["hero_rules_shuffled"] = build_notes("hero_rules_shuffled", episodes, reflections=rule_reflections,
                                                   options=opts)
@@ -362,7 +366,8 @@ def run_probe(model: Any, tokenizer: Any, cfg: ProbeConfig, *, progress: bool = 
         model_refl = dict(zip(idx, refl))
     seconds["reflect"] = time.perf_counter() - t1
     notes = probe_notes(episodes, cfg.methods, rule_reflections=rule, model_reflections=model_refl, demos=demos,
-                        oracle_texts=oracle_texts if has_oracle else None, parser=parser, seed=cfg.seed)
+                        oracle_texts=oracle_texts if has_oracle else None, parser=parser, seed=cfg.seed,
+                        note_styles=cfg.note_styles)
     if not has_oracle:
         for r in ("oracle_target", "oracle_target_json"):
             notes.pop(r, None)

@@ -64,6 +64,8 @@ def build_parser(prog: str = "hero-gym probe") -> argparse.ArgumentParser:
     p.add_argument("--tool-prompt", choices=["compact", "full"], default="compact")
     p.add_argument("--model-reflector-episodes", type=int, default=4,
                    help="episodes the model reflector diagnoses (slow on a CPU; 0 = skip HERO's model rows)")
+    p.add_argument("--note-styles", nargs="*", default=[], help="extra HERO (rules) rows in these note styles "
+                   "(hero_gym.agents.teachers.NOTE_STYLES, e.g. legacy no_echo target_only)")
     p.add_argument("--bootstrap", type=int, default=2000)
     p.add_argument("--device", default=None)
     p.add_argument("--threads", type=int, default=None, help="torch threads")
@@ -130,7 +132,8 @@ def main(argv: Sequence[str] | None = None, parser: Any = None) -> int:
     cfg = ProbeConfig(env_id=a.env_id, env_kwargs=env_kwargs, methods=methods, episodes=a.episodes, seed=a.seed,
                       split=split, skip_tasks=skip, temperature=a.temperature, max_new_tokens=a.max_new_tokens,
                       max_turns=a.max_turns, tool_prompt=a.tool_prompt,
-                      model_reflector_episodes=a.model_reflector_episodes, n_boot=a.bootstrap)
+                      model_reflector_episodes=a.model_reflector_episodes, n_boot=a.bootstrap,
+                      note_styles=list(a.note_styles))
     res = run_probe(model, tok, cfg, progress=True)
     if a.out:   # the rollouts, for audit and reuse
         from pathlib import Path

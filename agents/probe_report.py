@@ -89,7 +89,8 @@ def summarise(turns: Sequence[dict], rows: Sequence[str], *, n_boot: int = 2000,
         out["quotes"][row] = {q: _est(turns, row, "d_action", n_boot, seed, WRONG,
                                       lambda r, c, q=q: c["quotes"] == (q == "quotes")).to_dict()
                               for q in ("quotes", "does_not_quote")}
-    for a, b in PAIRS + [("full_demo", None)]:
+    styles = [(r, "envfb_sd") for r in rows if r.startswith("hero_rules:")]   # note-style variants (issue 23)
+    for a, b in PAIRS + styles + [("full_demo", None)]:
         if a not in rows or (b is not None and b not in rows):
             continue
         if b is None:   # full demo - no note: the no-note Δ is 0 by definition

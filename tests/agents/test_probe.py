@@ -199,9 +199,14 @@ def test_probe_notes_use_the_registry_and_add_the_controls(smol_tokenizer):
         eps.append(ep)
     rule = RuleReflector().reflect(eps)
     oracle = [['<tool_call>{"name": "lookup", "arguments": {"key": "apple"}}</tool_call>'] * 2 for _ in eps]
-    rows = probe_notes(eps, ["grpo", "envfb_sd", "hero_rules"], rule_reflections=rule, oracle_texts=oracle)
+    rows = probe_notes(eps, ["grpo", "envfb_sd", "hero_rules"], rule_reflections=rule, oracle_texts=oracle,
+                       note_styles=["legacy"])
     assert "grpo" not in rows
     assert rows["hero_rules"] == build_notes("hero_rules", eps, reflections=rule, options=NoteOptions())
+    assert rows["hero_rules:legacy"] == build_notes("hero_rules", eps, reflections=rule,
+                                                    options=NoteOptions(note_style="legacy"))
+    assert rows["hero_rules_shuffled"] == build_notes("hero_rules_shuffled", eps, reflections=rule,
+                                                      options=NoteOptions())
     assert rows["envfb_sd"] == build_notes("envfb_sd", eps, options=NoteOptions())
     assert all("Better action: <tool_call>" in n for row in rows["oracle_target"] for n in row)
     assert all('Better action: {"name": "lookup"' in n for row in rows["oracle_target_json"] for n in row)
