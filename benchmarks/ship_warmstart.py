@@ -43,4 +43,9 @@ def main(argv: list[str] | None = None) -> Path:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except KeyboardInterrupt:
+        print("ship_warmstart.py: interrupted; the warm start keeps its checkpoint: run the same command again "
+              "to continue", file=sys.stderr)
+        sys.exit(130)
