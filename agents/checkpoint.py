@@ -6,15 +6,19 @@ Layout of ``checkpoint_dir``::
     checkpoint.pt                    resume state (atomic): trainable weights, optimiser, teacher EMA,
                                      success buffer, RNG states, counters
     episodes.jsonl / metrics.jsonl   one line per training episode / per iteration
-    snapshots/turns_<T:07d>/         the trainable weights after the optimizer step that brought the
+    snapshots/turns_<T:07d>/         the trainable weights at the end of the iteration that brought the
         weights.safetensors          run to T training turns (``turns_0000000`` = the starting weights),
-        snapshot.json                with {turns, episodes, optimizer_steps, tokens_trained}
+        snapshot.json                with {turns, episodes, optimizer_steps, tokens_trained}; an
+                                     iteration without an optimizer step writes only snapshot.json,
+                                     with ``weights_of`` naming the snapshot whose weights it has
 
 A killed run resumes from ``checkpoint.pt``: the JSONL logs are cut back to the lines the checkpoint
 covers and later snapshots are removed, so nothing is lost or logged twice.
 
-Nested budgets: one run to the largest budget serves every smaller one — evaluate, for budget ``B``,
-the snapshot with the largest ``T <= B`` (:func:`snapshot_for_budget`).
+Nested budgets: one run to the largest budget serves every smaller one — the model at budget ``B`` is
+the **first snapshot at or past B** (:func:`snapshot_for_budget`): budgets count whole batches, so the
+batch that crosses ``B`` belongs to it (the trainer starts a batch while fewer than its budget's turns
+are spent), and the top budget evaluates the run's final weights.
 """
 
 from __future__ import annotations
@@ -70,17 +74,24 @@ def _load_trainable(model: Any, state: dict[str, torch.Tensor]) -> None:
             params[n].copy_(v.to(params[n].device))
 
 
-def save_snapshot(policy: Any, checkpoint_dir: str | Path, counters: RunCounters) -> Path:
-    """Write the trainable weights and ``counters`` to ``snapshots/turns_<T:07d>/`` (T = ``counters.turns``)."""
+def save_snapshot(policy: Any, checkpoint_dir: str | Path, counters: RunCounters, *,
+                  weights_of: int | None = None) -> Path:
+    """Write the trainable weights and ``counters`` to ``snapshots/turns_<T:07d>/`` (T = ``counters.turns``).
+
+    ``weights_of``: the turns of an earlier snapshot whose weights these are (no optimizer step since):
+    only the metadata is written, pointing at it."""
     from safetensors.torch import save_file
 
     path = Path(checkpoint_dir) / "snapshots" / f"turns_{counters.turns:07d}"
     tmp = path.with_name(path.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    save_file(_trainable_state(policy.model), str(tmp / SNAPSHOT_WEIGHTS))
-    meta = {"turns": counters.turns, "episodes": counters.episodes,
-            "optimizer_steps": counters.optimizer_steps, "tokens_trained": counters.tokens_trained}
+    meta: dict[str, Any] = {"turns": counters.turns, "episodes": counters.episodes,
+                            "optimizer_steps": counters.optimizer_steps, "tokens_trained": counters.tokens_trained}
+    if weights_of is None:
+        save_file(_trainable_state(policy.model), str(tmp / SNAPSHOT_WEIGHTS))
+    else:
+        meta["weights_of"] = f"turns_{weights_of:07d}"
     (tmp / SNAPSHOT_META).write_text(json.dumps(meta))
     shutil.rmtree(path, ignore_errors=True)
     os.replace(tmp, path)
@@ -100,11 +111,14 @@ def list_snapshots(checkpoint_dir: str | Path) -> dict[int, Path]:
 
 
 def snapshot_for_budget(checkpoint_dir: str | Path, budget: int) -> Path:
-    """The snapshot a run had at ``budget`` training turns: the one with the largest ``T <= budget``."""
-    fitting = [p for t, p in list_snapshots(checkpoint_dir).items() if t <= budget]
-    if not fitting:
-        raise FileNotFoundError(f"no snapshot with <= {budget} turns under {checkpoint_dir}")
-    return fitting[-1]
+    """The model a run had at ``budget`` training turns: the first snapshot at or past ``budget`` (the end of
+    the whole batch that reached it). ``FileNotFoundError`` when the run stopped before ``budget``."""
+    snaps = list_snapshots(checkpoint_dir)
+    reached = [p for t, p in snaps.items() if t >= budget]
+    if not reached:
+        raise FileNotFoundError(f"no snapshot at or past {budget} turns under {checkpoint_dir} "
+                                f"(the run has {sorted(snaps)})")
+    return reached[0]
 
 
 def load_snapshot(policy: Any, path: str | Path) -> dict[str, Any]:
@@ -112,8 +126,16 @@ def load_snapshot(policy: Any, path: str | Path) -> dict[str, Any]:
     from safetensors.torch import load_file
 
     path = Path(path)
-    _load_trainable(policy.model, load_file(str(path / SNAPSHOT_WEIGHTS)))
-    return json.loads((path / SNAPSHOT_META).read_text())
+    meta = json.loads((path / SNAPSHOT_META).read_text())
+    weights, m, seen = path, meta, {path.name}
+    while "weights_of" in m:   # an iteration without a step: the weights are an earlier snapshot's
+        weights = path.parent / m["weights_of"]
+        if weights.name in seen:
+            raise ValueError(f"snapshot {path} points at its own weights in a cycle")
+        seen.add(weights.name)
+        m = json.loads((weights / SNAPSHOT_META).read_text())
+    _load_trainable(policy.model, load_file(str(weights / SNAPSHOT_WEIGHTS)))
+    return meta
 
 
 # --------------------------------------------------------------------------- resume state and logs

@@ -1,15 +1,18 @@
-"""The HERO training loop (and its baselines), readable top to bottom: config -> train -> update -> helpers.
+"""The HERO training loop (and its baselines), readable top to bottom: config -> train -> helpers.
 
 One iteration of :func:`train`::
 
-    episodes = collect(policy, envs, tasks x group_size)     # token-exact rollouts; a whole batch
-    reflections = reflector.reflect(episodes)                # methods with a reflector: hindsight per turn
-    notes = method.notes(episodes, reflections, ...)         # the only difference between the methods
-    update(policy, optimizer, episodes, notes, config)       # teacher scores the student's tokens; one step
-    log episodes + metrics; snapshot; checkpoint             # resumable; nested budgets from snapshots
+    episodes = collect_batch(...)                    # token-exact rollouts of tasks x group_size: a whole batch
+    reflections = reflect(...)                       # methods with a reflector: hindsight per turn
+    notes = make_notes(...)                          # the only difference between the methods
+    batch = whole_batch(...)                         # under torch.distributed: every rank's episodes
+    stats = update(policy, optimizer, notes, ...)    # teacher scoring -> loss -> one optimizer step
+    run.record(batch, stats, ...)                    # counters, logs, snapshot, checkpoint
 
-The methods live in :mod:`hero_gym.agents.methods` (``METHODS``). Training cost is counted in
-**environment turns**, the resource the HERO claim is about.
+:func:`~hero_gym.agents.update.update` does the step (its loss is
+:func:`~hero_gym.agents.update.distillation_loss` and GRPO's surrogate). The methods live in
+:mod:`hero_gym.agents.methods` (``METHODS``). Training cost is counted in **environment turns**, the
+resource the HERO claim is about.
 """
 
 from __future__ import annotations
@@ -18,25 +21,24 @@ import contextlib
 import random
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from hero_gym.records import Episode
 
 from . import distributed as D
-from . import losses as L
-from .checkpoint import RunCounters, RunFiles, save_snapshot
-from .methods import MethodSpec, NoteOptions, get_method
-from .reflector import LLMReflector, Reflector, RuleReflector
+from .checkpoint import RunCounters, RunFiles, list_snapshots, save_snapshot
+from .future_guard import drop_future_copies
+from .methods import ExpertDemos, MethodSpec, NoteOptions, Notes, get_method
+from .reflector import LLMReflector, Reflection, Reflector, RuleReflector
 from .rollout import TOOL_PROMPTS
-from .scoring import TokenLayout, build_layout, student_hidden, teacher_logits_prefix_cache
 from .teachers import SuccessBuffer, TeacherKind, TeacherWeights
+from .update import UpdateStats, episode_finished, teacher_contexts_for, update
 
 __all__ = ["TrainConfig", "TrainResult", "EvalResult", "UpdateStats", "train", "evaluate", "update",
            "teacher_contexts_for", "episode_finished"]
@@ -69,9 +71,9 @@ class TrainConfig:
     than ``turn_budget`` turns are spent and always runs to the end, so no training episode is cut by the
     budget (the last batch may overshoot; every snapshot records the turns actually spent)."""
     max_turns: int | None = None
-    """Per-episode turn cap (``None`` = the env's). Episodes it cuts (truncated), like those cut by the
-    context window or an env error, are *unfinished*: they get no GRPO advantage (not counted as
-    failures) and reflectors do not call them failed; their per-turn notes still train."""
+    """Per-episode turn cap (``None`` = the env's). An episode it truncates keeps its env reward and
+    enters GRPO (:func:`episode_finished`); only episodes cut by the context window or an env error get
+    no GRPO advantage. Every method's per-turn notes train on all of them."""
     tasks_per_update: int = 2
     """Distinct tasks per batch."""
     group_size: int = 4
@@ -121,7 +123,12 @@ class TrainConfig:
     envfb_max_chars: int = 600
     """Env-feedback notes keep this many characters of the next observation."""
     demo_max_chars: int = 2000
-    """Full-demo notes keep this many characters of the demonstration."""
+    """Full-demo notes keep this many characters of the demonstration (Tau-bench's need more: the bench
+    raises it there)."""
+    demo_fallback: bool = True
+    """Full-demo: when no episode of a task succeeded (in the batch or before), show the env expert's
+    demonstration of that same training task (:class:`~hero_gym.agents.methods.ExpertDemos`; envs without
+    an expert have no fallback). ``demo_notes`` / ``demo_from_expert`` in the metrics count how often."""
 
     # --- GRPO (method grpo, or blended into a distillation method)
     grpo_weight: float = 0.0
@@ -184,29 +191,6 @@ class TrainConfig:
 
 
 @dataclass
-class UpdateStats:
-    """What one :func:`update` did (also part of a ``metrics.jsonl`` row).
-
-    ``stepped``: an optimizer step was taken (not when no token carried a training signal);
-    ``tokens_trained``: action tokens that entered a loss with a non-zero signal; ``distill_tokens``:
-    action tokens of turns with a teacher note; ``grpo_tokens``: action tokens of finished episodes.
-    """
-
-    stepped: bool
-    tokens_trained: int
-    loss: float
-    distill_loss: float | None
-    grpo_loss: float | None
-    distill_tokens: int
-    grpo_tokens: int
-    action_tokens: int
-    masked_turns: int
-    scored_turns: int
-    grad_norm: float
-    seconds: dict[str, float] = field(default_factory=dict)
-
-
-@dataclass
 class TrainResult:
     """Returned by :func:`train`."""
 
@@ -252,6 +236,7 @@ class EvalResult:
                 f"n_episodes={len(self.episodes)})")
 
 
+
 # ======================================================================================
 # train
 # ======================================================================================
@@ -274,385 +259,191 @@ def train(
 
     With ``config.checkpoint_dir``: episodes and metrics are appended to JSONL logs, the resume checkpoint
     is rewritten atomically after every iteration, and the trainable weights are snapshotted to
-    ``snapshots/turns_<T>/`` before the first update and after every optimizer step
-    (:mod:`hero_gym.agents.checkpoint`).
+    ``snapshots/turns_<T>/`` before the first update and after every iteration (an iteration without an
+    optimizer step points at the previous snapshot's weights; :mod:`hero_gym.agents.checkpoint`).
     """
-    spec = config.spec
-    model = policy.model
-    if config.sharding == "fsdp":   # refused before anything is written
-        D.require_process_group("sharding='fsdp'")
-        if rollout_policy is not None:
-            raise ValueError("sharding='fsdp' cannot hand its adapter to a rollout_policy")
-    _seed_everything(config.seed)
-    params = [p for p in model.parameters() if p.requires_grad]
-    if not params:
-        raise ValueError("the policy has no trainable parameters")
-    files = RunFiles(config.checkpoint_dir) if config.checkpoint_dir else None
-    resuming = files is not None and config.resume and files.has_checkpoint()
-    main = D.is_main()   # under torch.distributed only rank 0 writes files; every rank reads a checkpoint
-    if config.reset_lora and not resuming:
-        _reset_lora(model, config.seed)
-    optimizer = optimizer or torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
-    teacher = TeacherWeights(model, config.teacher, config.ema_rate)
-    buffer = SuccessBuffer()
-    reflector = reflector or _make_reflector(spec, policy, config)
-    counters, metrics, resumed_from = RunCounters(), [], 0
-    if resuming:
-        counters, metrics = files.restore(model=model, optimizer=optimizer, teacher=teacher, buffer=buffer)
-        if main:
-            files.write_config(config)
-        resumed_from = counters.iterations
-    elif files is not None and main:
-        files.start_fresh(config)
-        save_snapshot(policy, files.dir, counters)        # budget 0: the starting weights
-    D.broadcast_parameters(model)                         # every rank starts from rank 0's weights
-    if config.sharding == "fsdp":                         # after restoring: full state in, shards out
-        D.fsdp_shard(model, optimizer=optimizer, teacher=teacher,
-                     mixed_precision=None if config.mixed_precision == "none" else config.mixed_precision)
-    if rollout_policy is not None:
-        _hand_over_adapter(policy, rollout_policy, files)
-
-    envs = _make_envs(config)
-    bar = _progress_bar(config, counters.turns) if main else None
+    run = _Run.start(policy, config, reflector, optimizer, rollout_policy)
     try:
-        while counters.turns < config.turn_budget and (config.max_updates is None
-                                                       or counters.iterations < config.max_updates):
+        while run.budget_left():
             t0 = time.perf_counter()
-            with D.gathered(model):   # FSDP: whole weights for generation (no-op otherwise)
-                episodes = _collect_batch(rollout_policy or policy, envs, config, counters.iterations)
+            with D.gathered(policy.model):   # FSDP: whole weights for generation (no-op otherwise)
+                episodes = collect_batch(rollout_policy or policy, run.envs, config, run.counters.iterations)
                 if not D.global_counts([len(episodes)])[0]:
                     break
                 t_collect = time.perf_counter() - t0
-                reflections = reflector.reflect(episodes) if reflector is not None else None
-            notes = spec.notes(episodes, reflections, buffer, _note_options(config, counters.iterations))
-            if D.world_size() > 1:   # this rank's share above; the whole batch (every rank's) below
-                if reflections is not None:
-                    for ep, r in zip(episodes, reflections):
-                        ep.metadata["reflection"] = r.to_json()
-                local, episodes, reflections = episodes, D.gather(episodes), None
-            else:
-                local = episodes
-            buffer.add(episodes)
+                reflections, guard = reflect(run.reflector, episodes)
+            notes, note_counts = make_notes(config.spec, episodes, reflections, run, guard)
+            batch = whole_batch(episodes, reflections)
+            run.buffer.add(batch.episodes)
             t_notes = time.perf_counter() - t0 - t_collect
-            stats = update(policy, optimizer, local, notes, config, teacher=teacher)
-            counters.iterations += 1
-            counters.optimizer_steps += int(stats.stepped)
-            counters.tokens_trained += stats.tokens_trained
-            counters.turns += sum(len(ep.turns) for ep in episodes)
-            counters.episodes += len(episodes)
-            counters.successes += sum(ep.success for ep in episodes)
-            if rollout_policy is not None and stats.stepped:
-                _hand_over_adapter(policy, rollout_policy, files)
-            row = _metrics_row(counters, episodes, stats,
-                               {"collect": t_collect, "notes": t_notes, "iteration": time.perf_counter() - t0})
-            metrics.append(row)
-            with D.full_state(model, optimizer, teacher) if files is not None else contextlib.nullcontext():
-                if files is not None and main:   # FSDP: every rank gathered the full state above
-                    for i, ep in enumerate(episodes):
-                        ep.metadata["train_iteration"] = counters.iterations
-                        if reflections is not None:
-                            ep.metadata["reflection"] = reflections[i].to_json()
-                    files.log(episodes, row)
-                    if stats.stepped:
-                        save_snapshot(policy, files.dir, counters)
-                    files.save(model=model, optimizer=optimizer, teacher=teacher, buffer=buffer, counters=counters)
-            if bar is not None:
-                bar.update(sum(len(ep.turns) for ep in episodes))
-                bar.set_postfix(loss=f"{stats.loss:.4f}", succ=f"{row['success_rate']:.2f}")
+            stats = update(policy, run.optimizer, batch.local, notes, config, teacher=run.teacher)
+            run.record(batch, stats, note_counts,
+                       {"collect": t_collect, "notes": t_notes, "iteration": time.perf_counter() - t0})
     finally:
-        for e in envs:
+        run.close()
+    return run.result()
+
+
+def reflect(reflector: Reflector | None, episodes: Sequence[Episode]) -> tuple[list[Reflection] | None, dict[str, int]]:
+    """Hindsight diagnoses of every turn (``None`` for methods without a reflector). A model reflector's
+    diagnoses and targets that copy a later turn are dropped (:mod:`~hero_gym.agents.future_guard`); the
+    counts of what was dropped come second."""
+    if reflector is None:
+        return None, {"diagnoses": 0, "targets": 0}
+    reflections = reflector.reflect(episodes)
+    if isinstance(reflector, LLMReflector):   # the no-future-exposure rule, enforced
+        return drop_future_copies(episodes, reflections)
+    return reflections, {"diagnoses": 0, "targets": 0}
+
+
+def make_notes(spec: MethodSpec, episodes: Sequence[Episode], reflections: Sequence[Reflection] | None,
+               run: _Run, guard: dict[str, int]) -> tuple[Notes, dict[str, int]]:
+    """The method's teacher note for every turn, and this batch's note counts for the metrics."""
+    used_before = run.expert_demos.used if run.expert_demos is not None else 0
+    notes = spec.notes(episodes, reflections, run.buffer, _note_options(run.config, run.counters.iterations,
+                                                                         run.expert_demos))
+    counts = {"future_copy_diagnoses_dropped": guard["diagnoses"], "future_copy_targets_dropped": guard["targets"]}
+    if spec.name == "full_demo":
+        counts["demo_notes"] = sum(bool(row) and row[0] is not None for row in notes)
+        counts["demo_from_expert"] = run.expert_demos.used - used_before if run.expert_demos is not None else 0
+    return notes, counts
+
+
+@dataclass
+class Batch:
+    """One iteration's episodes: ``local`` (this rank's, which it trains on) and ``episodes`` (every
+    rank's, which it counts and logs); ``reflections`` of ``episodes`` when known on this rank."""
+
+    local: list[Episode]
+    episodes: list[Episode]
+    reflections: list[Reflection] | None
+
+
+def whole_batch(episodes: list[Episode], reflections: list[Reflection] | None) -> Batch:
+    """This rank's share -> the whole batch. Under torch.distributed the episodes of every rank are gathered
+    (each carries its reflection in ``metadata["reflection"]``); in one process this is the identity."""
+    if D.world_size() == 1:
+        return Batch(episodes, episodes, reflections)
+    if reflections is not None:
+        for ep, r in zip(episodes, reflections):
+            ep.metadata["reflection"] = r.to_json()
+    return Batch(episodes, D.gather(episodes), None)
+
+
+@dataclass
+class _Run:
+    """The state of a training run and its bookkeeping: files (rank 0 only), counters, metrics, the
+    progress bar, the rollout backend's adapter and the environments."""
+
+    policy: Any
+    config: TrainConfig
+    optimizer: torch.optim.Optimizer
+    teacher: TeacherWeights
+    buffer: SuccessBuffer
+    reflector: Reflector | None
+    expert_demos: ExpertDemos | None
+    files: RunFiles | None
+    main: bool
+    rollout_policy: Any | None
+    counters: RunCounters = field(default_factory=RunCounters)
+    metrics: list[dict[str, Any]] = field(default_factory=list)
+    resumed_from: int = 0
+    envs: list[Any] = field(default_factory=list)
+    bar: Any = None
+
+    @classmethod
+    def start(cls, policy: Any, config: TrainConfig, reflector: Reflector | None,
+              optimizer: torch.optim.Optimizer | None, rollout_policy: Any | None) -> _Run:
+        """Seed, reset or restore the weights (and the optimizer, teacher, buffer, counters), shard them
+        (FSDP), hand the adapter to the rollout backend, open the envs and the progress bar."""
+        spec, model = config.spec, policy.model
+        if config.sharding == "fsdp":   # refused before anything is written
+            D.require_process_group("sharding='fsdp'")
+            if rollout_policy is not None:
+                raise ValueError("sharding='fsdp' cannot hand its adapter to a rollout_policy")
+        _seed_everything(config.seed)
+        params = [p for p in model.parameters() if p.requires_grad]
+        if not params:
+            raise ValueError("the policy has no trainable parameters")
+        files = RunFiles(config.checkpoint_dir) if config.checkpoint_dir else None
+        resuming = files is not None and config.resume and files.has_checkpoint()
+        if config.reset_lora and not resuming:
+            _reset_lora(model, config.seed)
+        run = cls(policy=policy, config=config,
+                  optimizer=optimizer or torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay),
+                  teacher=TeacherWeights(model, config.teacher, config.ema_rate), buffer=SuccessBuffer(),
+                  reflector=reflector or _make_reflector(spec, policy, config),
+                  expert_demos=_expert_demos(config) if spec.name == "full_demo" and config.demo_fallback else None,
+                  # under torch.distributed only rank 0 writes files; every rank reads a checkpoint
+                  files=files, main=D.is_main(), rollout_policy=rollout_policy)
+        if resuming:
+            run.counters, run.metrics = files.restore(model=model, optimizer=run.optimizer, teacher=run.teacher,
+                                                      buffer=run.buffer)
+            if run.main:
+                files.write_config(config)
+            run.resumed_from = run.counters.iterations
+        elif files is not None and run.main:
+            files.start_fresh(config)
+            save_snapshot(policy, files.dir, run.counters)   # budget 0: the starting weights
+        D.broadcast_parameters(model)                         # every rank starts from rank 0's weights
+        if config.sharding == "fsdp":                         # after restoring: full state in, shards out
+            D.fsdp_shard(model, optimizer=run.optimizer, teacher=run.teacher,
+                         mixed_precision=None if config.mixed_precision == "none" else config.mixed_precision)
+        if rollout_policy is not None:
+            _hand_over_adapter(policy, rollout_policy, files)
+        run.envs = _make_envs(config)
+        run.bar = _progress_bar(config, run.counters.turns) if run.main else None
+        return run
+
+    def budget_left(self) -> bool:
+        c, cfg = self.counters, self.config
+        return c.turns < cfg.turn_budget and (cfg.max_updates is None or c.iterations < cfg.max_updates)
+
+    def record(self, batch: Batch, stats: UpdateStats, note_counts: dict[str, int],
+               seconds: dict[str, float]) -> None:
+        """Count the iteration, log its episodes and metrics, snapshot the weights, save the checkpoint."""
+        c, episodes, files = self.counters, batch.episodes, self.files
+        c.iterations += 1
+        c.optimizer_steps += int(stats.stepped)
+        c.tokens_trained += stats.tokens_trained
+        c.turns += sum(len(ep.turns) for ep in episodes)
+        c.episodes += len(episodes)
+        c.successes += sum(ep.success for ep in episodes)
+        if self.rollout_policy is not None and stats.stepped:
+            _hand_over_adapter(self.policy, self.rollout_policy, files)
+        row = _metrics_row(c, episodes, stats, seconds)
+        row.update(zip(note_counts, (int(x) for x in D.global_counts(list(note_counts.values())))))
+        self.metrics.append(row)
+        model = self.policy.model
+        with D.full_state(model, self.optimizer, self.teacher) if files is not None else contextlib.nullcontext():
+            if files is not None and self.main:   # FSDP: every rank gathered the full state above
+                for i, ep in enumerate(episodes):
+                    ep.metadata["train_iteration"] = c.iterations
+                    if batch.reflections is not None:
+                        ep.metadata["reflection"] = batch.reflections[i].to_json()
+                files.log(episodes, row)
+                # every iteration: the model at any budget is the first snapshot at or past it
+                save_snapshot(self.policy, files.dir, c,
+                              weights_of=None if stats.stepped else max(list_snapshots(files.dir)))
+                files.save(model=model, optimizer=self.optimizer, teacher=self.teacher, buffer=self.buffer,
+                           counters=c)
+        if self.bar is not None:
+            self.bar.update(sum(len(ep.turns) for ep in episodes))
+            self.bar.set_postfix(loss=f"{stats.loss:.4f}", succ=f"{row['success_rate']:.2f}")
+
+    def close(self) -> None:
+        for e in self.envs:
             e.close()
-        if bar is not None:
-            bar.close()
-    return TrainResult(iterations=counters.iterations, optimizer_steps=counters.optimizer_steps,
-                       tokens_trained=counters.tokens_trained, turns_used=counters.turns,
-                       episodes=counters.episodes,
-                       train_success_rate=counters.successes / counters.episodes if counters.episodes else 0.0,
-                       metrics=metrics, checkpoint_dir=str(files.dir) if files else None,
-                       resumed_from_iteration=resumed_from)
+        if self.bar is not None:
+            self.bar.close()
 
-
-# ======================================================================================
-# update
-# ======================================================================================
-
-def update(
-    policy: Any,
-    optimizer: torch.optim.Optimizer,
-    episodes: Sequence[Episode],
-    notes: Sequence[Sequence[str | None]] | None,
-    config: TrainConfig,
-    *,
-    teacher: TeacherWeights | None = None,
-) -> UpdateStats:
-    """One optimiser step on a batch of episodes (none when no token carries a training signal).
-
-    Distillation (every method but ``grpo``): for each sampled action token of a turn with a note, the
-    divergence between the student's next-token distribution (in the context the model saw) and the
-    teacher's (teacher weights, the context with the note inserted before the action), weighted by
-    truncated importance ratios; mean over those tokens. GRPO (method ``grpo`` or ``grpo_weight > 0``):
-    clipped surrogate with the episode's group-normalised advantage on every action token of *finished*
-    episodes; mean over those tokens. Only sampled action tokens ever enter a loss.
-    """
-    model = policy.model
-    teacher = teacher or TeacherWeights(model, config.teacher, config.ema_rate)
-    layout = build_layout(episodes)
-    plan = _plan_losses(policy, episodes, notes, layout, config)
-    # whole-batch counts (summed over ranks under torch.distributed: agents/distributed.py)
-    n_tokens, n_spans = (int(x) for x in D.global_counts([layout.num_tokens, len(layout.spans)]))
-    counts = {"action_tokens": n_tokens, "distill_tokens": plan.distill_denom, "grpo_tokens": plan.grpo_denom,
-              "scored_turns": plan.scored_turns, "masked_turns": n_spans - plan.scored_turns,
-              "tokens_trained": plan.global_tokens_trained}
-    if plan.global_tokens_trained == 0:
-        return UpdateStats(stepped=False, loss=0.0, distill_loss=None, grpo_loss=None, grad_norm=0.0, **counts)
-    t0 = time.perf_counter()
-    seconds = {"teacher": 0.0, "student": 0.0}
-    sums = {"distill": 0.0, "grpo": 0.0}
-    pad = getattr(policy, "pad_token_id", 0) or 0
-    optimizer.zero_grad(set_to_none=True)
-    # FSDP: weights gathered over the loop, gradients reduce-scattered after it (no-op otherwise)
-    for cidx, tok in D.fsdp_micro_batches(model, teacher, _micro_batches(layout, config.micro_batch_episodes)):
-        t1 = time.perf_counter()
-        t_logits = None
-        if plan.n_distill:
-            with torch.no_grad(), teacher.active():
-                t_logits, _ = teacher_logits_prefix_cache(model, episodes, plan.teacher_contexts, layout,
-                                                          chain_indices=cidx, pad_id=pad, as_hidden=True)
-        ref_lp = (_reference_logprobs(model, episodes, layout, cidx, pad, layout.action_ids[tok], config)
-                  if plan.n_grpo and config.kl_coef > 0 else None)
-        t2 = time.perf_counter()
-        seconds["teacher"] += t2 - t1
-        batch = _TokenBatch(layout.action_ids[tok], layout.behaviour_logprobs[tok], plan.distill_mask[tok],
-                            plan.grpo_mask[tok], plan.advantages[tok], t_logits, ref_lp)
-        with _training_mode(model, config.gradient_checkpointing):
-            hidden, head = student_hidden(model, episodes, layout, chain_indices=cidx, pad_id=pad)
-            _chunked_backward(hidden, head, lambda sl, z: _chunk_loss(sl, z, batch, plan, config, sums),
-                              config.loss_chunk_tokens)
-        seconds["student"] += time.perf_counter() - t2
-    params = [p for p in model.parameters() if p.requires_grad]
-    D.all_reduce_gradients(params)
-    sums["distill"], sums["grpo"] = D.global_counts([sums["distill"], sums["grpo"]])
-    grad_norm = float(torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm or float("inf")))
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
-    teacher.update()
-    return UpdateStats(stepped=True, loss=plan.w_distill * sums["distill"] + plan.w_grpo * sums["grpo"],
-                       distill_loss=sums["distill"] if plan.distill_denom else None,
-                       grpo_loss=sums["grpo"] if plan.grpo_denom else None, grad_norm=grad_norm,
-                       seconds={**seconds, "update": time.perf_counter() - t0}, **counts)
-
-
-# ======================================================================================
-# helpers of update
-# ======================================================================================
-
-def episode_finished(ep: Episode) -> bool:
-    """Whether the env itself ended the episode (success or failure), as opposed to a cut: the
-    per-episode turn cap (truncation), the context window, an env error or the budget."""
-    return ep.success or (ep.terminated and not ep.metadata.get("cut_short", False))
-
-
-@dataclass
-class _LossPlan:
-    """Which action tokens enter which loss, with what weight (all tensors ``[N]`` over the layout)."""
-
-    teacher_contexts: list[list[list[int] | None]] | None
-    distill_mask: torch.Tensor
-    grpo_mask: torch.Tensor
-    advantages: torch.Tensor
-    w_distill: float
-    w_grpo: float
-    scored_turns: int
-    distill_denom: int = 0
-    """Distillation tokens of the whole batch (all ranks): the distillation loss is a mean over them."""
-    grpo_denom: int = 0
-    """GRPO tokens of the whole batch (all ranks)."""
-    global_tokens_trained: int = 0
-
-    @property
-    def n_distill(self) -> int:
-        return int(self.distill_mask.sum())
-
-    @property
-    def n_grpo(self) -> int:
-        return int(self.grpo_mask.sum())
-
-    @property
-    def tokens_trained(self) -> int:
-        return int((self.distill_mask | (self.grpo_mask & (self.advantages != 0))).sum())
-
-
-def _plan_losses(policy: Any, episodes: Sequence[Episode], notes: Sequence[Sequence[str | None]] | None,
-                 layout: TokenLayout, config: TrainConfig) -> _LossPlan:
-    spec = config.spec
-    n = layout.num_tokens
-    distill_mask = torch.zeros(n, dtype=torch.bool)
-    tctx, scored = None, 0
-    if spec.distills and notes is not None:
-        tctx = teacher_contexts_for(_renderer_for(policy), episodes, notes)
-        keys = {(s.episode, s.turn) for s in layout.spans if tctx[s.episode][s.turn] is not None}
-        distill_mask, scored = layout.token_mask(keys), len(keys)
-    w_grpo = 1.0 if spec.uses_grpo else config.grpo_weight
-    grpo_mask = torch.zeros(n, dtype=torch.bool)
-    advantages = torch.zeros(n)
-    if w_grpo > 0:
-        finished = [i for i, ep in enumerate(episodes) if episode_finished(ep)]
-        if finished:
-            adv = L.group_advantages([episodes[i].total_reward for i in finished],
-                                     [episodes[i].task_id or episodes[i].episode_id for i in finished])
-            per_episode = torch.zeros(len(episodes))
-            per_episode[finished] = adv
-            is_finished = torch.zeros(len(episodes), dtype=torch.bool)
-            is_finished[finished] = True
-            advantages = per_episode[layout.episode_of_token]
-            grpo_mask = is_finished[layout.episode_of_token]
-    w_distill = 1.0 - w_grpo if spec.distills else 0.0
-    if not D.global_any(distill_mask):
-        w_distill = 0.0
-    if w_grpo == 0 or not D.global_any(grpo_mask & (advantages != 0)):
-        grpo_mask = torch.zeros(n, dtype=torch.bool)
-    plan = _LossPlan(tctx, distill_mask & (w_distill > 0), grpo_mask, advantages, w_distill, w_grpo, scored)
-    totals = D.global_counts([plan.n_distill, plan.n_grpo, plan.tokens_trained, scored])
-    plan.distill_denom, plan.grpo_denom, plan.global_tokens_trained, plan.scored_turns = (int(x) for x in totals)
-    return plan
-
-
-@dataclass
-class _TokenBatch:
-    """The action tokens of one micro-batch and what their losses need."""
-
-    ids: torch.Tensor
-    behaviour_logprobs: torch.Tensor
-    distill_mask: torch.Tensor
-    grpo_mask: torch.Tensor
-    advantages: torch.Tensor
-    teacher_logits: Any
-    ref_logprobs: torch.Tensor | None
-
-
-def _chunk_loss(sl: slice, logits: torch.Tensor, b: _TokenBatch, plan: _LossPlan, config: TrainConfig,
-                sums: dict[str, float]) -> torch.Tensor | None:
-    """The loss contribution of tokens ``sl`` of a micro-batch, given their student logits."""
-    dev = logits.device
-    lp_all = F.log_softmax(logits.float(), -1)
-    ids = b.ids[sl].to(dev)
-    lp = lp_all.gather(-1, ids[:, None]).squeeze(-1)
-    beh = b.behaviour_logprobs[sl].to(dev)
-    b_lp = torch.where(torch.isnan(beh), lp.detach(), beh)
-    total = None
-    m = b.distill_mask[sl].to(dev)
-    if m.any():
-        t_all = F.log_softmax(b.teacher_logits[sl].float(), -1)
-        if config.loss == "sampled":
-            per = L.sampled_token_loss(lp, t_all.gather(-1, ids[:, None]).squeeze(-1), b_lp, config.clip_eps)
-        else:
-            s_, t_ = (L.topk_with_tail(lp_all, t_all, config.topk, config.topk_source)
-                      if config.topk is not None else (lp_all, t_all))
-            per = L.divergence(s_, t_, config.loss, config.jsd_alpha) * L.importance_weights(lp, b_lp, config.is_clip)
-        d = (per * m).sum() / plan.distill_denom
-        sums["distill"] += float(d.detach())
-        total = plan.w_distill * d
-    g_m = b.grpo_mask[sl].to(dev)
-    if g_m.any():
-        ref = None if b.ref_logprobs is None else b.ref_logprobs[sl]
-        per = L.grpo_token_loss(lp, b_lp, b.advantages[sl].to(dev), clip_eps=config.clip_eps, ref_logp=ref,
-                                kl_coef=config.kl_coef)
-        g = (per * g_m).sum() / plan.grpo_denom
-        sums["grpo"] += float(g.detach())
-        total = plan.w_grpo * g if total is None else total + plan.w_grpo * g
-    return total
-
-
-def _chunked_backward(hidden: torch.Tensor, head: Any, loss_fn: Any, chunk: int) -> None:
-    """Backpropagate ``sum_chunks loss_fn(slice, head(hidden[slice]))`` chunk by chunk: the vocabulary-sized
-    logits and their softmaxes exist for one chunk at a time; the gradient w.r.t. the hidden states is
-    accumulated and sent into the model in one backward call."""
-    leaf = hidden.detach().requires_grad_(True)
-    for s in range(0, leaf.shape[0], max(1, chunk)):
-        sl = slice(s, min(leaf.shape[0], s + max(1, chunk)))
-        val = loss_fn(sl, head(leaf[sl]))
-        if val is not None:
-            val.backward()
-    if leaf.grad is not None:
-        hidden.backward(leaf.grad)
-
-
-def _micro_batches(layout: TokenLayout, episodes_per_batch: int) -> Iterator[tuple[list[int], torch.Tensor]]:
-    """``(chain indices, flat token indices)`` per micro-batch of ``episodes_per_batch`` episodes."""
-    by_episode: dict[int, list[int]] = {}
-    for ci, ch in enumerate(layout.chains):
-        by_episode.setdefault(ch.episode, []).append(ci)
-    order = sorted(by_episode)
-    step = max(1, episodes_per_batch)
-    for b in range(0, len(order), step):
-        cidx = [ci for e in order[b:b + step] for ci in by_episode[e]]
-        spans = [layout.span(layout.chains[ci].episode, t) for ci in cidx for t in layout.chains[ci].turns]
-        yield cidx, torch.cat([torch.arange(s.start, s.start + s.length) for s in spans])
-
-
-def _reference_logprobs(model: Any, episodes: Sequence[Episode], layout: TokenLayout, cidx: list[int], pad: int,
-                        ids: torch.Tensor, config: TrainConfig) -> torch.Tensor | None:
-    """Log-probs of the action tokens under the reference (adapter off), for GRPO's KL term."""
-    if not hasattr(model, "disable_adapter"):
-        return None
-    out = []
-    with torch.no_grad(), model.disable_adapter():
-        hidden, head = student_hidden(model, episodes, layout, chain_indices=cidx, pad_id=pad)
-        for s in range(0, hidden.shape[0], config.loss_chunk_tokens):
-            sl = slice(s, s + config.loss_chunk_tokens)
-            lp = F.log_softmax(head(hidden[sl]).float(), -1)
-            out.append(lp.gather(-1, ids[sl].to(lp.device)[:, None]).squeeze(-1))
-    return torch.cat(out)
-
-
-@contextlib.contextmanager
-def _training_mode(model: Any, checkpointing: bool) -> Iterator[None]:
-    """Train mode (with activation checkpointing when asked and supported) for the student pass only."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    enabled = False
-    if checkpointing and getattr(base, "supports_gradient_checkpointing", False):
-        kw = {"use_reentrant": False}
-        if hasattr(base, "activation_checkpointing_enable"):     # transformers >= 5
-            base.activation_checkpointing_enable(activation_checkpointing_kwargs=kw)
-        else:
-            base.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kw)
-        enabled = True
-    was_training = model.training
-    model.train()
-    try:
-        yield
-    finally:
-        model.train(was_training)
-        if enabled:
-            (getattr(base, "activation_checkpointing_disable", None) or base.gradient_checkpointing_disable)()
-
-
-def _renderer_for(policy: Any) -> Any:
-    r = getattr(policy, "_hero_renderer", None)
-    if r is None:
-        from hero_gym.chat import ChatRenderer
-
-        r = ChatRenderer(policy.tokenizer, check=False)
-        policy._hero_renderer = r
-    return r
-
-
-def teacher_contexts_for(renderer: Any, episodes: Sequence[Episode],
-                         notes: Sequence[Sequence[str | None]]) -> list[list[list[int] | None]]:
-    """Teacher context ids per turn: ``renderer.note_ids(context, note)`` (``None`` where no note or no ids)."""
-    out: list[list[list[int] | None]] = []
-    for ep, ns in zip(episodes, notes):
-        row: list[list[int] | None] = []
-        for turn, note in zip(ep.turns, ns):
-            if note is None or not turn.context_token_ids or not turn.action_token_ids:
-                row.append(None)
-            else:
-                try:
-                    row.append(renderer.note_ids(turn.context_token_ids, note))
-                except ValueError:   # context does not end with the generation prompt: mask the turn
-                    row.append(None)
-        out.append(row)
-    return out
+    def result(self) -> TrainResult:
+        c = self.counters
+        return TrainResult(iterations=c.iterations, optimizer_steps=c.optimizer_steps,
+                           tokens_trained=c.tokens_trained, turns_used=c.turns, episodes=c.episodes,
+                           train_success_rate=c.successes / c.episodes if c.episodes else 0.0,
+                           metrics=self.metrics, checkpoint_dir=str(self.files.dir) if self.files else None,
+                           resumed_from_iteration=self.resumed_from)
 
 
 # ======================================================================================
@@ -688,9 +479,26 @@ def _make_reflector(spec: MethodSpec, policy: Any, config: TrainConfig) -> Refle
     return LLMReflector(policy, max_new_tokens=config.reflector_max_new_tokens, max_retries=config.reflector_retries)
 
 
-def _note_options(config: TrainConfig, iteration: int) -> NoteOptions:
+def _note_options(config: TrainConfig, iteration: int, expert_demos: ExpertDemos | None = None) -> NoteOptions:
     return NoteOptions(envfb_max_chars=config.envfb_max_chars, demo_max_chars=config.demo_max_chars,
-                       min_confidence=config.min_confidence, seed=config.seed * 1_000_003 + iteration)
+                       min_confidence=config.min_confidence, seed=config.seed * 1_000_003 + iteration,
+                       expert_demo=expert_demos)
+
+
+def _expert_demos(config: TrainConfig) -> ExpertDemos | None:
+    """Full-demo's fallback demonstrations, when the env has an expert (``None`` otherwise)."""
+    import hero_gym
+
+    from .warmstart import make_expert
+
+    env = hero_gym.make(config.env_id, **config.env_kwargs)
+    try:
+        make_expert(env)
+    except ValueError:
+        return None
+    finally:
+        env.close()
+    return ExpertDemos(config.env_id, config.env_kwargs, max_turns=config.max_turns)
 
 
 def _make_envs(config: TrainConfig) -> list[Any]:
@@ -723,7 +531,7 @@ def _tasks_for(iteration: int, config: TrainConfig) -> list[Any]:
     return tasks
 
 
-def _collect_batch(policy: Any, envs: list[Any], config: TrainConfig, iteration: int) -> list[Episode]:
+def collect_batch(policy: Any, envs: list[Any], config: TrainConfig, iteration: int) -> list[Episode]:
     """One whole batch of training episodes (never cut by the run's budget)."""
     from .policy import SamplingConfig
     from .rollout import collect
@@ -763,6 +571,7 @@ def _progress_bar(config: TrainConfig, spent: int) -> Any:
     from tqdm.auto import tqdm
 
     return tqdm(total=config.turn_budget, initial=spent, desc=f"train[{config.method}]", unit="turn")
+
 
 
 # ======================================================================================

@@ -106,7 +106,7 @@ def bench_scoring(policy: Any, eps: list[Any], notes: list[list[str]], repeat: i
     from hero_gym.agents.scoring import (build_layout, student_logits, teacher_logits_from_cache,
                                          teacher_logits_naive, teacher_logits_prefix_cache)
     from hero_gym.agents.teachers import TeacherWeights
-    from hero_gym.agents.trainer import _renderer_for, teacher_contexts_for
+    from hero_gym.agents.update import _renderer_for, teacher_contexts_for
 
     tctx = teacher_contexts_for(_renderer_for(policy), eps, notes)
     lay = build_layout(eps)

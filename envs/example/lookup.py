@@ -40,35 +40,54 @@ class LookupEnv(MultiTurnEnv):
     """Look up an item's code and answer it.
 
     Args:
-        num_items: size of the table (<= 16); one task per item.
+        num_items: size of the table (<= 16).
         table_seed: seed of the item -> code table (fixed per env instance).
+        split: ``None`` (default): one task per item of the table; ``"train"``: the first half of the
+            items (rounded up); ``"test"``: the other half. The table is the same in every split, so a
+            ``"test"`` env asks for items a ``"train"`` env never asks for (held-out tasks).
         max_turns: turn budget (default 6).
-    Options of ``reset``: ``task_index`` picks the item; otherwise it is drawn from the seed.
+    Options of ``reset``: ``task_index`` picks the item (an index into the split's items); otherwise it is
+    drawn from the seed.
     """
 
     default_max_turns = 6
+    SPLITS = ("train", "test")
 
-    def __init__(self, num_items: int = 8, table_seed: int = 0, **kwargs: Any):
+    def __init__(self, num_items: int = 8, table_seed: int = 0, split: str | None = None, **kwargs: Any):
         super().__init__(**kwargs)
         if not 1 <= num_items <= len(ITEMS):
             raise ValueError(f"num_items must be in 1..{len(ITEMS)}")
+        if split not in (None, *self.SPLITS):
+            raise ValueError(f"split must be None, 'train' or 'test', got {split!r}")
+        if split is not None and num_items < 2:
+            raise ValueError("a train/test split needs num_items >= 2")
         rng = np.random.default_rng(table_seed)
         self.table = {item: f"{int(rng.integers(100, 1000))}" for item in ITEMS[:num_items]}
+        self.split = split
         self._item = ""
+
+    def _task_items(self, split: str | None = None) -> list[str]:
+        items = list(self.table)
+        half = (len(items) + 1) // 2
+        split = split or self.split
+        return items if split is None else items[:half] if split == "train" else items[half:]
 
     def system_prompt(self) -> str:
         return SYSTEM_PROMPT
 
     def num_tasks(self, split: str | None = None) -> int:
-        return len(self.table)
+        if split not in (None, *self.SPLITS):
+            raise ValueError(f"split must be None, 'train' or 'test', got {split!r}")
+        return len(self._task_items(split))
 
     def tools(self) -> list[ToolSpec]:
         return TOOLS
 
     def _reset(self, *, seed: int | None, options: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         index = self.select_task(options)
-        self._item = list(self.table)[index]
-        return f"What is the code for {self._item}?", {"task_id": f"lookup-{index}", "task_index": index}
+        self._item = self._task_items()[index]
+        task_id = f"lookup-{index}" if self.split is None else f"lookup-{self.split}-{index}"
+        return f"What is the code for {self._item}?", {"task_id": task_id, "task_index": index}
 
     def _step(self, action: ToolCall | TextMessage) -> StepResult:
         if isinstance(action, TextMessage):

@@ -4,7 +4,6 @@ Uses a tiny random Llama over the SmolLM2 tokenizer (``tiny_model``); the slow t
 """
 import copy
 import json
-import os
 
 import pytest
 import torch
@@ -240,32 +239,36 @@ def test_budget_counts_whole_batches_no_episode_cut(tok, tmp_path):
     assert before_last < 7        # the last batch started while budget was left
 
 
-def _ep_with(tok_ids, reward, *, terminated, task="t"):
+def _ep_with(tok_ids, reward, *, terminated, task="t", stop_reason=None):
+    stop_reason = stop_reason or ("terminated" if terminated else "truncated")
     turn = Turn(index=0, action_text="", observation="", context_token_ids=tok_ids[:-3], action_token_ids=tok_ids[-3:],
                 action_logprobs=[-1.0] * 3, terminated=terminated, truncated=not terminated, reward=reward)
     return Episode(env_id=LOOKUP, task_id=task, initial_observation="", turns=[turn], total_reward=reward,
                    success=terminated and reward > 0,
-                   metadata={"cut_short": False, "stop_reason": "terminated" if terminated else "truncated"})
+                   metadata={"cut_short": stop_reason not in ("terminated", "truncated"), "stop_reason": stop_reason})
 
 
-def test_grpo_leaves_unfinished_episodes_out_and_counts_steps(tok):
-    """Items 2 and 8: truncated episodes get no advantage; a batch without signal takes no optimizer step."""
+def test_grpo_scores_env_truncated_episodes_and_leaves_out_only_outside_cuts(tok):
+    """Issue 24 item 1: an episode the env's turn cap truncated keeps its env reward in GRPO (a group with one
+    success and one capped episode used to get zero advantage); only budget / context / env-error cuts are
+    left out. A batch without signal takes no optimizer step."""
+    from hero_gym.agents.trainer import episode_finished
+
     policy = HFPolicy(tiny_model(tok, seed=6), tok)
     opt = torch.optim.AdamW(policy.trainable_parameters(), lr=1e-3)
     ids = list(range(100, 112))
     cfg = TrainConfig(method="grpo")
-    mixed = [_ep_with(ids, 1.0, terminated=True), _ep_with(ids, 0.0, terminated=True),
-             _ep_with(ids, 0.0, terminated=False), _ep_with(ids, 0.0, terminated=False)]
-    stats = update(policy, opt, mixed, None, cfg)
-    assert stats.stepped and stats.grpo_tokens == 6 and stats.tokens_trained == 6
     capped = [_ep_with(ids, 1.0, terminated=True), _ep_with(ids, 0.0, terminated=False)]
-    stats = update(policy, opt, capped, None, cfg)   # the capped one is not a failure: nothing to compare
-    assert not stats.stepped and stats.tokens_trained == 0
+    assert [episode_finished(e) for e in capped] == [True, True]
+    stats = update(policy, opt, capped, None, cfg)   # success vs. a capped failure: a real comparison
+    assert stats.stepped and stats.grpo_tokens == 6 and stats.tokens_trained == 6
+    for reason in ("context_overflow", "env_error", "budget"):
+        cut = [_ep_with(ids, 1.0, terminated=True), _ep_with(ids, 0.0, terminated=False, stop_reason=reason)]
+        assert not episode_finished(cut[1])
+        stats = update(policy, opt, cut, None, cfg)   # the cut one is not a failure: nothing to compare
+        assert not stats.stepped and stats.tokens_trained == 0, reason
     equal = [_ep_with(ids, 0.0, terminated=True), _ep_with(ids, 0.0, terminated=True)]
     assert not update(policy, opt, equal, None, cfg).stepped
-    nodemo = [_ep_with(ids, 0.0, terminated=True, task="a")]
-    from hero_gym.agents.methods import build_notes as notes_for
-    assert not update(policy, opt, nodemo, notes_for("full_demo", nodemo), TrainConfig(method="full_demo")).stepped
 
 
 def test_snapshots_for_nested_budgets(tok, tmp_path):
@@ -274,7 +277,9 @@ def test_snapshots_for_nested_budgets(tok, tmp_path):
     policy = HFPolicy(tiny_model(tok, seed=7), tok)
     res = train(policy, _small(tmp_path, method="envfb_sd", turn_budget=8))
     snaps = list_snapshots(tmp_path)
-    assert 0 in snaps and len(snaps) == res.optimizer_steps + 1 >= 2
+    # one snapshot per iteration (issue 24 item 10: the model at budget B is the first snapshot at or past B)
+    assert 0 in snaps and len(snaps) == res.iterations + 1 >= 2
+    assert sorted(snaps) == [0, *(m["turns_used"] for m in res.metrics)]
     last = max(snaps)
     assert last == res.turns_used
     meta = json.loads((snaps[last] / "snapshot.json").read_text())
@@ -286,9 +291,36 @@ def test_snapshots_for_nested_budgets(tok, tmp_path):
     for n, p in fresh.model.named_parameters():
         if p.requires_grad:
             assert torch.equal(p, trained[n])
-    assert snapshot_for_budget(tmp_path, last - 1) == snaps[max(t for t in snaps if t <= last - 1)]
+    assert snapshot_for_budget(tmp_path, last - 1) == snaps[min(t for t in snaps if t >= last - 1)]
+    assert snapshot_for_budget(tmp_path, 8) == snaps[last]      # the batch that crossed the budget is in it
     load_snapshot(fresh, snaps[0])      # budget 0 = the starting weights: a fresh LoRA (B = 0) is the base
     assert all(float(p.detach().abs().sum()) == 0 for n, p in fresh.model.named_parameters() if "lora_B" in n)
+
+
+def test_a_step_free_iteration_snapshots_a_pointer_to_the_previous_weights(tok, tmp_path):
+    from hero_gym.agents.checkpoint import list_snapshots, load_snapshot
+
+    policy = HFPolicy(tiny_model(tok, seed=7), tok)
+    res = train(policy, _small(tmp_path, method="grpo", turn_budget=6))   # a random model never succeeds
+    assert res.optimizer_steps == 0 and res.iterations >= 2
+    snaps = list_snapshots(tmp_path)
+    assert all(json.loads((p / "snapshot.json").read_text())["weights_of"] for t, p in snaps.items() if t)
+    fresh = HFPolicy(tiny_model(tok, seed=7), tok)
+    load_snapshot(fresh, snaps[max(snaps)])    # follows the pointers to the starting weights
+    assert all(float(p.detach().abs().sum()) == 0 for n, p in fresh.model.named_parameters() if "lora_B" in n)
+
+
+def test_full_demo_falls_back_to_the_expert_demonstration_of_the_same_task(tok, tmp_path):
+    """Issue 24 item 5: with no successful rollout in the batch, full-demo had no note and took no step (the
+    committed cpu row: 0 optimizer steps). The env expert's demonstration of the same training task now
+    teaches; the metrics count how often. Control: without the fallback, no note and no step."""
+    kw = dict(method="full_demo", turn_budget=6, group_size=2, max_turns=2, teacher="live")
+    res = train(HFPolicy(tiny_model(tok, seed=9), tok), _small(tmp_path / "on", **kw))
+    assert res.optimizer_steps >= 1 and res.train_success_rate == 0
+    assert all(m["demo_notes"] == m["demo_from_expert"] == m["episodes"] - (res.metrics[i - 1]["episodes"] if i else 0)
+               for i, m in enumerate(res.metrics))
+    off = train(HFPolicy(tiny_model(tok, seed=9), tok), _small(tmp_path / "off", demo_fallback=False, **kw))
+    assert off.optimizer_steps == 0 and all(m["demo_notes"] == 0 for m in off.metrics)
 
 
 def test_lora_init_is_seeded_per_cell(tok, tmp_path):

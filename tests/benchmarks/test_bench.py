@@ -10,17 +10,26 @@ import numpy as np
 import pytest
 
 from hero_gym.agents import bench
+from hero_gym.agents.bench import stats
+from hero_gym.agents.checkpoint import list_snapshots, snapshot_for_budget
 
 
 # ------------------------------------------------------------------ snapshots
-def test_snapshot_for_budget_takes_the_largest_snapshot_within_the_budget():
-    snaps = {0: Path("s0"), 6: Path("s6"), 11: Path("s11"), 18: Path("s18")}
-    assert bench.snapshot_for_budget(snaps, 0) == (0, Path("s0"))
-    assert bench.snapshot_for_budget(snaps, 10) == (6, Path("s6"))
-    assert bench.snapshot_for_budget(snaps, 11) == (11, Path("s11"))
-    assert bench.snapshot_for_budget(snaps, 100) == (18, Path("s18"))
-    with pytest.raises(ValueError, match="no snapshot"):
-        bench.snapshot_for_budget({5: Path("s5")}, 4)
+def _snapshots(root: Path, turns: list[int]) -> dict[int, Path]:
+    for t in turns:
+        d = root / "snapshots" / f"turns_{t:07d}"
+        d.mkdir(parents=True)
+        (d / "snapshot.json").write_text(json.dumps({"turns": t}))
+    return list_snapshots(root)
+
+
+def test_snapshot_for_budget_is_the_first_snapshot_at_or_past_the_budget(tmp_path):
+    """Issue 24 item 10: the largest snapshot <= B left the top budget's last batch trained but never evaluated."""
+    snaps = _snapshots(tmp_path, [0, 6, 11, 18])
+    assert [snapshot_for_budget(tmp_path, b) for b in (0, 1, 6, 10, 11, 12, 18)] == [
+        snaps[0], snaps[6], snaps[6], snaps[11], snaps[11], snaps[18], snaps[18]]
+    with pytest.raises(FileNotFoundError, match="no snapshot at or past 19"):
+        snapshot_for_budget(tmp_path, 19)
 
 
 def test_steps_at_counts_updates_within_the_turns():
@@ -45,6 +54,31 @@ def test_paired_bootstrap_ci_known_cases():
     assert (lo_p, hi_p) == (0.0, 0.0) and lo_u < -0.2 and hi_u > 0.2   # differences of +-1: SE 0.16
 
 
+def test_cluster_bootstrap_resamples_goals_not_pairs():
+    """Issue 24 item 3: 3 seeds that repeat the same 10 goal outcomes are 10 observations, not 30. Treating the
+    30 (seed, goal) pairs as independent gave an interval sqrt(3) too narrow."""
+    per_goal = [1, 1, 1, 0, 0, 1, 0, 1, 1, 0]
+    d = per_goal * 3
+    goals = list(range(10)) * 3
+    clustered = stats.cluster_bootstrap(d, goals, n_boot=8000)
+    naive = stats.cluster_bootstrap(d, None, n_boot=8000)
+    one_seed = stats.cluster_bootstrap(per_goal, None, n_boot=8000)
+    width = lambda b: b["high"] - b["low"]   # noqa: E731
+    assert clustered["clusters"] == 10 and naive["clusters"] == 30
+    assert width(clustered) == pytest.approx(width(one_seed), rel=0.15)      # the information of 10 goals
+    assert width(naive) < 0.7 * width(clustered)
+    assert clustered["mean"] == pytest.approx(0.6) and 0 <= clustered["p"] <= 1
+    assert stats.cluster_bootstrap([0, 0, 0], [1, 1, 2])["p"] == 1.0
+    assert stats.cluster_bootstrap([1, 1, 1, 1], [1, 2, 3, 4])["p"] == 0.0
+    with pytest.raises(ValueError, match="one cluster per value"):
+        stats.cluster_bootstrap([1, 0], [1])
+
+
+def test_holm_adjustment():
+    assert stats.holm([0.01, 0.04, 0.03, 0.5]) == pytest.approx([0.04, 0.09, 0.09, 0.5])
+    assert stats.holm([]) == [] and stats.holm([0.6, 0.6]) == [1.0, 1.0]
+
+
 def test_paired_bootstrap_ci_rejects_bad_input():
     with pytest.raises(ValueError, match="equal length"):
         bench.paired_bootstrap_ci([1, 0], [1])
@@ -65,21 +99,44 @@ def _cell(env, method, budget, seed, successes):
     per_task = [{"task": i, "success": float(s), "score": float(s), "turns": 2, "valid_turns": 2}
                 for i, s in enumerate(successes)]
     return {"env": env, "method": method, "budget": budget, "seed": seed, "per_task": per_task,
-            **bench._summarise(per_task), "optimizer_steps": budget // 4, "snapshot_turns": budget}
+            **bench.summarise_cell(per_task), "optimizer_steps": budget // 4, "snapshot_turns": budget}
 
 
-def test_compare_pairs_over_seed_and_goal_and_uses_the_base_for_every_seed():
+def test_compare_clusters_goals_adjusts_for_the_family_and_compares_scores():
     cells = [_cell("E", "base", 0, None, [0, 0, 0, 0])]
     for seed in (0, 1, 2):
         cells.append(_cell("E", "hero", 8, seed, [1, 1, 0, 0]))
         cells.append(_cell("E", "grpo", 8, seed, [1, 1, 0, 0]))
         cells.append(_cell("E", "envfb_sd", 8, seed, [0, 0, 0, 0]))
-    comps = {c["other"]: c for c in bench.compare(cells, "hero", [0, 1, 2], n_boot=500)}
-    assert set(comps) == {"base", "grpo", "envfb_sd"}
-    assert comps["grpo"]["diff"] == 0 and comps["grpo"]["verdict"] == "no difference detected"
-    assert comps["envfb_sd"]["diff"] == pytest.approx(0.5) and comps["envfb_sd"]["pairs"] == 12
-    assert comps["envfb_sd"]["ci_low"] > 0 and comps["envfb_sd"]["verdict"] == "hero better"
-    assert comps["base"]["pairs"] == 12 and comps["base"]["seeds"] == 3
+    comps = bench.compare(cells, "hero", [0, 1, 2], n_boot=500)
+    assert {c["metric"] for c in comps} == {"success", "score"}      # a CI on mean score too
+    succ = {c["other"]: c for c in comps if c["metric"] == "success"}
+    assert set(succ) == {"base", "grpo", "envfb_sd"}
+    assert succ["grpo"]["diff"] == 0 and succ["grpo"]["verdict"] == "no difference detected"
+    assert succ["envfb_sd"]["diff"] == pytest.approx(0.5) and succ["envfb_sd"]["pairs"] == 12
+    assert succ["envfb_sd"]["goals"] == 4 and "clusters" in succ["envfb_sd"]["bootstrap"]
+    assert succ["base"]["pairs"] == 12 and succ["base"]["seeds"] == 3
+    # Holm over the 3 comparisons of a metric: never below the raw p-value
+    assert all(c["comparisons"] == 3 and c["p_holm"] >= c["p"] for c in comps)
+    assert succ["grpo"]["p_holm"] == 1.0
+
+
+def test_summary_has_tokens_trained_wasted_turns_and_their_intervals():
+    """Issue 24 items 4 and 6: tokens trained / scored turns per method, and turns on successes, redundant and
+    no-effect turns per episode with goal-clustered CIs."""
+    cells = []
+    for seed, tokens in ((0, 100), (1, 300)):
+        c = _cell("E", "hero", 8, seed, [1, 0, 1])
+        for i, r in enumerate(c["per_task"]):
+            r.update(turns=2 + i, redundant_turns=i, no_effect_turns=1)
+        c.update(bench.summarise_cell(c["per_task"]), tokens_trained=tokens, scored_turns=tokens // 10)
+        cells.append(c)
+    (row,) = bench.summarise(cells, [0, 1], [8], n_boot=500)
+    assert row["tokens_trained"] == 200 and row["scored_turns"] == 20
+    assert row["mean_turns_successful"] == pytest.approx(3.0)     # tasks 0 and 2: 2 and 4 turns
+    assert row["redundant_per_episode"] == pytest.approx(1.0) and row["no_effect_per_episode"] == 1.0
+    lo, hi = row["redundant_per_episode_ci"]
+    assert lo < 1.0 < hi and row["no_effect_per_episode_ci"] == (1.0, 1.0)
 
 
 def test_summarise_orders_methods_and_averages_over_seeds():
@@ -113,9 +170,63 @@ def test_presets_and_overrides():
     assert bench.parse_args(["--methods", "grpo"]).reference is None   # nothing to compare against
     k = bench.parse_args(["--env-kwarg", "WebShop:max_results=5", "--env-kwarg", "WebShop:instruction_once=true"])
     assert k.env_kwargs == {"WebShop": {"max_results": 5, "instruction_once": True}}
-    ws = bench._setups(k)["WebShop"]
+    ws = bench.setups_for(k)["WebShop"]
     assert ws.train_kwargs["max_results"] == 5 and ws.eval_kwargs["instruction_once"] is True
     assert ws.train_kwargs["split"] == "train" and ws.eval_kwargs["split"] == "test"
+
+
+def test_cpu_presets_have_grpo_groups_of_four_and_the_free_rules_ablation():
+    """Issue 24 items 1 and 2: GRPO with groups of 2 rarely sees a reward difference; the shuffled ablations
+    draw donors from other tasks, so a batch needs >= 2 tasks; HERO (rules)' settle-it control costs no model."""
+    for preset in ("default", "cpu"):
+        o = bench.parse_args(["--preset", preset])
+        assert o.group_size >= 4 and o.tasks_per_update >= 2, preset
+        assert "hero_rules_shuffled" in o.methods, preset
+    assert bench.parse_args(["--quick"]).tasks_per_update >= 2
+
+
+def test_lookup_trains_and_evaluates_on_disjoint_existing_tasks():
+    """Issue 24 item 8: Lookup was evaluated on its training tasks (no split) and the bench indexed 20 eval
+    and 50 training tasks of an 8-task table (an index >= 8 raised and was scored as a failure)."""
+    import hero_gym
+
+    setup = bench.setups_for(bench.parse_args(["--quick"]))["Lookup"]
+    items = {}
+    for name, kwargs, n in (("train", setup.train_kwargs, setup.train_tasks), ("eval", setup.eval_kwargs,
+                                                                             setup.eval_tasks)):
+        env = hero_gym.make(setup.env_id, **kwargs)
+        assert n <= env.unwrapped.num_tasks(), name
+        items[name] = set()
+        for i in range(n):
+            env.reset(options={"task_index": i})
+            items[name].add(env.unwrapped._item)
+        env.close()
+    assert items["train"] and items["eval"] and not items["train"] & items["eval"]
+
+
+def test_tau_full_demo_gets_a_longer_demonstration_clip():
+    setups = bench.setups_for(bench.parse_args([]))
+    assert setups["TauRetail"].demo_max_chars > 2000 and setups["TauAirline"].demo_max_chars > 2000
+    assert setups["WebShop"].demo_max_chars == 2000
+
+
+def test_wasted_turns_reuse_the_rule_verdicts():
+    """Issue 24 item 6: redundant (same action on the same observation) and no-effect turns per episode."""
+    from hero_gym.records import Episode, Turn
+
+    call = {"name": "lookup", "arguments": {"key": "apple"}}
+    turns = [Turn(index=0, action_text="a", observation="412", parsed_action=call, observation_role="tool"),
+             Turn(index=1, action_text="a", observation="412", parsed_action=call, observation_role="tool"),
+             Turn(index=2, action_text="b", observation="Correct.", reward=1.0, terminated=True,
+                  parsed_action={"name": "answer", "arguments": {"code": "412"}})]
+    ep = Episode(env_id="x", initial_observation="What is the code for apple?", turns=turns, success=True,
+                 options={"task_index": 3})
+    assert bench.wasted_turns(ep) == (0, 1)        # the repeat saw a new observation: no effect, not redundant
+    ep.turns.insert(2, turns[1].model_copy(update={"index": 2}))
+    assert bench.wasted_turns(ep) == (1, 1)        # the same call on the same observation again: redundant
+    (row,) = bench.per_task_rows([ep])
+    assert row["redundant_turns"] == 1 and row["no_effect_turns"] == 1 and row["task"] == 3
+    assert bench.summarise_cell([row])["mean_turns_successful"] == 4
 
 
 @pytest.mark.parametrize("argv, msg", [
@@ -185,7 +296,7 @@ def test_report_only_rebuilds_from_saved_cells(tmp_path):
         (d / "result.json").write_text(json.dumps({**c, "eval_seconds": 1.0, "wall_seconds": 2.0}))
     opts = bench.Options(preset="quick", envs=["Lookup"], methods=["base", "grpo", "hero_rules"],
                          reference="hero_rules", budgets=[4, 8], seeds=[0, 1], out=str(out))
-    prov = {"options": json.loads(json.dumps(bench.asdict(opts))), "out": str(out), "reused_cells": 0,
+    prov = {"options": json.loads(json.dumps(asdict(opts))), "out": str(out), "reused_cells": 0,
             "invocation_seconds": 1.0, "wall_seconds": 30.0, "git_commit": "abc",
             "hardware": {"device": "cpu", "cpu_count": 2, "processor": "x", "torch": "2", "torch_threads": 1},
             "envs": {"Lookup": {"env_id": "hero_gym/Lookup-v0", "eval_kwargs": {}, "eval_tasks": 3, "max_turns": 4,
@@ -195,8 +306,13 @@ def test_report_only_rebuilds_from_saved_cells(tmp_path):
     assert len(res["cells"]) == len(cells)
     table = (out / "results.md").read_text()
     assert "HERO (rules) − method" in table and "| Lookup | 8 | GRPO |" in table
+    for column in ("tokens trained", "scored turns", "turns on successes", "redundant turns / ep", "score [95% CI]"):
+        assert column in table, column
+    assert "Holm" in table and "resamples goals as clusters" in table and "comparisons" in table
     assert (out / "curves_Lookup.png").read_bytes()[:4] == b"\x89PNG"
     assert len(list((out / "results.csv").read_text().splitlines())) == len(cells) + 1
+    header = (out / "results.csv").read_text().splitlines()[0].split(",")
+    assert {"tokens_trained", "scored_turns", "redundant_per_episode", "mean_turns_successful"} <= set(header)
 
     # one invocation per seed into one folder: the last one's provenance says seeds [1]; the command line's
     # --seeds selects every seed's cells, the run's other settings stay, and the compute is summed again

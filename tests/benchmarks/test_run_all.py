@@ -43,7 +43,9 @@ def test_quick_run_writes_every_output(quick_run):
         assert 0.0 <= c["success_rate"] <= 1.0 and c["mean_turns"] >= 1 and c["n_eval_episodes"] > 0
         assert len(c["per_task"]) == c["n_eval_episodes"]
         if c["method"] != "base":
-            assert c["budget"] in budgets and c["snapshot_turns"] <= c["budget"]
+            # the model at budget B: the first snapshot at or past B (the top budget: the run's last batch)
+            assert c["budget"] in budgets and c["snapshot_turns"] >= c["budget"]
+            assert c["tokens_trained"] >= 0 and c["scored_turns"] >= 0
     # one training run per (env, method, seed), its snapshots read at every budget
     runs = list((out / "runs").glob("*/run.json"))
     assert len(runs) == len(envs) * (len(available_methods()) - 1) * len(prov["options"]["seeds"])
@@ -63,8 +65,10 @@ def test_quick_run_writes_every_output(quick_run):
     rows = list(csv.DictReader((out / "results.csv").open()))
     assert len(rows) == len(cells)
     table = (out / "results.md").read_text()
-    for label in ("HERO", "GRPO", "Env-feedback SD", "Full-demo", "HERO (rules)", "Base"):
+    for label in ("HERO", "GRPO", "Env-feedback SD", "Full-demo (successful rollout, else expert demonstration)",
+                  "HERO (rules)", "HERO (rules, shuffled diagnoses)", "Base"):
         assert f"| {label} |" in table
+    assert "tokens trained" in table and "Holm" in table and "goals as clusters" in table
     assert "no difference detected" in table and "(reference)" in table and "Model: `tiny`" in table
     # per-step progress lines with the matrix position and an ETA, also when stdout is not a terminal
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("[") and "ETA" in ln]
