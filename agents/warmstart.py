@@ -418,8 +418,9 @@ class _Build:
         examples = [Example(list(i), list(m)) for i, m in self.state["examples"]]
         steps_per_pass = -(-len(examples) // cfg.batch_episodes)
         n_clone = steps_per_pass * cfg.epochs if cfg.max_steps is None else min(cfg.max_steps, steps_per_pass * cfg.epochs)
-        self.log(f"warm start plan: {n_clone} behaviour-cloning steps, then {cfg.recovery_rounds} DAgger round(s) of "
-                 f"{cfg.recovery_episodes} rollouts; resumable from {self.partial}")
+        rounds = (f"{cfg.recovery_rounds} DAgger round(s) of {cfg.recovery_episodes} rollouts"
+                  if cfg.recovery_rounds and cfg.recovery_episodes else "no DAgger round")
+        self.log(f"warm start plan: {n_clone} behaviour-cloning steps, then {rounds}; resumable from {self.partial}")
         # 2. behaviour cloning
         done = sum(int(p["steps"]) for p in self.state["passes"])
         for epoch in range(len(self.state["passes"]), cfg.epochs):

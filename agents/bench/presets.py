@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
+import re
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -174,7 +175,8 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser(prog: str = "hero-gym bench") -> argparse.ArgumentParser:
     """The benchmark's command line (shared by ``hero-gym bench`` and ``benchmarks/run_all.py``)."""
-    doc = (sys.modules[__package__].__doc__ or "").replace("``", "`")   # the help is plain text, not RST
+    # the help is plain text, not RST: ``x`` and :mod:`x` read as `x`
+    doc = re.sub(r":[a-z]+:`", "`", (sys.modules[__package__].__doc__ or "").replace("``", "`"))
     ap = _Parser(prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", choices=sorted(PRESETS), default=None,
                     help="default (make bench): SmolLM2 warm-started, WebShop, the base against env-feedback SD, "

@@ -15,5 +15,6 @@ def test_preset_help_matches_the_presets():
     assert "HERO (rules) and its shuffled ablation" in text and "hero_rules_shuffled" in PRESETS["default"]["methods"]
 
 
-def test_help_has_no_rst_double_backticks():
-    assert "``" not in _help()
+def test_help_has_no_rst_markup():
+    text = _help()
+    assert "``" not in text and ":mod:" not in text and ":class:" not in text
