@@ -62,7 +62,7 @@ def write_report(target: Path, report: dict[str, Any]) -> None:
 def save_adapter(folder: Path, peft_model: Any) -> None:
     """The LoRA adapter of ``peft_model`` as ``adapter_model.safetensors`` (float16) + ``adapter_config.json``,
     the files ``peft.PeftModel.from_pretrained`` reads. The recipe rounds the adapter to float16 before merging
-    (:func:`~hero_gym.agents.warmstart.round_adapter_`), so this file holds exactly the trained values."""
+    (:func:`~hero_gym.agents.warmstart_build.round_adapter_`), so this file holds exactly the trained values."""
     from peft import get_peft_model_state_dict
     from safetensors.torch import save_file
 

@@ -539,7 +539,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     debug = "--debug" in args or os.environ.get("HERO_GYM_DEBUG", "") not in ("", "0")
     args = [a for a in args if a != "--debug"] or ["--help"]
     try:
-        app(args=args, prog_name="hero-gym", standalone_mode=False)
+        code = app(args=args, prog_name="hero-gym", standalone_mode=False)
+        if code == 130:   # Typer turns Ctrl-C (KeyboardInterrupt) into this exit code without raising
+            print(INTERRUPTED, file=sys.stderr)
+            return 130
     except typer.Exit as e:
         return e.exit_code
     except (typer.Abort, KeyboardInterrupt):

@@ -262,7 +262,7 @@ def _weights(path):
 def test_the_adapter_is_kept_and_a_shipped_copy_rebuilds_the_same_merged_weights(tmp_path, monkeypatch):
     """The build keeps its float16 LoRA adapter; shipped under the same key, it is merged instead of
     training and gives the merged weights of the build bit for bit."""
-    import hero_gym.agents.warmstart as ws
+    import hero_gym.agents.warmstart_build as build
     from hero_gym.agents import warmstart_files as files
 
     monkeypatch.setenv("HERO_GYM_CACHE", str(tmp_path / "a"))
@@ -277,7 +277,7 @@ def test_the_adapter_is_kept_and_a_shipped_copy_rebuilds_the_same_merged_weights
     assert dest.name == cache_key(cfg, "tiny") and read_report(dest)["rebuild_command"] == "hero-gym warmstart ..."
     monkeypatch.setattr(files, "SHIPPED_ROOT", shipped_root)
     monkeypatch.setenv("HERO_GYM_CACHE", str(tmp_path / "b"))          # a fresh cache: nothing built there
-    monkeypatch.setattr(ws, "_Build", None)                            # training would now fail
+    monkeypatch.setattr(build, "_Build", None)                         # training would now fail
     again = warm_start(cfg, base="tiny", device="cpu")
     assert again != built and "shipped adapter" in read_report(again)["source"]
     a, b = _weights(built), _weights(again)

@@ -150,3 +150,17 @@ def test_train_says_when_a_budget_buys_one_whole_batch(monkeypatch, capsys, tmp_
     main(["train", "hero_gym/Lookup-v0", "--model", "tiny", "--budget", "12", "--out", str(tmp_path / "r")])
     out = capsys.readouterr().out
     assert "one batch here is 8 episodes of up to 6 turns" in out and "between 8 and 48 turns" in out
+
+
+def test_ctrl_c_prints_one_line_and_exits_130(monkeypatch, capsys):
+    """Ctrl-C inside a command (here `hero-gym bench`) ends with one line saying what is kept, no traceback."""
+    pytest.importorskip("torch")
+    from hero_gym.agents import bench
+
+    def interrupted(argv, parser=None):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(bench, "main", interrupted)
+    code = main(["bench", "--quick"])
+    err = capsys.readouterr().err.strip()
+    assert code == 130 and len(err.splitlines()) == 1 and "interrupted; what finished is kept" in err

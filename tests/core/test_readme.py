@@ -65,17 +65,19 @@ def test_readme_training_snippet_runs_and_shows_progress_without_a_terminal(tmp_
     timed in the README): it runs as written, takes optimizer steps and writes its bar to a non-terminal
     stderr (pytest's capture)."""
     pytest.importorskip("torch")
-    import hero_gym.agents as agents
-    from hero_gym.agents.models import load_named_model
+    import hero_gym.agents.warmstart as ws
 
     code = _blocks(README.read_text().split("**Training.**", 1)[1])[0]
     assert 'method="hero_rules"' in code and "progress=True" in code
-    monkeypatch.setattr(agents, "load_default_model", lambda: load_named_model("tiny", device="cpu"))
+    real = ws.load_warm_started
+    monkeypatch.setattr(ws, "load_warm_started", lambda cfg: real(cfg, base="tiny", device="cpu"))
+    monkeypatch.setenv("HERO_GYM_CACHE", str(tmp_path / "cache"))
     monkeypatch.chdir(tmp_path)
     ns: dict = {}
     exec(compile(code, "README.md", "exec"), ns)
-    captured = capsys.readouterr()
-    assert "train[hero_rules]" in captured.err
+    err = capsys.readouterr().err
+    assert "behaviour cloning step 16/16" in err and "ETA" in err      # the warm start's steps
+    assert "train[hero_rules]" in err                                  # the training bar, on a non-terminal
     assert ns["result"].turns_used >= 16 and (tmp_path / "runs" / "lookup").is_dir()
 
 
