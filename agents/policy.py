@@ -36,9 +36,11 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 
-from hero_gym.agents.models import cache_kwargs, default_device, output_cache
+from hero_gym.agents.models import (CPU_DECODE_LIMITS, DecodeLimits, cache_kwargs, decode_limits, default_device,
+                                    free_device_memory, output_cache)
 
-__all__ = ["DEFAULT_LORA", "Generation", "HFPolicy", "KVCache", "SamplingConfig", "default_lora_config"]
+__all__ = ["CPU_DECODE_LIMITS", "DEFAULT_LORA", "DecodeLimits", "Generation", "HFPolicy", "KVCache", "SamplingConfig",
+           "decode_limits", "default_lora_config"]
 
 DEFAULT_LORA: dict[str, Any] = {
     "r": 16,
@@ -176,6 +178,12 @@ class HFPolicy:
         max_batch_size: at most this many rows per forward pass in :meth:`generate`.
         max_batch_tokens: at most this many padded tokens (rows x longest row) per forward pass; rows are
             grouped by length so that short contexts are not padded to long ones. Bounds prefill memory.
+        max_cached_tokens: at most this many tokens kept in the env slots' KV caches between turns during a
+            rollout (:func:`hero_gym.agents.rollout.collect`).
+
+    Each limit left ``None`` comes from :func:`decode_limits`: on CUDA sized from the device's free memory
+    when the policy is built (after the model is on the device); on CPU 64 rows, 65,536 tokens and no cache
+    cap (:data:`CPU_DECODE_LIMITS`). The decoding loop syncs with the host once per generated token.
     """
 
     def __init__(
@@ -186,8 +194,9 @@ class HFPolicy:
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
         *,
-        max_batch_size: int = 64,
-        max_batch_tokens: int = 65536,
+        max_batch_size: int | None = None,
+        max_batch_tokens: int | None = None,
+        max_cached_tokens: int | None = None,
     ):
         self.tokenizer = tokenizer
         self.device = torch.device(device) if device is not None else default_device()
@@ -210,8 +219,11 @@ class HFPolicy:
             self.is_lora = True
         self.model = model
         self.model.eval()
-        self.max_batch_size = int(max_batch_size)
-        self.max_batch_tokens = int(max_batch_tokens)
+        sized = decode_limits(free_device_memory(self.device), self.base_model.config, self.dtype)
+        self.max_batch_size = int(max_batch_size if max_batch_size is not None else sized.max_batch_size)
+        self.max_batch_tokens = int(max_batch_tokens if max_batch_tokens is not None else sized.max_batch_tokens)
+        self.max_cached_tokens: int | None = (int(max_cached_tokens) if max_cached_tokens is not None
+                                              else sized.max_cached_tokens)
         self.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         if self.pad_token_id is None:
             raise ValueError("the tokenizer needs a pad or EOS token")
@@ -279,6 +291,23 @@ class HFPolicy:
             raise RuntimeError("adapter_disabled() needs a LoRA policy (full fine-tuning has no separate base)")
         with self.model.disable_adapter():
             yield
+
+    def reset_adapter(self, seed: int) -> None:
+        """Re-draw the LoRA adapter's initial weights from ``seed`` (PEFT's initialisation: ``B = 0``, so the
+        policy equals its base model again), leaving the global RNG untouched. Lets one base model serve
+        many training runs in turn (the benchmark's cells) instead of one deep copy per run. Raises
+        ``RuntimeError`` for full fine-tuning (there is no adapter to reset)."""
+        if not self.is_lora:
+            raise RuntimeError("reset_adapter() needs a LoRA policy")
+        from peft.tuners.lora import LoraLayer
+
+        devices = [self.device.index or 0] if self.device.type == "cuda" else []   # LoRA weights draw there
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(int(seed))
+            for module in self.model.modules():
+                if isinstance(module, LoraLayer):
+                    for name in list(module.lora_A.keys()):
+                        module.reset_lora_parameters(name, True)
 
     # ------------------------------------------------------------------ generation
     def new_kv_cache(self) -> KVCache:
@@ -430,7 +459,9 @@ class HFPolicy:
                 nxt = torch.multinomial(logp.exp(), 1, generator=gen).squeeze(-1)
             chosen = logp.gather(-1, nxt[:, None]).squeeze(-1)
             is_stop = torch.isin(nxt, stop_ids)
-            nxt_l, chosen_l, stop_l = nxt.tolist(), chosen.tolist(), is_stop.tolist()
+            # one host sync per token: ids (exact in float64), log-probs and stop flags in one transfer
+            packed = torch.stack([nxt.double(), chosen.double(), is_stop.double()]).tolist()
+            nxt_l, chosen_l, stop_l = [int(x) for x in packed[0]], packed[1], [x > 0.5 for x in packed[2]]
             for j, i in enumerate(rows):
                 if done[i]:
                     continue

@@ -49,7 +49,8 @@ from typing import Any, Protocol
 from hero_gym.chat import ChatRenderer
 from hero_gym.records import Episode, Turn
 
-__all__ = ["TOOL_PROMPTS", "Task", "TurnBudget", "collect", "compact_tool_prompt", "default_tool_prompt"]
+__all__ = ["TOOL_PROMPTS", "Task", "TurnBudget", "collect", "compact_tool_prompt", "context_cap", "default_tool_prompt",
+           "policy_context_window"]
 
 
 class Policy(Protocol):
@@ -201,6 +202,12 @@ class _Slot:
     messages: list[dict[str, Any]] = field(default_factory=list)
     context: list[int] = field(default_factory=list)
     kv: Any | None = None  # the policy's KV cache of this episode (see ``collect(kv_cache=...)``)
+    kv_off: bool = False   # the cache was dropped for the rest of this episode (``max_cached_tokens``)
+
+    @property
+    def kv_tokens(self) -> int:
+        """Tokens held in this slot's KV cache."""
+        return len(self.kv.ids) if self.kv is not None and not self.kv_off else 0
 
     @property
     def running(self) -> bool:
@@ -289,6 +296,7 @@ class _Slot:
         self.episode, self.renderer, self.messages, self.context = None, None, [], []
         if self.kv is not None:
             self.kv.clear()
+        self.kv_off = False
         return ep
 
 
@@ -313,6 +321,7 @@ def collect(
     tool_prompt: Callable[[Sequence[dict[str, Any]], str], str] | None = default_tool_prompt,
     progress: bool = False,
     kv_cache: bool = True,
+    max_cached_tokens: int | None = None,
 ) -> list[Episode]:
     """Roll out episodes with ``policy`` and return them (task order; groups are consecutive).
 
@@ -333,7 +342,9 @@ def collect(
             episode starts once it is exhausted and running ones are closed.
         turn_budget: alias of ``budget``.
         max_context_tokens: cap on context + reply length; each reply may use at most the room left, and an
-            episode whose next context would not fit ends with ``stop_reason="context_overflow"``.
+            episode whose next context would not fit ends with ``stop_reason="context_overflow"``. A policy
+            with a ``max_context_tokens`` attribute (:class:`~hero_gym.agents.vllm_policy.VLLMPolicy`: the
+            engine's ``max_model_len``) lowers the cap to it, so no context past the engine's window is sent.
         num_envs: parallel env instances when ``envs`` is an id.
         system_prompt: overrides the env's ``info["system_prompt"]``.
         tool_prompt: ``f(tools, parser) -> str`` describing the tools and call format, appended to the
@@ -344,9 +355,17 @@ def collect(
             sampled reply's last token, the rendered observation and the generation prompt) instead of the
             whole context. Used when the policy offers it (:class:`~hero_gym.agents.policy.HFPolicy` does:
             ``generate(..., kv_caches=...)``); the sampled ids are the same either way up to float rounding.
+        max_cached_tokens: at most this many tokens held in the slots' KV caches together (memory: every
+            slot's cache lives between turns). When a step leaves more, the largest caches are dropped and
+            their episodes run uncached (whole context re-encoded each turn) until they end. ``None``: the
+            policy's ``max_cached_tokens`` attribute (HFPolicy sizes it from free GPU memory on CUDA; none on
+            CPU), else no cap.
     """
     queue = deque(_queue(n_episodes, tasks, group_size, seed))
     budget = _as_budget(budget, turn_budget)
+    max_context_tokens = context_cap(policy, max_context_tokens)
+    if max_cached_tokens is None:
+        max_cached_tokens = getattr(policy, "max_cached_tokens", None)
     prompting = _Prompting(policy.tokenizer, system_prompt, tool_prompt, max_context_tokens,
                            asdict(sampling) if hasattr(sampling, "__dataclass_fields__") else None)
     slots, owned = _make_slots(envs, num_envs, len(queue), env_kwargs or {}, prompting)
@@ -387,9 +406,11 @@ def collect(
                     break
             caps = None if max_context_tokens is None else [max_context_tokens - len(s.context) for s in active]
             t0 = time.perf_counter()
-            kw = {"kv_caches": [s.kv for s in active]} if cached else {}
+            kw = {"kv_caches": [None if s.kv_off else s.kv for s in active]} if cached else {}
             gens = policy.generate([s.context for s in active], _step_sampling(sampling, n_steps),
                                    max_new_tokens=caps, **kw)
+            if cached and max_cached_tokens is not None:
+                _cap_caches(active, int(max_cached_tokens))
             generate_s = (time.perf_counter() - t0) / len(active)
             n_steps += 1
             for s, g in zip(active, gens):  # pooled envs (hero_gym.pool) start stepping side by side
@@ -411,6 +432,33 @@ def collect(
                 pass
     # episodes never started (budget exhausted) are simply absent
     return [results[k] for k in sorted(results)]
+
+
+def context_cap(policy: Any, max_context_tokens: int | None = None) -> int | None:
+    """The context cap of a rollout with ``policy``: the smaller of ``max_context_tokens`` and the policy's own
+    ``max_context_tokens`` attribute (a vLLM engine's ``max_model_len``); ``None`` when neither is set."""
+    own = getattr(policy, "max_context_tokens", None)
+    caps = [int(c) for c in (max_context_tokens, own) if c is not None]
+    return min(caps) if caps else None
+
+
+def policy_context_window(policy: Any) -> int | None:
+    """The longest context ``policy`` can take: its ``max_context_tokens`` (vLLM) or its model's
+    ``config.max_position_embeddings`` (transformers); ``None`` when unknown."""
+    cfg = getattr(getattr(policy, "model", None), "config", None)
+    return context_cap(policy, getattr(cfg, "max_position_embeddings", None))
+
+
+def _cap_caches(active: Sequence[_Slot], limit: int) -> None:
+    """Drop the largest KV caches of ``active`` (uncached for the rest of their episodes) until at most
+    ``limit`` tokens are held."""
+    total = sum(s.kv_tokens for s in active)
+    for s in sorted(active, key=lambda s: -s.kv_tokens):
+        if total <= limit:
+            break
+        total -= s.kv_tokens
+        s.kv.clear()
+        s.kv_off = True
 
 
 def _queue(n_episodes: int | None, tasks: Sequence[Task | dict[str, Any]] | None, group_size: int,

@@ -36,7 +36,7 @@ from .checkpoint import RunCounters, RunFiles, list_snapshots, save_snapshot
 from .future_guard import drop_future_copies
 from .methods import ExpertDemos, MethodSpec, NoteOptions, Notes, get_method
 from .reflector import LLMReflector, Reflection, Reflector, RuleReflector
-from .rollout import TOOL_PROMPTS
+from .rollout import TOOL_PROMPTS, policy_context_window
 from .teachers import SuccessBuffer, TeacherKind, TeacherWeights
 from .update import UpdateStats, episode_finished, teacher_contexts_for, update
 
@@ -159,12 +159,23 @@ class TrainConfig:
     # --- files
     checkpoint_dir: str | None = None
     """Checkpoints, JSONL logs and weight snapshots (``None`` = none of them, no resume)."""
+    snapshot_budgets: list[int] | None = None
+    """Write weight snapshots only where these budgets (in turns) read them: at the start and at the end of
+    the iteration that carries the run to or past each budget (the model at budget ``B`` is the first
+    snapshot at or past ``B``). ``None``: after every iteration (disk: ~80 MB per bf16 7B LoRA snapshot)."""
+    snapshot_dtype: Literal["keep", "bfloat16"] = "keep"
+    """Dtype of the weights in snapshots: the training dtype, or bfloat16 (half the disk of fp32 LoRA
+    weights; the resume checkpoint always keeps full precision)."""
     resume: bool = True
     """Continue from ``checkpoint_dir`` if it holds a checkpoint (else start fresh there)."""
     progress: bool | None = None
     """A progress bar over the turn budget; ``None`` = only when stderr is a terminal."""
 
     def __post_init__(self) -> None:
+        if self.snapshot_dtype not in ("keep", "bfloat16"):
+            raise ValueError(f"snapshot_dtype must be 'keep' or 'bfloat16', got {self.snapshot_dtype!r}")
+        if self.snapshot_budgets is not None and any(int(b) < 0 for b in self.snapshot_budgets):
+            raise ValueError("snapshot_budgets must be >= 0")
         get_method(self.method)
         if self.loss not in ("forward_kl", "reverse_kl", "jsd", "sampled"):
             raise ValueError(f"unknown loss {self.loss!r}")
@@ -255,7 +266,14 @@ def train(
     ``reflector`` overrides the method's reflector. ``rollout_policy`` (e.g. a
     :class:`~hero_gym.agents.vllm_policy.VLLMPolicy` on the same base model) generates the rollouts;
     ``policy`` is the one trained, and its adapter is handed to ``rollout_policy.set_lora`` at the start
-    (so a resumed run samples from the resumed weights) and after every update.
+    (so a resumed run samples from the resumed weights) and after every update. The model reflector
+    generates through ``rollout_policy`` too, and a backend with ``released()`` (vLLM sleep mode) frees
+    its GPU memory during each update.
+
+    Trainable weights in bfloat16/float16 (full fine-tuning of a bf16 model) are refused: without fp32
+    master weights, AdamW steps below the weights' resolution are lost. Load the model in float32, train
+    a LoRA adapter (PEFT keeps adapter weights in fp32), or use ``sharding="fsdp"`` with
+    ``mixed_precision="bf16"``.
 
     With ``config.checkpoint_dir``: episodes and metrics are appended to JSONL logs, the resume checkpoint
     is rewritten atomically after every iteration, and the trainable weights are snapshotted to
@@ -276,7 +294,8 @@ def train(
             batch = whole_batch(episodes, reflections)
             run.buffer.add(batch.episodes)
             t_notes = time.perf_counter() - t0 - t_collect
-            stats = update(policy, run.optimizer, batch.local, notes, config, teacher=run.teacher)
+            with getattr(rollout_policy, "released", contextlib.nullcontext)():   # vLLM asleep while training
+                stats = update(policy, run.optimizer, batch.local, notes, config, teacher=run.teacher)
             run.record(batch, stats, note_counts,
                        {"collect": t_collect, "notes": t_notes, "iteration": time.perf_counter() - t0})
     finally:
@@ -365,6 +384,7 @@ class _Run:
         params = [p for p in model.parameters() if p.requires_grad]
         if not params:
             raise ValueError("the policy has no trainable parameters")
+        _require_master_weights(params)
         files = RunFiles(config.checkpoint_dir) if config.checkpoint_dir else None
         resuming = files is not None and config.resume and files.has_checkpoint()
         if config.reset_lora and not resuming:
@@ -372,7 +392,7 @@ class _Run:
         run = cls(policy=policy, config=config,
                   optimizer=optimizer or torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay),
                   teacher=TeacherWeights(model, config.teacher, config.ema_rate), buffer=SuccessBuffer(),
-                  reflector=reflector or _make_reflector(spec, policy, config),
+                  reflector=reflector or _make_reflector(spec, rollout_policy or policy, config),
                   expert_demos=_expert_demos(config) if spec.name == "full_demo" and config.demo_fallback else None,
                   # under torch.distributed only rank 0 writes files; every rank reads a checkpoint
                   files=files, main=D.is_main(), rollout_policy=rollout_policy)
@@ -384,7 +404,7 @@ class _Run:
             run.resumed_from = run.counters.iterations
         elif files is not None and run.main:
             files.start_fresh(config)
-            save_snapshot(policy, files.dir, run.counters)   # budget 0: the starting weights
+            _snapshot(policy, files, run.counters, config)   # budget 0: the starting weights
         D.broadcast_parameters(model)                         # every rank starts from rank 0's weights
         if config.sharding == "fsdp":                         # after restoring: full state in, shards out
             D.fsdp_shard(model, optimizer=run.optimizer, teacher=run.teacher,
@@ -403,6 +423,7 @@ class _Run:
                seconds: dict[str, float]) -> None:
         """Count the iteration, log its episodes and metrics, snapshot the weights, save the checkpoint."""
         c, episodes, files = self.counters, batch.episodes, self.files
+        turns_before = c.turns
         c.iterations += 1
         c.optimizer_steps += int(stats.stepped)
         c.tokens_trained += stats.tokens_trained
@@ -422,9 +443,13 @@ class _Run:
                     if batch.reflections is not None:
                         ep.metadata["reflection"] = batch.reflections[i].to_json()
                 files.log(episodes, row)
-                # every iteration: the model at any budget is the first snapshot at or past it
-                save_snapshot(self.policy, files.dir, c,
+                # the model at any budget is the first snapshot at or past it: every iteration's, or with
+                # snapshot_budgets only those of the iterations that reach a budget
+                if self.config.snapshot_budgets is None:
+                    _snapshot(self.policy, files, c, self.config,
                               weights_of=None if stats.stepped else max(list_snapshots(files.dir)))
+                elif any(turns_before < int(b) <= c.turns for b in self.config.snapshot_budgets):
+                    _snapshot(self.policy, files, c, self.config)
                 files.save(model=model, optimizer=self.optimizer, teacher=self.teacher, buffer=self.buffer,
                            counters=c)
         if self.bar is not None:
@@ -538,10 +563,9 @@ def collect_batch(policy: Any, envs: list[Any], config: TrainConfig, iteration: 
 
     sampling = SamplingConfig(max_new_tokens=config.max_new_tokens, temperature=config.temperature,
                               seed=config.seed * 7919 + iteration)
-    model_cfg = getattr(getattr(policy, "model", None), "config", None)
     return collect(policy, envs, tasks=D.shard(_tasks_for(iteration, config)), group_size=config.group_size,
                    sampling=sampling, tool_prompt=TOOL_PROMPTS[config.tool_prompt],
-                   max_context_tokens=getattr(model_cfg, "max_position_embeddings", None))
+                   max_context_tokens=policy_context_window(policy))
 
 
 def _metrics_row(c: RunCounters, episodes: Sequence[Episode], stats: UpdateStats,
@@ -563,6 +587,21 @@ def _hand_over_adapter(policy: Any, rollout_policy: Any, files: RunFiles | None)
     root = files.dir if files is not None else Path(tempfile.mkdtemp(prefix="hero_gym_adapter_"))
     policy.save(root / "rollout_adapter")
     rollout_policy.set_lora(root / "rollout_adapter")
+
+
+def _require_master_weights(params: Sequence[torch.Tensor]) -> None:
+    """Refuse half-precision trainable weights (no fp32 master copy for the optimizer)."""
+    low = sorted({str(p.dtype) for p in params if p.dtype in (torch.bfloat16, torch.float16)})
+    if low:
+        raise ValueError(f"the trainable weights are {', '.join(low)}: training them directly has no fp32 master "
+                         "weights (AdamW steps below their resolution are lost). Load the model in float32 for full "
+                         "fine-tuning, train a LoRA adapter (its weights are fp32), or use sharding='fsdp' with "
+                         "mixed_precision='bf16'")
+
+
+def _snapshot(policy: Any, files: RunFiles, counters: RunCounters, config: TrainConfig, **kw: Any) -> None:
+    save_snapshot(policy, files.dir, counters, dtype=torch.bfloat16 if config.snapshot_dtype == "bfloat16" else None,
+                  **kw)
 
 
 def _progress_bar(config: TrainConfig, spent: int) -> Any:
@@ -593,13 +632,17 @@ def evaluate(
     max_context_tokens: int | None = None,
     progress: bool = False,
     tool_prompt: Literal["full", "compact"] = "full",
+    max_cached_tokens: int | None = None,
 ) -> EvalResult:
     """Roll the policy out (greedy by default) and report success rate, mean reward and mean turns.
 
     Tasks: ``task_indices`` (``options={"task_index": i}``, with ``seeds[i]`` or ``i`` as reset seed),
     else ``seeds``, else ``range(n_episodes)`` as reset seeds. ``n_episodes`` with ``task_indices``
     or ``seeds`` truncates the list. ``max_turns`` overrides the env's per-episode turn cap.
-    No training budget is spent. ``tool_prompt`` as in :class:`TrainConfig`.
+    No training budget is spent. ``tool_prompt`` as in :class:`TrainConfig`. ``policy`` may be a
+    :class:`~hero_gym.agents.vllm_policy.VLLMPolicy` (its ``max_model_len`` caps the context).
+    ``num_envs`` episodes run at once; ``max_cached_tokens`` caps their KV caches together (see
+    :func:`~hero_gym.agents.rollout.collect`).
     """
     from .policy import SamplingConfig
     from .rollout import Task, collect
@@ -617,13 +660,13 @@ def evaluate(
         tasks = tasks[:n_episodes]
     sampling = SamplingConfig(max_new_tokens=max_new_tokens, temperature=temperature, seed=12345)
     if max_context_tokens is None:
-        model_cfg = getattr(getattr(policy, "model", None), "config", None)
-        max_context_tokens = getattr(model_cfg, "max_position_embeddings", None)
+        max_context_tokens = policy_context_window(policy)
     env_kwargs = dict(env_kwargs or {})
     if max_turns is not None:
         env_kwargs["max_turns"] = max_turns
     eps = collect(policy, env_id, tasks=tasks, sampling=sampling, env_kwargs=env_kwargs, num_envs=num_envs,
-                  max_context_tokens=max_context_tokens, progress=progress, tool_prompt=TOOL_PROMPTS[tool_prompt])
+                  max_context_tokens=max_context_tokens, progress=progress, tool_prompt=TOOL_PROMPTS[tool_prompt],
+                  max_cached_tokens=max_cached_tokens)
     n = max(1, len(eps))
     return EvalResult(success_rate=sum(e.success for e in eps) / n,
                       mean_reward=float(sum(e.total_reward for e in eps) / n),

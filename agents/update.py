@@ -141,7 +141,7 @@ def _teacher_scores(model: Any, teacher: TeacherWeights, episodes: Sequence[Epis
     """A micro-batch's action tokens with the teacher's view of them: the teacher's hidden states over the
     note contexts (distillation) and the reference log-probs (GRPO's KL term), both without gradient."""
     t_logits = None
-    if plan.n_distill:
+    if bool(plan.distill_mask[tok].any()):   # no teacher pass (nor a dense [N, V] zero table) without a scored turn
         with torch.no_grad(), teacher.active():
             t_logits, _ = teacher_logits_prefix_cache(model, episodes, plan.teacher_contexts, layout,
                                                       chain_indices=cidx, pad_id=pad, as_hidden=True)

@@ -334,6 +334,23 @@ def _policy(model: str, device: str | None, adapter: Path | None = None) -> Any:
     return policy
 
 
+ROLLOUT_HELP = ("hf | vllm: who generates rollouts (and the model reflector's text); vllm needs vLLM and a GPU and "
+                "gets the adapter after every update")
+
+
+def _rollout_backend(rollout: str, model: str, tokenizer: Any, memory: float, max_model_len: int | None) -> Any:
+    """``None`` for ``--rollout hf``; a VLLMPolicy for ``--rollout vllm`` (one-line errors for bad input)."""
+    from hero_gym.agents import vllm_policy
+
+    if rollout not in ("hf", "vllm"):
+        raise _one_of("rollout backend", rollout, ["hf", "vllm"])
+    try:
+        return vllm_policy.make_rollout_policy(rollout, model, tokenizer, gpu_memory_utilization=memory,
+                                               max_model_len=max_model_len)
+    except (ImportError, ValueError) as e:
+        raise CLIError(str(e).splitlines()[0]) from e
+
+
 def _train_config(agents: Any, env_id: str, method: str, budget: int, out: Path,
                   kwarg: list[str] | None, config: list[str] | None) -> Any:
     from hero_gym.agents.methods import METHODS
@@ -389,6 +406,9 @@ def train(
     ray_address: Optional[str] = typer.Option(None, help="ray.init address for --pool ray (default: local)"),
     backend: Optional[str] = typer.Option(None, help="torch.distributed backend under torchrun (default: nccl on GPU, else gloo)"),
     sharding: str = typer.Option("none", help="none | fsdp: under torchrun, shard the weights and optimiser state over the ranks (FSDP2)"),
+    rollout: str = typer.Option("hf", help=ROLLOUT_HELP),
+    vllm_memory: float = typer.Option(0.35, help="--rollout vllm: share of the GPU's memory the vLLM engine may take"),
+    max_model_len: Optional[int] = typer.Option(None, help="--rollout vllm: context window (also the rollouts' context cap)"),
     kwarg: Optional[list[str]] = typer.Option(None, "--kwarg", "-k", metavar="KEY=VALUE", help="env constructor key=value"),
     config: Optional[list[str]] = typer.Option(None, "--config", "-c", metavar="KEY=VALUE", help="TrainConfig field=value"),
 ) -> None:
@@ -415,7 +435,10 @@ alone writes OUT (see hero_gym.agents.distributed)."""
             device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}"
         cfg.progress = distributed.is_main()
         policy = _policy(model, device)
-        result = agents.train(policy, cfg)
+        if rollout != "hf" and distributed.world_size() > 1:
+            raise CLIError("--rollout vllm runs in one process (no torchrun)")
+        backend = _rollout_backend(rollout, model, policy.tokenizer, vllm_memory, max_model_len)
+        result = agents.train(policy, cfg, rollout_policy=backend)
         distributed.save_policy(policy, out / "adapter")   # rank 0 writes (FSDP: every rank gathers)
         if distributed.is_main():
             (out / "adapter" / BASE_MODEL_FILE).write_text(json.dumps({"model": model}))
@@ -434,6 +457,9 @@ def eval_cmd(
     adapter: Optional[Path] = typer.Option(None, help="a trained adapter directory (from `hero-gym train`)"),
     episodes: int = typer.Option(10, help="number of episodes (task indices 0..N-1)"),
     device: Optional[str] = typer.Option(None),
+    rollout: str = typer.Option("hf", help="hf | vllm: who generates (vllm needs vLLM and a GPU; the adapter is served as a LoRA)"),
+    vllm_memory: float = typer.Option(0.9, help="--rollout vllm: share of the GPU's memory the vLLM engine may take"),
+    max_model_len: Optional[int] = typer.Option(None, help="--rollout vllm: context window (also the context cap)"),
     kwarg: Optional[list[str]] = typer.Option(None, "--kwarg", "-k", metavar="KEY=VALUE", help="env constructor key=value"),
     out: Optional[Path] = typer.Option(None, help="write the episodes to this JSONL file"),
 ) -> None:
@@ -442,7 +468,14 @@ def eval_cmd(
     _check_env_id(env_id)
     env_kwargs = _parse_kv(kwarg)
     _check_env_kwargs(env_id, env_kwargs)
-    policy = _policy(model, device, adapter)
+    if rollout != "hf":   # vLLM alone: no transformers copy of the model on the GPU
+        if adapter is not None:
+            _check_adapter(adapter, model)
+        policy = _rollout_backend(rollout, model, None, vllm_memory, max_model_len)
+        if adapter is not None:
+            policy.set_lora(adapter)
+    else:
+        policy = _policy(model, device, adapter)
     result = agents.evaluate(policy, env_id, env_kwargs, task_indices=list(range(episodes)), progress=True)
     if out is not None:
         hero_gym.save_jsonl(result.episodes, out)

@@ -16,7 +16,8 @@ from .stats import mean_se
 __all__ = ["plot_env"]
 
 _STYLE = {BASE: ("#7f7f7f", "s", ":"), "grpo": ("#1f77b4", "o", "-"), "envfb_sd": ("#ff7f0e", "v", "-"),
-          "full_demo": ("#2ca02c", "^", "-"), "hero_rules": ("#9467bd", "D", "--"), "hero": ("#d62728", "*", "-"),
+          "full_demo": ("#2ca02c", "^", "-"), "hero_rules": ("#9467bd", "D", "--"),
+          "hero_rules_shuffled": ("#e377c2", "P", ":"), "hero": ("#d62728", "*", "-"),
           "hero_shuffled": ("#8c564b", "X", "-.")}
 
 

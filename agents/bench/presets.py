@@ -112,6 +112,13 @@ class Options:
     #: training runs in parallel, each in its own process with its own copy of the model (the warm start is
     #: built first, in the main process); ``1`` runs everything in this process
     workers: int = 1
+    #: who generates rollouts, evaluation episodes and the model reflector's text: ``"hf"`` (transformers) or
+    #: ``"vllm"`` (one vLLM engine per worker next to the trained model; GPU only, see docs/gpu.md)
+    rollout: str = "hf"
+    #: evaluation episodes run at once (their KV caches live side by side); ``None`` = every eval task at once
+    eval_slots: int | None = None
+    #: weight snapshots: after ``"every"`` iteration, or only where the ``"budgets"`` read them (bf16 on CUDA)
+    snapshots: str = "every"
     bootstrap: int = 2000
     #: per-env constructor kwargs added to both training and evaluation (e.g. WebShop's small-model
     #: observation options ``{"WebShop": {"max_results": 5, "instruction_once": True}}``)
@@ -148,7 +155,19 @@ CPU_WARM_START = {"episodes": 120, "noise": 0.1, "recovery_rounds": 1, "recovery
 #: same warm start and the same 30 held-out goals, so ``cpu`` reuses a ``default`` run's cells when given
 #: the same ``--out``. ``quick`` is a smoke test on a tiny random model. The README's "Results" section
 #: gives the measured wall times.
+#: ``paper``: the GPU preset (docs/gpu.md). Every method, three seeds, groups of 8 (tasks_per_update 4: a
+#: batch of 32 episodes), the envs as the originals define them (no small-model options, full tool schemas,
+#: 256-token replies), a 7B instruct model without a warm start, one worker process per visible GPU
+#: (``workers`` 0 = the GPU count), at most 32 evaluation episodes at once, snapshots only at the budgets.
+#: The budgets are this project's choice (about 8, 16 and 32 optimizer steps at ~8 turns per episode), not
+#: figures from a paper.
+PAPER = {"model": "Qwen/Qwen2.5-7B-Instruct", "device": "cuda", "warm_start": False,
+         "envs": ["TauRetail", "TauAirline", "WebShop"], "budgets": [2048, 4096, 8192], "seeds": [0, 1, 2],
+         "eval_tasks": 0, "group_size": 8, "tasks_per_update": 4, "max_new_tokens": 256, "tool_prompt": "full",
+         "lr": 1e-4, "workers": 0, "eval_slots": 32, "snapshots": "budgets", "out": "runs/paper"}
+
 PRESETS: dict[str, dict[str, Any]] = {
+    "paper": PAPER,
     "default": {"envs": ["WebShop"], "methods": [BASE, "envfb_sd", "hero_rules", "hero_rules_shuffled"],
                 "reference": "hero_rules",
                 "budgets": [32], "seeds": [0], "eval_tasks": 30, "env_kwargs": SMALL_MODEL_WEBSHOP,
@@ -213,6 +232,11 @@ def build_parser(prog: str = "hero-gym bench") -> argparse.ArgumentParser:
                                                 "per worker (default: CPU cores // workers)")
     ap.add_argument("--workers", type=int, help="training runs in parallel processes (each loads its own model)")
     ap.add_argument("--bootstrap", type=int, help="bootstrap resamples of the paired CI")
+    ap.add_argument("--rollout", choices=["hf", "vllm"],
+                    help="who generates rollouts, evaluations and reflections: hf (transformers) or vllm (GPU)")
+    ap.add_argument("--eval-slots", type=int, help="evaluation episodes at once (default: all)")
+    ap.add_argument("--snapshots", choices=["every", "budgets"],
+                    help="weight snapshots after every iteration, or only where the budgets read them")
     ap.add_argument("--out", help="output folder (relative to the current directory)")
     ap.add_argument("--report-only", action="store_true",
                     help="run nothing: rebuild tables and plots from the finished cells in --out")
@@ -265,8 +289,12 @@ def parse_args(argv: Sequence[str] | None = None, parser: argparse.ArgumentParse
     o.budgets = sorted(o.budgets)
     if not o.seeds:
         ap.error("give at least one seed")
+    if o.workers == 0:   # the paper preset: one worker per visible GPU
+        o.workers = gpu_workers()
     if o.workers < 1:
         ap.error(f"--workers must be >= 1, got {o.workers}")
+    if o.eval_slots is not None and o.eval_slots < 1:
+        ap.error(f"--eval-slots must be >= 1, got {o.eval_slots}")
     o.changed = changed_from_preset(o)
     return o
 
@@ -274,7 +302,8 @@ def parse_args(argv: Sequence[str] | None = None, parser: argparse.ArgumentParse
 def changed_from_preset(o: Options) -> list[str]:
     """The settings of ``o`` that differ from its preset's (what a report names next to the preset)."""
     ref = Options(preset=o.preset, **copy.deepcopy(PRESETS[o.preset]))
-    skip = ("preset", "report_only", "out", "changed", "given", "workers")   # workers change speed, not results
+    # workers and eval slots change speed, not results
+    skip = ("preset", "report_only", "out", "changed", "given", "workers", "eval_slots")
     return [f.name for f in dataclasses.fields(Options)
             if f.name not in skip and getattr(o, f.name) != getattr(ref, f.name)]
 
@@ -299,6 +328,13 @@ def setups_for(o: Options) -> dict[str, EnvSetup]:
         out[name] = s
     return out
 
+
+
+def gpu_workers() -> int:
+    """One worker per visible GPU (at least one)."""
+    import torch
+
+    return max(1, torch.cuda.device_count())
 
 
 def worker_threads(threads: int | None, workers: int, cpu_count: int | None) -> int:

@@ -7,6 +7,7 @@ fingerprint (code, starting weights, every setting it depends on) matches.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -159,6 +160,21 @@ class Bench:
                 "tool_prompt": o.tool_prompt, "overrides": self.train_overrides(),
                 "demo_max_chars": setup.demo_max_chars}
 
+    def gpu_settings(self) -> dict[str, Any]:
+        """What ``--rollout`` and ``--snapshots`` add to a run's settings (only when not the defaults, so runs from
+        before these options keep their fingerprints)."""
+        o = self.opts
+        return {**({"rollout": o.rollout} if o.rollout != "hf" else {}),
+                **({"snapshots": o.snapshots, "budgets": sorted(o.budgets)} if o.snapshots != "every" else {})}
+
+    def snapshot_settings(self) -> dict[str, Any]:
+        """``TrainConfig`` fields of ``--snapshots budgets``: snapshots only where the budgets read them,
+        in bf16 on CUDA."""
+        if self.opts.snapshots == "every":
+            return {}
+        cuda = str(self.opts.device or "").startswith("cuda")
+        return {"snapshot_budgets": list(self.opts.budgets), "snapshot_dtype": "bfloat16" if cuda else "keep"}
+
     def train_overrides(self) -> dict[str, Any]:
         from hero_gym.agents.trainer import TrainConfig
 
@@ -167,11 +183,13 @@ class Bench:
 
     def run_fingerprint(self, setup: EnvSetup, run: Run) -> str:
         return sha({"code": code_fingerprint(), "weights": self.source.identity(setup),
-                     "device": self.opts.device, "train": self.train_settings(setup, run)})
+                     "device": self.opts.device,
+                    "train": {**self.train_settings(setup, run), **self.gpu_settings()}})
 
     def eval_fingerprint(self, setup: EnvSetup, origin: str, snapshot_turns: int) -> str:
         return sha({"code": code_fingerprint(), "weights": self.source.identity(setup), "origin": origin,
-                     "snapshot_turns": snapshot_turns, "eval": self.eval_settings(setup), "device": self.opts.device})
+                     "snapshot_turns": snapshot_turns, "eval": {**self.eval_settings(setup), **({"rollout": self.opts.rollout} if self.opts.rollout != "hf" else {})},
+                    "device": self.opts.device})
 
     # ------------------------------------------------------------------ evaluation
     def evaluate(self, policy: Any, setup: EnvSetup) -> tuple[list[Any], float]:
@@ -179,10 +197,20 @@ class Bench:
 
         n = self._n_eval(setup)
         t0 = time.perf_counter()
-        # Reset seeds depend on the goal only: every method and seed plays the same episodes.
-        ev = evaluate(policy, setup.env_id, setup.eval_kwargs, task_indices=list(range(n)),
-                      seeds=[100_000 + i for i in range(n)], temperature=0.0, max_turns=setup.max_turns,
-                      max_new_tokens=self.opts.max_new_tokens, num_envs=n, tool_prompt=self.opts.tool_prompt)
+        engine = self.source.rollout(setup)
+        with contextlib.ExitStack() as stack:
+            if engine is not None:   # vLLM evaluates: the policy's adapter (a fresh one = the base) handed over
+                import tempfile
+
+                adapter = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="hero_gym_eval_adapter_")))
+                policy.save(adapter)
+                engine.set_lora(adapter)
+                policy = engine
+            # Reset seeds depend on the goal only: every method and seed plays the same episodes.
+            ev = evaluate(policy, setup.env_id, setup.eval_kwargs, task_indices=list(range(n)),
+                          seeds=[100_000 + i for i in range(n)], temperature=0.0, max_turns=setup.max_turns,
+                          max_new_tokens=self.opts.max_new_tokens, num_envs=min(n, self.opts.eval_slots or n),
+                          tool_prompt=self.opts.tool_prompt)
         return ev.episodes, time.perf_counter() - t0
 
     def set_aside(self, path: Path, fingerprint: str | None) -> Path:
@@ -299,9 +327,9 @@ class Bench:
                 task_indices=list(range(setup.train_tasks)), tasks_per_update=self.opts.tasks_per_update,
                 group_size=self.opts.group_size, max_new_tokens=self.opts.max_new_tokens, lr=self.opts.lr,
                 checkpoint_dir=str(rdir / "train"), tool_prompt=self.opts.tool_prompt, seed=run.seed,
-                progress=False, **{"demo_max_chars": setup.demo_max_chars, **self.train_overrides(),
+                progress=False, **{"demo_max_chars": setup.demo_max_chars, **self.snapshot_settings(), **self.train_overrides(),
                                    "method": run.method})
-            metrics = list(train(policy, cfg).metrics)
+            metrics = list(train(policy, cfg, rollout_policy=self.source.rollout(setup)).metrics)
             snaps = list_snapshots(cfg.checkpoint_dir)
             meta = {**asdict(run), "fingerprint": rfp, "turn_budget": top,
                     "train_seconds": (meta["train_seconds"] if meta else 0.0) + time.perf_counter() - t0,

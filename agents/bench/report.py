@@ -48,13 +48,20 @@ def _count(m: float | None) -> str:
 def _notes(rows: list[dict], prov: dict[str, Any], ws: bool) -> list[str]:
     """Lines under the table: the full-demo fallback rate, the dropped future copies, the runs kept aside."""
     lines = []
+    def known(x: Any) -> bool:
+        return x is not None and not (isinstance(x, float) and math.isnan(x))
+
     for r in rows:
-        if r["method"] == "full_demo" and r.get("demo_notes"):
+        if r["method"] == "full_demo" and known(r.get("demo_notes")) and r["demo_notes"] == 0:
+            lines.append(f"- {r['env']} B{r['budget']}: {method_label(r['method'], ws)} had no demonstration to show "
+                         "(no successful rollout, and the env expert did not succeed within the turn cap or has no "
+                         "expert): it did not train")
+        elif r["method"] == "full_demo" and known(r.get("demo_notes")):
             lines.append(f"- {r['env']} B{r['budget']}: {method_label(r['method'], ws)} showed the env expert's "
                          f"demonstration on {r['demo_from_expert']:.1f} of {r['demo_notes']:.1f} episodes with a demo "
                          f"(mean over seeds; {100 * r['demo_from_expert'] / r['demo_notes']:.0f}% fallback)")
-        dropped = (r.get("future_copy_diagnoses_dropped") or 0) + (r.get("future_copy_targets_dropped") or 0)
-        if dropped and not math.isnan(dropped):
+        if known(r.get("future_copy_diagnoses_dropped")) and (
+                r["future_copy_diagnoses_dropped"] + r["future_copy_targets_dropped"]) > 0:
             lines.append(f"- {r['env']} B{r['budget']}: {method_label(r['method'], ws)} dropped "
                          f"{r['future_copy_diagnoses_dropped']:.1f} diagnoses and {r['future_copy_targets_dropped']:.1f}"
                          " targets that copied a later turn (mean over seeds)")

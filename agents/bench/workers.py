@@ -88,7 +88,31 @@ def run_job(bench: Bench, job: Job, emit: Callable[[str, str, str], None]) -> tu
 _WORKER: dict[str, Any] = {}
 
 
-def _worker_init(opts: Options, out: str, events: Any) -> None:
+def visible_gpus() -> list[str]:
+    """The GPUs this process sees, as ``CUDA_VISIBLE_DEVICES`` entries (empty without CUDA)."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return []
+    env = os.environ.get("CUDA_VISIBLE_DEVICES")
+    listed = [g.strip() for g in env.split(",") if g.strip()] if env else []
+    return listed or [str(i) for i in range(torch.cuda.device_count())]
+
+
+def worker_gpu(index: int, gpus: Sequence[str]) -> str | None:
+    """The GPU of worker ``index``: worker ``i`` gets ``gpus[i]`` (round robin past the last); ``None``
+    without GPUs."""
+    return gpus[index % len(gpus)] if gpus else None
+
+
+def _worker_init(opts: Options, out: str, events: Any, counter: Any = None, gpus: Sequence[str] = ()) -> None:
+    if counter is not None:   # worker i on GPU i: set before this process touches CUDA (vLLM inherits it)
+        with counter.get_lock():
+            index = counter.value
+            counter.value += 1
+        gpu = worker_gpu(index, gpus)
+        if gpu is not None:   # this worker's "cuda" is that GPU
+            os.environ["CUDA_VISIBLE_DEVICES"] = gpu
     import torch
     from transformers.utils import logging as hf_logging
 
@@ -121,7 +145,9 @@ def run_parallel(opts: Options, out: Path, jobs: Sequence[Job], on_event: Callab
     events = ctx.Queue()
     results: dict[int, tuple[list[dict[str, Any]], dict[str, Any] | None]] = {}
     pool = ProcessPoolExecutor(max_workers=min(opts.workers, len(jobs)), mp_context=ctx,
-                               initializer=_worker_init, initargs=(opts, str(out), events))
+                               initializer=_worker_init,
+                               initargs=(opts, str(out), events, ctx.Value("i", 0),
+                                         visible_gpus() if opts.device in (None, "cuda") else []))   # cuda:k: every worker there
     ok = False
     try:
         pending = {pool.submit(_worker_job, job): i for i, job in enumerate(jobs)}

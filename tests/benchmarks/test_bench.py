@@ -202,6 +202,11 @@ def test_lookup_trains_and_evaluates_on_disjoint_existing_tasks():
             items[name].add(env.unwrapped._item)
         env.close()
     assert items["train"] and items["eval"] and not items["train"] & items["eval"]
+    # the warm start clones the training items only (WebShop's reset selects its split itself)
+    from hero_gym.agents.bench.source import _warm_start_env_kwargs
+
+    assert _warm_start_env_kwargs(setup)["split"] == "train"
+    assert "split" not in _warm_start_env_kwargs(bench.setups_for(bench.parse_args(["--quick"]))["WebShop"])
 
 
 def test_tau_full_demo_gets_a_longer_demonstration_clip():
