@@ -41,9 +41,6 @@ def _preset_key(preset: str) -> str:
     raise AssertionError("the bench did not ask for a warm start")
 
 
-@pytest.mark.xfail(strict=True, reason="the default preset's adapter (key 1215ef7c578a841e) is still being built by "
-                   "`python benchmarks/ship_warmstart.py --preset default` (resumable); remove this marker when it "
-                   "is shipped - strict, so the shipped adapter makes this marker fail")
 def test_the_default_preset_warm_start_is_shipped():
     key = _preset_key("default")
     assert files.shipped_adapter(key) is not None, (
