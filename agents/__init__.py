@@ -42,7 +42,7 @@ from hero_gym.agents.scoring import (
     teacher_logits_naive,
     teacher_logits_prefix_cache,
 )
-from hero_gym.agents.teachers import SuccessBuffer, TeacherWeights, demo_note, envfb_note, hero_note
+from hero_gym.agents.teachers import NOTE_STYLES, SuccessBuffer, TeacherWeights, demo_note, envfb_note, hero_note
 from hero_gym.agents.methods import METHODS, MethodSpec, NoteOptions, build_notes, get_method
 from hero_gym.agents.checkpoint import list_snapshots, load_snapshot, snapshot_for_budget
 from hero_gym.agents.trainer import EvalResult, TrainConfig, TrainResult, UpdateStats, evaluate, train, update

@@ -100,7 +100,7 @@ def drop_future_copies(episodes: Sequence[Episode], reflections: Sequence[Reflec
             target = _canonical_action(r.next_action_target)
             if target is not None and call_first.get(target, -1) > t:
                 counts["targets"] += 1
-                r = dataclasses.replace(r, next_action_target=None)
+                r = dataclasses.replace(r, next_action_target=None, target_text=None, target_source=None)
             kept[t] = r
         out.append(dataclasses.replace(refl, turns=kept))
     return out, counts

@@ -68,6 +68,7 @@ class NoteOptions:
     expert_demo: Callable[[Episode], Episode | None] | None = None
     """Full-demo's fallback when no successful rollout of the task exists: the env expert's demonstration
     of the same task (:class:`ExpertDemos`); ``None`` = no fallback (the turns are masked)."""
+    note_style: str = "no_echo_target"   # HERO note style, see hero_gym.agents.teachers.NOTE_STYLES
 
 
 NoteBuilder = Callable[[Sequence[Episode], "Sequence[Reflection] | None", "SuccessBuffer | None", NoteOptions], Notes]
@@ -179,8 +180,8 @@ def _check_reflections(episodes: Sequence[Episode], reflections: Sequence[Reflec
 
 def _hero_notes(episodes, reflections, buffer, opts) -> Notes:
     reflections = _check_reflections(episodes, reflections)
-    return [[hero_note(r.get(t), min_confidence=opts.min_confidence, target_confidence=opts.target_confidence)
-             for t in range(len(ep.turns))] for ep, r in zip(episodes, reflections)]
+    return [[hero_note(r.get(t), min_confidence=opts.min_confidence, target_confidence=opts.target_confidence,
+                       style=opts.note_style) for t in range(len(ep.turns))] for ep, r in zip(episodes, reflections)]
 
 
 def task_key(ep: Episode) -> str:

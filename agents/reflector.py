@@ -9,25 +9,33 @@ Three kinds ship here:
 * :class:`LLMReflector` — one generation over the whole trajectory (by default with the
   policy being trained, or any other policy / text generator) returning strict JSON
   ``{"turn1": {"diagnosis": str, "confidence": "high|medium|low",
-  "next_action_target": {...} | null}, ...}``; parsed defensively by
-  :func:`parse_reflection` (code fences, prose around the JSON, truncated JSON,
-  wrong key spellings), with a bounded number of retries when nothing usable came back.
-* :class:`RuleReflector` — diagnoses written from the env's structured signals
-  (action errors, repeated calls, no-op observations, the final outcome). No model
-  needed: for tiny models, tests and as an ablation.
+  "next_action_target": "<the action, in the env's own syntax>" | null}, ...}``; parsed defensively by
+  :func:`parse_reflection` (code fences, prose around the JSON, truncated JSON, wrong key spellings,
+  targets as action text or as ``{"name", "arguments"}`` objects). Its generation budget grows with
+  the number of turns, and a retry asks only for the turns still missing.
+* :class:`~hero_gym.agents.rule_reflector.RuleReflector` — diagnoses and targets written from what the
+  agent could see (action errors, repeated calls, no-op observations, the visible page, the final
+  outcome). No model needed: for tiny models, tests and as an ablation.
 * Anything implementing :class:`Reflector` (one method, ``reflect``), e.g.
   :class:`FunctionReflector` wrapping a plain function.
+
+Targets are kept twice: ``next_action_target`` (``{"name", "arguments"}`` or ``{"message"}``) and
+``target_text``, the same action as the agent writes it in its env (``click[...]``, a ``<tool_call>``
+block, a message): see :mod:`hero_gym.agents.targets`.
 """
 
 from __future__ import annotations
 
+import inspect
 import json
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
 
-from hero_gym.records import Episode, Turn
+from hero_gym.records import Episode
+
+from .targets import action_syntax, parse_target, render_action, syntax_hint
 
 Confidence = Literal["high", "medium", "low"]
 _CONFIDENCES = ("high", "medium", "low")
@@ -39,11 +47,16 @@ __all__ = [
     "Reflector",
     "FunctionReflector",
     "RuleReflector",
+    "VISIBLE_INFO_KEYS",
     "LLMReflector",
     "REFLECTION_RULES",
+    "LEGACY_REFLECTION_RULES",
     "build_reflection_messages",
     "parse_reflection",
     "extract_json_object",
+    "episode_unfinished",
+    "fill_target_text",
+    "reflection_budget",
 ]
 
 
@@ -51,20 +64,32 @@ __all__ = [
 class TurnReflection:
     """The hindsight diagnosis of one assistant turn.
 
-    ``next_action_target`` is the corrected action (e.g. ``{"name": ..., "arguments": {...}}``
-    or ``{"message": ...}``) when the reflector judged it unambiguous, else ``None``.
+    ``next_action_target`` is the corrected action (``{"name": ..., "arguments": {...}}`` or
+    ``{"message": ...}``) when the reflector judged it unambiguous, else ``None``; ``target_text`` is the
+    same action written in the env's own syntax (what the note shows).
     """
 
     diagnosis: str
     confidence: Confidence = "low"
     next_action_target: dict[str, Any] | None = None
     verdict: Literal["error", "good"] | None = None
-    """Set by :class:`RuleReflector`: whether the turn was judged a mistake or a right step."""
+    """Set by the rule reflector: whether the turn was judged a mistake or a right step."""
+    target_text: str | None = None
+    """The target as the agent would write it in its env (``click[b0abc]``, a ``<tool_call>`` block...)."""
+    target_confidence: Confidence | None = None
+    """The target's own confidence when the reflector gives one (``None``: ``confidence`` applies)."""
+    target_source: Literal["visible", "given", "model"] | None = None
+    """Where the target came from: visible information (rules), a ``target_fn`` (e.g. an oracle), a model."""
+    echo_diagnosis: str | None = None
+    """The rule reflector's pre-issue-23 wording, which quotes the env's message and the action (the
+    ``legacy`` / ``echo_target`` note styles); ``None``: ``diagnosis`` is the only wording."""
 
     def to_dict(self) -> dict[str, Any]:
-        d = {"diagnosis": self.diagnosis, "confidence": self.confidence, "next_action_target": self.next_action_target}
-        if self.verdict is not None:
-            d["verdict"] = self.verdict
+        d: dict[str, Any] = {"diagnosis": self.diagnosis, "confidence": self.confidence,
+                             "next_action_target": self.next_action_target}
+        for k in ("verdict", "target_text", "target_confidence", "target_source", "echo_diagnosis"):
+            if getattr(self, k) is not None:
+                d[k] = getattr(self, k)
         return d
 
 
@@ -75,7 +100,7 @@ class Reflection:
     episode_id: str
     turns: dict[int, TurnReflection] = field(default_factory=dict)
     source: str = ""
-    raw: str | None = None          # raw LLM text (last attempt), for auditing
+    raw: str | None = None          # raw LLM text (the attempt that gave the most turns), for auditing
     attempts: int = 0
 
     def get(self, t: int) -> TurnReflection | None:
@@ -93,14 +118,41 @@ class Reflector(Protocol):
     def reflect(self, episodes: Sequence[Episode]) -> list[Reflection]: ...
 
 
+def fill_target_text(ep: Episode, turns: dict[int, TurnReflection]) -> None:
+    """Write every target that has no ``target_text`` in ``ep``'s action syntax (in place); a target that
+    cannot be written there (a message in WebShop) is dropped."""
+    syntax = None
+    for refl in turns.values():
+        if refl.next_action_target and refl.target_text is None:
+            syntax = syntax or action_syntax(ep)
+            refl.target_text = render_action(refl.next_action_target, syntax)
+            if refl.target_text is None:
+                refl.next_action_target = None
+
+
+def episode_unfinished(ep: Episode) -> bool:
+    """Stopped by a turn cap, the context window, the budget or an env error, not by the env's verdict."""
+    last = ep.turns[-1] if ep.turns else None
+    return not ep.success and (last is None or not last.terminated or bool(ep.metadata.get("cut_short")))
+
+
+_episode_unfinished = episode_unfinished   # the old private name
+
+
 class FunctionReflector:
-    """Wrap ``fn(episode) -> dict[int, TurnReflection]`` (0-based keys) as a :class:`Reflector`."""
+    """Wrap ``fn(episode) -> dict[int, TurnReflection]`` (0-based keys) as a :class:`Reflector`. Targets
+    without ``target_text`` are written in the episode's action syntax."""
 
     def __init__(self, fn: Callable[[Episode], dict[int, TurnReflection]], name: str = "function"):
         self.fn, self.name = fn, name
 
     def reflect(self, episodes: Sequence[Episode]) -> list[Reflection]:
-        return [Reflection(ep.episode_id, dict(self.fn(ep)), source=self.name) for ep in episodes]
+        out = []
+        for ep in episodes:
+            turns = dict(self.fn(ep))
+            fill_target_text(ep, turns)
+            out.append(Reflection(ep.episode_id, turns, source=self.name))
+        return out
 
 
 # --------------------------------------------------------------------------------------
@@ -176,16 +228,7 @@ def extract_json_object(text: str) -> Any | None:
     return None
 
 
-def _norm_target(v: Any) -> dict[str, Any] | None:
-    if isinstance(v, dict):
-        return v or None
-    if isinstance(v, str) and v.strip() and v.strip().lower() not in ("null", "none"):
-        parsed = extract_json_object(v)
-        return parsed if isinstance(parsed, dict) else {"message": v.strip()}
-    return None
-
-
-def _norm_entry(v: Any) -> TurnReflection | None:
+def _norm_entry(v: Any, syntax: str | None) -> TurnReflection | None:
     if not isinstance(v, dict):
         return None
     diag = v.get("diagnosis")
@@ -194,16 +237,27 @@ def _norm_entry(v: Any) -> TurnReflection | None:
     conf = str(v.get("confidence", "low")).strip().lower()
     if conf not in _CONFIDENCES:
         conf = "low"
-    return TurnReflection(diag.strip(), conf, _norm_target(v.get("next_action_target")))  # type: ignore[arg-type]
+    raw = v.get("next_action_target")
+    if syntax is None:   # no env syntax known: keep the object form (or a message)
+        target = raw if isinstance(raw, dict) and raw else None
+        if target is None and isinstance(raw, str) and raw.strip() and raw.strip().lower() not in ("null", "none"):
+            obj = extract_json_object(raw)
+            target = obj if isinstance(obj, dict) else {"message": raw.strip()}
+        return TurnReflection(diag.strip(), conf, target)  # type: ignore[arg-type]
+    target, text = parse_target(raw, syntax)
+    return TurnReflection(diag.strip(), conf, target, target_text=text,  # type: ignore[arg-type]
+                          target_source="model" if target else None)
 
 
-def parse_reflection(text: str, n_turns: int) -> dict[int, TurnReflection]:
+def parse_reflection(text: str, n_turns: int, syntax: str | None = None) -> dict[int, TurnReflection]:
     """Parse reflector output into ``{0-based turn: TurnReflection}``; unusable turns are absent.
 
     Accepts the schema object (keys ``turn1``, ``Turn 1``, ``turn_1``…), or a list of entries
     carrying a ``"turn"`` number. Entries without a non-empty string diagnosis, keys that do
     not name a turn, and turn numbers outside ``1..n_turns`` are dropped. An unknown
-    confidence becomes ``"low"``.
+    confidence becomes ``"low"``. With ``syntax`` (the env's action syntax, see
+    :func:`~hero_gym.agents.targets.action_syntax`) a target is read as the action text itself or as an
+    object and also written in that syntax (``target_text``); one that is not an action there is dropped.
     """
     obj = extract_json_object(text)
     items: list[tuple[int, Any]] = []
@@ -222,7 +276,7 @@ def parse_reflection(text: str, n_turns: int) -> dict[int, TurnReflection]:
     out: dict[int, TurnReflection] = {}
     for num, v in items:
         if 1 <= num <= n_turns and (num - 1) not in out:
-            entry = _norm_entry(v)
+            entry = _norm_entry(v, syntax)
             if entry is not None:
                 out[num - 1] = entry
     return out
@@ -232,7 +286,7 @@ def parse_reflection(text: str, n_turns: int) -> dict[int, TurnReflection]:
 # The LLM reflector
 # --------------------------------------------------------------------------------------
 
-REFLECTION_RULES = """\
+_RULES_HEAD = """\
 You review a finished interaction between an AI agent and an environment, after the fact.
 For every numbered agent turn, write a short diagnosis of that turn's action.
 
@@ -248,35 +302,68 @@ How to judge each turn:
    or had arguments that failed validation). Name which one it was.
 5. Point out wasted turns: actions that repeat an earlier call, confirm something already
    confirmed, or ask for information the agent already had.
+"""
+_RULE6_LEGACY = """\
 6. Give "next_action_target" (the action the agent should have taken at that turn, as an object
    such as {"name": "<tool>", "arguments": {...}} or {"message": "<text>"}) only when the correct
    action is clear beyond doubt; then set "confidence" to "high". When it is not clear, set
    "next_action_target" to null and "confidence" to "medium" or "low".
 7. Keep each diagnosis to one or two sentences.
-
+"""
+_RULE6 = """\
+6. Give "next_action_target" (the action the agent should have taken at that turn) only when the
+   correct action is clear beyond doubt; then set "confidence" to "high". When it is not clear, set
+   "next_action_target" to null and "confidence" to "medium" or "low".
+7. Keep each diagnosis to one or two sentences.
+8. Write "next_action_target" as a string holding exactly the reply the agent should have sent, in
+   the environment's own action syntax (given under "Action syntax" below), so that it could be
+   sent as it is.
+9. Do not repeat the agent's wrong action, its wrong argument or the environment's error message
+   word for word. Name the kind of mistake and the correction instead (for example "the clicked
+   button is not on this page", not the button that was clicked).
+"""
+_RULES_TAIL = """
 Answer with one JSON object and nothing else: no prose, no code fences. Use exactly these keys:
-{"turn1": {"diagnosis": "...", "confidence": "high" | "medium" | "low", "next_action_target": {...} | null},
- "turn2": {...}, ...} with one key per agent turn."""
+{"turn1": {"diagnosis": "...", "confidence": "high" | "medium" | "low", "next_action_target": %s},
+ "turn2": {...}, ...} with one key per agent turn you are asked about."""
+
+REFLECTION_RULES = _RULES_HEAD + _RULE6 + _RULES_TAIL % '"<the action>" | null'
+"""The reflector's system message: the seed rules 1-7, plus the env's action syntax for targets (8) and
+no verbatim echo of the mistake (9)."""
+LEGACY_REFLECTION_RULES = _RULES_HEAD + _RULE6_LEGACY + (_RULES_TAIL % "{...} | null").replace(
+    " you are asked about", "")
+"""The system message before issue 23 (targets as JSON objects, no echo rule): the ``legacy`` style."""
 
 
-def _clip(s: str, n: int) -> str:
+def _clip(s: str, n: int | None) -> str:
     s = s if s is not None else ""
-    return s if len(s) <= n else s[: n // 2] + f" …[{len(s) - n} chars cut]… " + s[-n // 2:]
+    return s if n is None or len(s) <= n else s[: n // 2] + f" …[{len(s) - n} chars cut]… " + s[-n // 2:]
 
 
 def build_reflection_messages(
     episode: Episode,
     *,
     max_obs_chars: int = 1500,
-    max_system_chars: int = 2000,
+    max_system_chars: int | None = None,
+    turns: Sequence[int] | None = None,
+    style: Literal["current", "legacy"] = "current",
 ) -> list[dict[str, str]]:
-    """The chat sent to the reflector: the rules as system message, the trajectory as user message."""
+    """The chat sent to the reflector: the rules as system message, the trajectory as user message.
+
+    The agent's instructions (e.g. the Tau-bench policy) are shown in full unless ``max_system_chars``
+    is set; observations and actions are clipped to ``max_obs_chars``. ``turns`` (0-based) are the turns
+    asked about (default: all; a retry asks only for the missing ones). ``style="legacy"``: the rules and
+    request before issue 23 (no action syntax, no echo rule)."""
+    if style not in ("current", "legacy"):
+        raise ValueError(f"style must be 'current' or 'legacy', got {style!r}")
     parts: list[str] = []
     if episode.system_prompt:
         parts.append("## Agent instructions\n" + _clip(episode.system_prompt, max_system_chars))
     if episode.tools:
         names = [t.get("function", t).get("name", "?") for t in episode.tools]
         parts.append("## Tools available\n" + ", ".join(map(str, names)))
+    if style == "current":
+        parts.append("## Action syntax\n" + syntax_hint(action_syntax(episode)))
     parts.append("## Start of the interaction\n" + _clip(episode.initial_observation, max_obs_chars))
     for i, turn in enumerate(episode.turns):
         err = f"\n(execution error: {turn.action_error.get('kind')})" if turn.action_error else ""
@@ -286,307 +373,161 @@ def build_reflection_messages(
         )
     if episode.success:
         outcome = f"The task succeeded; total reward {episode.total_reward:g} after {len(episode.turns)} agent turns."
-    elif _episode_unfinished(episode):
+    elif episode_unfinished(episode):
         outcome = (f"The episode was stopped after {len(episode.turns)} agent turns, before the task was "
                    "finished (a turn limit, not a verdict that the agent failed).")
     else:
         outcome = (f"The task did not succeed; total reward {episode.total_reward:g} after "
                    f"{len(episode.turns)} agent turns.")
-    parts.append(
-        f"## Outcome\n{outcome}\n\nNow write the JSON object with keys "
-        + ", ".join(f'"turn{i + 1}"' for i in range(len(episode.turns))) + "."
-    )
-    return [{"role": "system", "content": REFLECTION_RULES}, {"role": "user", "content": "\n\n".join(parts)}]
+    asked = list(range(len(episode.turns))) if turns is None else sorted(turns)
+    keys = ", ".join(f'"turn{i + 1}"' for i in asked)
+    if len(asked) < len(episode.turns):
+        request = f"Now write the JSON object with only these keys (the other turns are already reviewed): {keys}."
+    else:
+        request = f"Now write the JSON object with keys {keys}."
+    parts.append(f"## Outcome\n{outcome}\n\n{request}")
+    rules = REFLECTION_RULES if style == "current" else LEGACY_REFLECTION_RULES
+    return [{"role": "system", "content": rules}, {"role": "user", "content": "\n\n".join(parts)}]
 
 
-GenerateFn = Callable[[list[list[dict[str, str]]]], list[str]]
+def reflection_budget(n_turns: int, *, tokens_per_turn: int = 80, base_tokens: int = 32,
+                      max_new_tokens: int | None = None) -> int:
+    """New tokens for a reflection over ``n_turns`` turns: ``base_tokens + tokens_per_turn * n_turns``,
+    at most ``max_new_tokens`` (``None``: no cap). One turn's entry (keys, a one- or two-sentence
+    diagnosis, a target) takes ~40-80 tokens with the SmolLM2 / Qwen tokenizers."""
+    budget = base_tokens + tokens_per_turn * max(1, n_turns)
+    return budget if max_new_tokens is None else min(budget, max_new_tokens)
+
+
+GenerateFn = Callable[[list[list[dict[str, str]]], list[int]], list[str]]
 
 
 class LLMReflector:
     """Reflect with a language model: one generation per episode, batched across episodes.
 
     Args:
-        generate: either a callable ``generate(list_of_chats) -> list_of_texts`` or a policy
-            object (e.g. :class:`hero_gym.agents.policy.HFPolicy`) exposing
-            ``generate_text(chats, max_new_tokens=..., temperature=...)`` or a ``.chat(...)``
-            method; see :func:`_as_generate_fn`.
-        max_retries: extra attempts for episodes whose output had *no* usable turn
-            (bounded; sampling makes a retry differ). Turns still missing stay masked.
-        min_coverage: also retry when fewer than this fraction of turns parsed.
-        max_new_tokens / temperature: generation settings (reflection is long-ish JSON).
+        generate: either a callable ``generate(list_of_chats) -> list_of_texts`` (it gets the per-chat
+            token budgets as ``max_new_tokens=[...]`` when it takes that keyword) or a policy object (e.g.
+            :class:`hero_gym.agents.policy.HFPolicy`) exposing ``generate_text(chats, max_new_tokens=...,
+            temperature=...)`` or a ``.chat(...)`` method; see :func:`_as_generate_fn`.
+        max_retries: extra attempts for episodes whose output covered fewer than ``min_coverage`` of their
+            turns (bounded; sampling makes a retry differ). A retry shows the whole trajectory but asks
+            only for the missing turns, with their budget; turns already diagnosed are kept. Turns still
+            missing stay masked.
+        min_coverage: retry while fewer than this fraction of an episode's turns parsed.
+        tokens_per_turn / base_tokens / max_new_tokens: the generation budget of an episode,
+            :func:`reflection_budget` (``base + per_turn * turns``, capped by ``max_new_tokens``; ``None``:
+            no cap). With an HF policy each row also stops where the model's context ends; an episode whose
+            prompt alone fills the context is not reflected (its turns stay masked).
+        max_system_chars: ``None`` (default) shows the agent's instructions in full.
+        style: ``"current"`` (targets in the env's syntax, no echo of the mistake) or ``"legacy"`` (the
+            prompt before issue 23).
     """
 
-    def __init__(self, generate: Any, *, max_retries: int = 2, min_coverage: float = 0.5,
-                 max_new_tokens: int = 768, temperature: float = 0.3, max_obs_chars: int = 1500):
-        self.generate = _as_generate_fn(generate, max_new_tokens=max_new_tokens, temperature=temperature)
+    def __init__(self, generate: Any, *, max_retries: int = 1, min_coverage: float = 0.5,
+                 max_new_tokens: int | None = None, tokens_per_turn: int = 80, base_tokens: int = 32,
+                 temperature: float = 0.3, max_obs_chars: int = 1500, max_system_chars: int | None = None,
+                 style: Literal["current", "legacy"] = "current"):
+        if tokens_per_turn < 1 or base_tokens < 0 or (max_new_tokens is not None and max_new_tokens < 1):
+            raise ValueError("tokens_per_turn >= 1, base_tokens >= 0 and max_new_tokens >= 1 (or None) required")
+        if style not in ("current", "legacy"):
+            raise ValueError(f"style must be 'current' or 'legacy', got {style!r}")
+        self.generate = _as_generate_fn(generate, temperature=temperature)
         self.max_retries = max_retries
         self.min_coverage = min_coverage
         self.max_obs_chars = max_obs_chars
+        self.max_system_chars = max_system_chars
+        self.style = style
+        self.budget = lambda n: reflection_budget(n, tokens_per_turn=tokens_per_turn, base_tokens=base_tokens,
+                                                  max_new_tokens=max_new_tokens)
 
     def reflect(self, episodes: Sequence[Episode]) -> list[Reflection]:
         results = [Reflection(ep.episode_id, source="llm") for ep in episodes]
-        todo = [i for i, ep in enumerate(episodes) if ep.turns]
+        syntaxes = [action_syntax(ep) if self.style == "current" else None for ep in episodes]
+        todo = {i: list(range(len(ep.turns))) for i, ep in enumerate(episodes) if ep.turns}
         for _attempt in range(1 + self.max_retries):
             if not todo:
                 break
-            chats = [build_reflection_messages(episodes[i], max_obs_chars=self.max_obs_chars) for i in todo]
-            texts = self.generate(chats)
-            again = []
-            for i, text in zip(todo, texts):
-                n = len(episodes[i].turns)
-                parsed = parse_reflection(text, n)
-                res = results[i]
+            order = sorted(todo)
+            chats = [build_reflection_messages(episodes[i], max_obs_chars=self.max_obs_chars, turns=todo[i],
+                                               max_system_chars=self.max_system_chars, style=self.style)
+                     for i in order]
+            texts = self.generate(chats, [self.budget(len(todo[i])) for i in order])
+            again: dict[int, list[int]] = {}
+            for i, text in zip(order, texts):
+                n, res, asked = len(episodes[i].turns), results[i], set(todo[i])
+                parsed = parse_reflection(text, n, syntaxes[i])
+                new = {t: r for t, r in parsed.items() if t in asked}
                 res.attempts += 1
-                if len(parsed) > len(res.turns):
-                    res.turns, res.raw = parsed, text
-                elif res.raw is None:
-                    res.raw = text
+                if res.raw is None or len(new) > 0:
+                    res.raw = text if res.raw is None else res.raw + "\n\n[retry]\n" + text
+                res.turns.update(new)
                 if len(res.turns) < max(1, self.min_coverage * n):
-                    again.append(i)
+                    again[i] = [t for t in range(n) if t not in res.turns]
             todo = again
+        for ep, res in zip(episodes, results):
+            res.turns = dict(sorted(res.turns.items()))
+            if self.style == "legacy":
+                for r in res.turns.values():
+                    r.target_source = "model" if r.next_action_target else None
+            else:
+                fill_target_text(ep, res.turns)
         return results
 
 
-def _as_generate_fn(obj: Any, *, max_new_tokens: int, temperature: float) -> GenerateFn:
-    """Adapt a policy or a plain callable into ``chats -> texts``.
+def _accepts_budget(fn: Any) -> bool:
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return any(p.name == "max_new_tokens" or p.kind == p.VAR_KEYWORD for p in params)
+
+
+def _as_generate_fn(obj: Any, *, temperature: float) -> GenerateFn:
+    """Adapt a policy or a plain callable into ``(chats, budgets) -> texts``.
 
     Accepted: an object with ``generate_text``/``chat``/``generate_chat(chats, max_new_tokens=,
-    temperature=)``; an :class:`~hero_gym.agents.policy.HFPolicy`-like object with ``tokenizer`` and
-    token-level ``generate(contexts, SamplingConfig)`` (chats rendered with ``ChatRenderer``); or a
-    plain callable ``chats -> texts``.
+    temperature=)`` (given the largest budget of the batch); an :class:`~hero_gym.agents.policy.HFPolicy`-like
+    object with ``tokenizer`` and token-level ``generate(contexts, SamplingConfig, max_new_tokens=[...])``
+    (chats rendered with ``ChatRenderer``; each row gets its own budget, cut to the room left in the model's
+    context); or a plain callable ``chats -> texts`` (given ``max_new_tokens=[per-chat budgets]`` when it
+    takes that keyword).
     """
     if hasattr(obj, "tokenizer") and hasattr(obj, "generate") and not any(
             callable(getattr(obj, m, None)) for m in ("generate_text", "chat", "generate_chat")):
         from hero_gym.chat import ChatRenderer
 
         from .policy import SamplingConfig
+        from .rollout import policy_context_window
 
         renderer = ChatRenderer(obj.tokenizer, check=False)
+        context = policy_context_window(obj)     # vLLM's max_model_len, or the model's position limit
 
-        def call_policy(chats):
+        def call_policy(chats, budgets):
             ctxs = [renderer.prompt_ids(c) for c in chats]
-            gens = obj.generate(ctxs, SamplingConfig(max_new_tokens=max_new_tokens, temperature=temperature))
-            return [g.text for g in gens]
+            caps = [b if context is None else min(b, int(context) - len(c)) for b, c in zip(budgets, ctxs)]
+            rows = [k for k, cap in enumerate(caps) if cap > 0]
+            out = [""] * len(chats)
+            if rows:
+                gens = obj.generate([ctxs[k] for k in rows],
+                                    SamplingConfig(max_new_tokens=max(caps[k] for k in rows), temperature=temperature),
+                                    max_new_tokens=[caps[k] for k in rows])
+                for k, g in zip(rows, gens):
+                    out[k] = g.text
+            return out
         return call_policy
     for meth in ("generate_text", "chat", "generate_chat"):
         fn = getattr(obj, meth, None)
         if callable(fn):
-            def call(chats, _fn=fn):
-                out = _fn(chats, max_new_tokens=max_new_tokens, temperature=temperature)
+            def call(chats, budgets, _fn=fn):
+                out = _fn(chats, max_new_tokens=max(budgets), temperature=temperature)
                 return [o if isinstance(o, str) else getattr(o, "text", str(o)) for o in out]
             return call
     if callable(obj):
-        return obj
+        if _accepts_budget(obj):
+            return lambda chats, budgets: obj(chats, max_new_tokens=list(budgets))
+        return lambda chats, budgets: obj(chats)
     raise TypeError("LLMReflector needs a callable(chats)->texts or a policy with generate_text/chat")
 
 
-# --------------------------------------------------------------------------------------
-# The rule-based reflector
-# --------------------------------------------------------------------------------------
-
-VISIBLE_INFO_KEYS = ("page", "available_actions", "no_op", "noop", "invalid_action", "invalid")
-"""The only ``Turn.info`` keys the rule reflector reads: page state the agent could see. Task internals
-(``info["task"]``, ``info["expected"]``, gold actions, reward breakdowns) are never read."""
-
-_NOOP_FLAGS = ("no_op", "noop", "invalid_action", "invalid")
-_WEBSHOP_NAV = {"back to search", "< prev", "next >", "description", "features", "reviews", "buy now"}
-_WS_INSTRUCTION = re.compile(r"Instruction:\s*\[SEP\]\s*(.*?)\s*\[SEP\]", re.S)
-_WS_PRICE_LIMIT = re.compile(r"price lower than\s*\$?([0-9]+(?:\.[0-9]+)?)", re.I)
-_WS_PAGE_PRICE = re.compile(r"Price:\s*\$([0-9]+(?:\.[0-9]+)?)")
-_WS_LISTED_PRICE = re.compile(r"\$([0-9]+(?:\.[0-9]+)?)")
-
-
-def _visible(turn: Turn | None) -> dict[str, Any]:
-    if turn is None:
-        return {}
-    return {k: turn.info[k] for k in VISIBLE_INFO_KEYS if k in turn.info}
-
-
-def _action_key(turn: Turn) -> str | None:
-    if turn.parsed_action is None:
-        return None
-    pa = {k: v for k, v in turn.parsed_action.items() if k != "id"}
-    return json.dumps(pa, sort_keys=True, default=str)
-
-
-def _describe(turn: Turn) -> str:
-    pa = turn.parsed_action
-    if pa and "name" in pa:
-        args = json.dumps(pa.get("arguments", {}), sort_keys=True, default=str)
-        return f"the call {pa['name']}({args})"
-    if pa and "message" in pa:
-        return "a plain message to the user"
-    return "an action that could not be parsed"
-
-
-def _click_target(turn: Turn) -> str | None:
-    pa = turn.parsed_action or {}
-    if pa.get("name") != "click" or turn.action_error:
-        return None
-    return str((pa.get("arguments") or {}).get("target", "")).strip().lower() or None
-
-
-def _episode_unfinished(ep: Episode) -> bool:
-    """Stopped by a turn cap, the context window, the budget or an env error, not by the env's verdict."""
-    last = ep.turns[-1] if ep.turns else None
-    return not ep.success and (last is None or not last.terminated or bool(ep.metadata.get("cut_short")))
-
-
-class _WebShopView:
-    """What a WebShop agent could see: the instruction and the pages, read from observations and the
-    visible buttons (``info["available_actions"]``) only."""
-
-    def __init__(self, ep: Episode):
-        m = _WS_INSTRUCTION.search(ep.initial_observation)
-        self.instruction = m.group(1).lower() if m else ""
-        limit = _WS_PRICE_LIMIT.search(self.instruction)
-        self.price_limit = float(limit.group(1)) if limit else None
-
-    @staticmethod
-    def applies(ep: Episode) -> bool:
-        return "Instruction:" in ep.initial_observation and "[SEP]" in ep.initial_observation
-
-    def requested_options(self, buttons: Sequence[str]) -> list[str]:
-        """Option buttons of a product page that the instruction asks for (``"<attribute>: <value>"``)."""
-        return [b for b in buttons if b not in _WEBSHOP_NAV and f": {b}" in self.instruction]
-
-    def judge(self, ep: Episode, t: int) -> TurnReflection | None:
-        """Diagnoses of clicks that contradict the visible instruction (price, requested options)."""
-        turn = ep.turns[t]
-        target = _click_target(turn)
-        before = _visible(ep.turns[t - 1]) if t > 0 else {}
-        page_text = ep.turns[t - 1].observation if t > 0 else ep.initial_observation
-        if target is None or not before:
-            return None
-        if target == "buy now" and before.get("page") == "item":
-            return self._judge_purchase(ep, t, page_text, before)
-        if before.get("page") == "results" and target not in _WEBSHOP_NAV and self.price_limit is not None:
-            price = self._listed_price(page_text, target)
-            if price is not None and price > self.price_limit:
-                return TurnReflection(
-                    f"Decision error: opened product {target.upper()}, listed at ${price:.2f}, although the "
-                    f"instruction asks for a price lower than ${self.price_limit:.2f}.", "medium", verdict="error")
-        return None
-
-    def _judge_purchase(self, ep: Episode, t: int, page_text: str, before: dict[str, Any]) -> TurnReflection | None:
-        start = t - 1    # the turn that opened this product page (option clicks keep it on "item")
-        while start > 0 and _visible(ep.turns[start - 1]).get("page") == "item":
-            start -= 1
-        clicked = {_click_target(ep.turns[k]) for k in range(start + 1, t)}
-        buttons = list((before.get("available_actions") or {}).get("clickables") or [])
-        missing = [o for o in self.requested_options(buttons) if o not in clicked]
-        if missing:
-            return TurnReflection(
-                "Decision error: clicked buy now without selecting " + ", ".join(repr(o) for o in missing)
-                + ", which the instruction asks for and the product page offers.", "high", verdict="error")
-        m = _WS_PAGE_PRICE.search(page_text)
-        if m and self.price_limit is not None and float(m.group(1)) > self.price_limit:
-            return TurnReflection(
-                f"Decision error: bought at ${float(m.group(1)):.2f}, although the instruction asks for a price "
-                f"lower than ${self.price_limit:.2f}.", "high", verdict="error")
-        return None
-
-    @staticmethod
-    def _listed_price(results_page: str, product: str) -> float | None:
-        segs = [s.strip() for s in results_page.split("[SEP]")]
-        for i, s in enumerate(segs):
-            if s.lower() == product:
-                for nxt in segs[i + 1:i + 4]:
-                    m = _WS_LISTED_PRICE.match(nxt)
-                    if m:
-                        return float(m.group(1))
-        return None
-
-
-def _is_option_selection(ep: Episode, t: int) -> bool:
-    """A click on a product page that stays on it: selecting an option (the text page does not show the
-    selection, so an unchanged observation is expected)."""
-    target = _click_target(ep.turns[t])
-    before = _visible(ep.turns[t - 1]) if t > 0 else {}
-    return (target is not None and target not in _WEBSHOP_NAV and before.get("page") == "item"
-            and _visible(ep.turns[t]).get("page") == "item")
-
-
-class RuleReflector:
-    """Diagnoses from what the agent could see (observations, visible page state); never needs a model
-    and never reads task internals or gold data (see :data:`VISIBLE_INFO_KEYS`).
-
-    Per turn, the first rule that fires:
-      * ``action_error`` (execution error: parse / no_action / unknown_tool / invalid_arguments /
-        too_many_calls) -> error, confidence high; the env's message is quoted.
-      * the same action taken again *on the same observation* -> redundant, high. (Repeating an action on
-        a different page, e.g. ``click[next >]`` while paging, is not redundant.)
-      * WebShop: a click that contradicts the visible instruction (buying without a requested option
-        the product page offers, a price above the stated limit) -> decision error.
-      * ``info`` flags ``no_op`` / ``invalid_action``, or a tool observation identical to the previous
-        one (except selecting an option on a WebShop product page) -> no effect, medium.
-      * the final turn of a finished episode -> the outcome (success: good, high; failure: error, medium).
-        Episodes cut by a turn cap, the context window or the budget get no outcome verdict.
-      * otherwise nothing (the turn is masked), or with ``diagnose_uninformative=True`` a weak note from the
-        outcome (success: medium; failure: low).
-    ``target_fn(episode, t) -> dict | None`` may supply a known-correct action (e.g. from an env's gold data,
-    for oracle ablations only); it is attached (confidence high) to every turn judged an error.
-    """
-
-    def __init__(self, *, diagnose_uninformative: bool = False,
-                 target_fn: Callable[[Episode, int], dict[str, Any] | None] | None = None):
-        self.diagnose_uninformative = diagnose_uninformative
-        self.target_fn = target_fn
-
-    def reflect(self, episodes: Sequence[Episode]) -> list[Reflection]:
-        return [Reflection(ep.episode_id, self.reflect_one(ep), source="rules") for ep in episodes]
-
-    def reflect_one(self, ep: Episode) -> dict[int, TurnReflection]:
-        out: dict[int, TurnReflection] = {}
-        seen: dict[tuple[str, str], int] = {}
-        webshop = _WebShopView(ep) if _WebShopView.applies(ep) else None
-        prev_obs = ep.initial_observation
-        for t, turn in enumerate(ep.turns):
-            refl = self._judge(ep, t, seen, prev_obs, webshop)
-            if refl is not None:
-                if self.target_fn is not None and refl.verdict == "error":
-                    tgt = self.target_fn(ep, t)
-                    if tgt:
-                        refl.next_action_target, refl.confidence = tgt, "high"
-                out[t] = refl
-            key = _action_key(turn)
-            if key is not None and not turn.action_error:
-                seen.setdefault((key, prev_obs), t)
-            prev_obs = turn.observation
-        return out
-
-    def _judge(self, ep: Episode, t: int, seen: dict[tuple[str, str], int], prev_obs: str,
-               webshop: _WebShopView | None) -> TurnReflection | None:
-        turn = ep.turns[t]
-        what = _describe(turn)
-        key = _action_key(turn)
-        if turn.action_error:
-            kind = turn.action_error.get("kind", "error")
-            msg = str(turn.action_error.get("message", ""))[:300]
-            return TurnReflection(
-                f"Execution error ({kind}), not a decision the environment could act on: {msg} "
-                "The turn was wasted; the reply must be a single well-formed call to an available tool "
-                "with valid arguments.", "high", verdict="error")
-        if key is not None and (key, prev_obs) in seen:
-            return TurnReflection(
-                f"Redundant: {what} repeats turn {seen[(key, prev_obs)] + 1} on the same observation and cannot "
-                "yield new information; a different action was needed.", "high", verdict="error")
-        judged = webshop.judge(ep, t) if webshop is not None else None
-        if judged is not None:
-            return judged
-        flags = [f for f in _NOOP_FLAGS if _visible(turn).get(f)]
-        unchanged = t > 0 and turn.observation == prev_obs and turn.observation_role == "tool"
-        if flags or (unchanged and not _is_option_selection(ep, t)):
-            return TurnReflection(
-                f"{what[0].upper() + what[1:]} had no effect on the environment (the observation did "
-                "not change), so the turn made no progress.", "medium", verdict="error")
-        if t == len(ep.turns) - 1 and not _episode_unfinished(ep):
-            if ep.success:
-                return TurnReflection(f"Correct: {what} completed the task successfully.", "high", verdict="good")
-            return TurnReflection(f"Decision error: {what} ended the episode without success "
-                                  f"(reward {turn.reward:g}).", "medium", verdict="error")
-        if not self.diagnose_uninformative:
-            return None
-        if ep.success:
-            return TurnReflection(f"Reasonable: {what} was part of a trajectory that succeeded.", "medium")
-        return TurnReflection(f"No direct error signal for {what}.", "low")
+from .rule_reflector import VISIBLE_INFO_KEYS, RuleReflector  # noqa: E402  (re-exported; it builds on the types above)

@@ -1,7 +1,9 @@
 """Teacher notes (the privileged text each method shows the self-teacher) and the teacher weights.
 
 A note is a ``str`` or ``None`` (= this turn does not enter the distillation loss); which note a
-method uses is decided in :mod:`hero_gym.agents.methods`. The renderer
+method uses is decided in :mod:`hero_gym.agents.methods`. HERO notes come in named styles
+(:data:`NOTE_STYLES`): the default shows a diagnosis that does not quote the student's mistake and the
+better action written in the env's own syntax; ``legacy`` keeps the notes from before (issue 23). The renderer
 (``hero_gym.chat.ChatRenderer.note_ids``) turns a note into the teacher context.
 
 Teacher *weights* (:class:`TeacherWeights`): ``ema`` (default, as in SDPO) = an exponential moving
@@ -19,11 +21,14 @@ from typing import Any, Literal
 from hero_gym.records import Episode
 
 from .reflector import TurnReflection
+from .targets import render_action
 
 TeacherKind = Literal["live", "ema", "base"]
 
 __all__ = [
     "TeacherKind",
+    "NOTE_STYLES",
+    "DEFAULT_NOTE_STYLE",
     "hero_note",
     "envfb_note",
     "demo_note",
@@ -39,7 +44,22 @@ ENVFB_HEADER = "Note: this is what the environment will return after your next a
 DEMO_HEADER = "Note: here is a successful way to solve this same task, for reference:"
 
 
+NOTE_STYLES = ("no_echo_target", "no_echo", "target_only", "echo_target", "legacy")
+"""The HERO note styles (issue 23), compared by the mechanism probe:
+
+* ``no_echo_target`` (default): the diagnosis that names the mistake without quoting it, then
+  ``Better action: <target>`` with the target written as the agent writes actions in its env;
+* ``no_echo``: that diagnosis alone;
+* ``target_only``: ``Better action: <target>`` alone (turns without a target are masked);
+* ``echo_target``: the wording that quotes the env's message and the action, with the env-syntax target;
+* ``legacy``: the notes before issue 23: the quoting wording, and only targets a reflector was given
+  (a ``target_fn``, a model), written as JSON or ``reply to the user: ...``.
+"""
+DEFAULT_NOTE_STYLE = "no_echo_target"
+
+
 def _fmt_target(target: dict[str, Any]) -> str:
+    """The legacy rendering of a target (JSON, or ``reply to the user: <message>``)."""
     if set(target) == {"message"}:
         return f"reply to the user: {target['message']}"
     if "name" in target:
@@ -47,21 +67,46 @@ def _fmt_target(target: dict[str, Any]) -> str:
     return json.dumps(target, ensure_ascii=False)
 
 
+def _target_text(refl: TurnReflection, style: str, target_confidence: tuple[str, ...]) -> str | None:
+    if not refl.next_action_target or style == "no_echo":
+        return None
+    if style == "legacy":   # before issue 23: only given / model targets, gated by the diagnosis' confidence
+        if refl.target_source == "visible" or refl.confidence not in target_confidence:
+            return None
+        return _fmt_target(refl.next_action_target)
+    if (refl.target_confidence or refl.confidence) not in target_confidence:
+        return None
+    if refl.target_text:
+        return refl.target_text
+    # a hand-made reflection without the env's syntax: a message as itself, a call as a Hermes block
+    return render_action(refl.next_action_target, "hermes")
+
+
 def hero_note(refl: TurnReflection | None, *, min_confidence: str = "medium",
-              target_confidence: tuple[str, ...] = ("high",)) -> str | None:
-    """HERO note for one turn: the diagnosis, plus ``Better action: ...`` when the reflector gave a
-    target with a confidence in ``target_confidence`` (default: high only).
+              target_confidence: tuple[str, ...] = ("high",), style: str = DEFAULT_NOTE_STYLE) -> str | None:
+    """HERO note for one turn in note ``style`` (see :data:`NOTE_STYLES`): the diagnosis, plus
+    ``Better action: <target>`` when the reflector gave a target with a confidence in ``target_confidence``
+    (default: high only; a target's own ``target_confidence`` counts when it has one).
 
     ``None`` (= the turn is masked) when there is no diagnosis or its confidence is below
     ``min_confidence`` (default ``"medium"``: low-confidence guesses stay out of the loss; a neutral
-    note moves the student as much as a wrong one). ``min_confidence="low"`` keeps every diagnosis."""
+    note moves the student as much as a wrong one), and in ``target_only`` style when there is no target.
+    ``min_confidence="low"`` keeps every diagnosis."""
     if min_confidence not in _RANK:
         raise ValueError(f"min_confidence must be one of {list(_RANK)}, got {min_confidence!r}")
+    if style not in NOTE_STYLES:
+        raise ValueError(f"note style must be one of {list(NOTE_STYLES)}, got {style!r}")
     if refl is None or not refl.diagnosis.strip() or _RANK.get(refl.confidence, 0) < _RANK[min_confidence]:
         return None
-    note = f"{HERO_HEADER}\n{refl.diagnosis.strip()}"
-    if refl.next_action_target and refl.confidence in target_confidence:
-        note += f"\nBetter action: {_fmt_target(refl.next_action_target)}"
+    target = _target_text(refl, style, target_confidence)
+    if style == "target_only":
+        return f"{HERO_HEADER}\nBetter action: {target}" if target else None
+    diagnosis = refl.diagnosis
+    if style in ("legacy", "echo_target") and refl.echo_diagnosis:
+        diagnosis = refl.echo_diagnosis
+    note = f"{HERO_HEADER}\n{diagnosis.strip()}"
+    if target:
+        note += f"\nBetter action: {target}"
     return note
 
 

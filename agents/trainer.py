@@ -37,7 +37,7 @@ from .future_guard import drop_future_copies
 from .methods import ExpertDemos, MethodSpec, NoteOptions, Notes, get_method
 from .reflector import LLMReflector, Reflection, Reflector, RuleReflector
 from .rollout import TOOL_PROMPTS, policy_context_window
-from .teachers import SuccessBuffer, TeacherKind, TeacherWeights
+from .teachers import NOTE_STYLES, SuccessBuffer, TeacherKind, TeacherWeights
 from .update import UpdateStats, episode_finished, teacher_contexts_for, update
 
 __all__ = ["TrainConfig", "TrainResult", "EvalResult", "UpdateStats", "train", "evaluate", "update",
@@ -116,10 +116,18 @@ class TrainConfig:
     """HERO diagnoses below this confidence are masked (uninformative notes stay out of the loss)."""
     reflector: Literal["rules", "model", "llm"] | None = None
     """Override the method's reflector (``"llm"`` = ``"model"``: the policy reflects on its episodes)."""
-    reflector_max_new_tokens: int = 768
-    """Generation length of the model reflector (its JSON covers every turn)."""
-    reflector_retries: int = 2
-    """Bounded retries of the model reflector when too few turns parsed."""
+    reflector_max_new_tokens: int | None = None
+    """Cap on the model reflector's generation (``None``: none); its budget is
+    ``reflector_tokens_per_turn`` per turn of the episode (+32), see ``reflector.reflection_budget``."""
+    reflector_tokens_per_turn: int = 80
+    """The model reflector's new tokens per turn reviewed (its JSON has one entry per turn)."""
+    note_style: str = "no_echo_target"
+    """HERO note style (:data:`hero_gym.agents.teachers.NOTE_STYLES`): ``no_echo_target`` (default),
+    ``no_echo``, ``target_only``, ``echo_target`` or ``legacy`` (the notes and the model reflector's prompt
+    before issue 23)."""
+    reflector_retries: int = 1
+    """Bounded retries of the model reflector when too few turns parsed (each asks only for the missing
+    turns; one retry keeps a first SmolLM2 run on a CPU to minutes, see ``benchmarks/reflector_speed.py``)."""
     envfb_max_chars: int = 600
     """Env-feedback notes keep this many characters of the next observation."""
     demo_max_chars: int = 2000
@@ -185,6 +193,8 @@ class TrainConfig:
             raise ValueError("group_size and tasks_per_update must be >= 1")
         if self.reflector not in (None, "rules", "model", "llm"):
             raise ValueError(f"unknown reflector {self.reflector!r}")
+        if self.note_style not in NOTE_STYLES:
+            raise ValueError(f"note_style must be one of {list(NOTE_STYLES)}, got {self.note_style!r}")
         if self.env_pool not in ("inprocess", "subprocess", "ray"):
             raise ValueError(f"env_pool must be 'inprocess', 'subprocess' or 'ray', got {self.env_pool!r}")
         if self.sharding not in ("none", "fsdp"):
@@ -501,13 +511,15 @@ def _make_reflector(spec: MethodSpec, policy: Any, config: TrainConfig) -> Refle
     kind = {"llm": "model"}.get(config.reflector or "", config.reflector) or spec.reflector
     if kind == "rules":
         return RuleReflector()
-    return LLMReflector(policy, max_new_tokens=config.reflector_max_new_tokens, max_retries=config.reflector_retries)
+    return LLMReflector(policy, max_new_tokens=config.reflector_max_new_tokens, max_retries=config.reflector_retries,
+                        tokens_per_turn=config.reflector_tokens_per_turn,
+                        style="legacy" if config.note_style == "legacy" else "current")
 
 
 def _note_options(config: TrainConfig, iteration: int, expert_demos: ExpertDemos | None = None) -> NoteOptions:
     return NoteOptions(envfb_max_chars=config.envfb_max_chars, demo_max_chars=config.demo_max_chars,
                        min_confidence=config.min_confidence, seed=config.seed * 1_000_003 + iteration,
-                       expert_demo=expert_demos)
+                       expert_demo=expert_demos, note_style=config.note_style)
 
 
 def _expert_demos(config: TrainConfig) -> ExpertDemos | None:

@@ -24,6 +24,9 @@ the model as a tool error; the reward is already fixed. :func:`task_dataset` bui
 system prompt and one row per task index) and :func:`env_reward` is the reward function for those who prefer
 ``reward_funcs`` (then pass ``owns_reward=False``). With ``url=`` both play an env served by ``hero-gym serve``
 (one HTTP session per instance) instead of an in-process one.
+
+:class:`HEROTrainer` and :class:`HEROConfig` (a ``GRPOTrainer`` that trains with hero-gym's per-turn
+self-distillation on these envs; :mod:`hero_gym.adapters.trl_trainer`, docs/trl.md) are importable from here too.
 """
 
 from __future__ import annotations
@@ -33,13 +36,16 @@ import json
 import keyword
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, Literal, Optional, Union
 
 import hero_gym
 from hero_gym.core import TextMessage
 from hero_gym.tools import ToolCall, ToolSpec
 
-__all__ = ["HeroGymTRLEnv", "env_reward", "environment_factory", "schema_to_annotation", "task_dataset"]
+__all__ = ["EnvStep", "HeroGymTRLEnv", "env_reward", "environment_factory", "schema_to_annotation", "task_dataset"]
+# HEROTrainer and HEROConfig are attributes too (module __getattr__ below), left out of __all__ so that a star import
+# does not pull in torch and trl.
 
 MESSAGE_TOOL = "respond"   # tau-bench's name for a message to the user (RESPOND_ACTION_NAME in tau_bench/types.py)
 _RESERVED = {"reset", "get_reward"}
@@ -152,11 +158,25 @@ def _message_method(name: str) -> Any:
     return method
 
 
+@dataclass(frozen=True)
+class EnvStep:
+    """One env step taken through a tool method: the action, and what ``env.step`` returned."""
+
+    action: ToolCall | TextMessage
+    observation: str
+    reward: float
+    terminated: bool
+    truncated: bool
+    info: dict[str, Any]
+
+
 class HeroGymTRLEnv:
     """Base of the classes :func:`environment_factory` builds: one hero-gym env per instance.
 
     Public attributes (properties, so TRL does not take them for tools): :attr:`env` (the Gymnasium env),
-    :attr:`reward` (summed over the episode), :attr:`done`, :attr:`observations` (of this episode).
+    :attr:`reward` (summed over the episode), :attr:`done`, :attr:`observations` (of this episode),
+    :attr:`steps` (one :class:`EnvStep` per env step, which :class:`~hero_gym.adapters.trl_trainer.HEROTrainer`
+    turns into episode records) and :attr:`task_index`.
     """
 
     env_id: str = ""
@@ -169,6 +189,8 @@ class HeroGymTRLEnv:
         self._done = True
         self._observations: list[str] = []
         self._infos: list[dict[str, Any]] = []
+        self._steps: list[EnvStep] = []
+        self._task_index: int | None = None
 
     @property
     def env(self) -> Any:
@@ -190,6 +212,16 @@ class HeroGymTRLEnv:
     def infos(self) -> list[dict[str, Any]]:
         return list(self._infos)
 
+    @property
+    def steps(self) -> list[EnvStep]:
+        """The env steps of this episode, in order (one per tool call that reached the env)."""
+        return list(self._steps)
+
+    @property
+    def task_index(self) -> int | None:
+        """The ``task_index`` of the last :meth:`reset` (``None`` when the row gave none)."""
+        return self._task_index
+
     def reset(self, task_index: int | None = None, seed: int | None = None, split: str | None = None,
               **_columns: Any) -> str:
         """Start an episode; returns the first observation (TRL appends it to the prompt's last user message).
@@ -206,6 +238,8 @@ class HeroGymTRLEnv:
         self._done = False
         self._observations = [obs]
         self._infos = [info]
+        self._steps = []
+        self._task_index = None if task_index is None else int(task_index)
         return obs
 
     def get_reward(self) -> float:
@@ -220,6 +254,7 @@ class HeroGymTRLEnv:
         self._done = bool(terminated or truncated)
         self._observations.append(obs)
         self._infos.append(info)
+        self._steps.append(EnvStep(action, obs, float(reward), bool(terminated), bool(truncated), info))
         return obs
 
     def __del__(self) -> None:
@@ -339,3 +374,13 @@ def task_dataset(env_id: str, *, url: str | None = None, task_indices: Sequence[
 def env_reward(environments: Sequence[HeroGymTRLEnv], **_: Any) -> list[float]:
     """A TRL reward function: each rollout's env reward (use with ``owns_reward=False``)."""
     return [float(e.reward) for e in environments]
+
+
+def __getattr__(name: str) -> Any:
+    """``HEROTrainer`` and ``HEROConfig`` live in :mod:`hero_gym.adapters.trl_trainer` (imported on first use:
+    it needs torch and trl, this module does not)."""
+    if name in ("HEROTrainer", "HEROConfig"):
+        from hero_gym.adapters import trl_trainer
+
+        return getattr(trl_trainer, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

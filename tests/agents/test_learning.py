@@ -71,7 +71,8 @@ def _say(call):
 
 
 def _names(call):
-    return TurnReflection(f"The right action at this point was {_say(call)}.", "high", call)
+    # the target written as the actions are in this world ("lookup fig"): the env's own syntax
+    return TurnReflection(f"The right action at this point was {_say(call)}.", "high", call, target_text=_say(call))
 
 
 def _diagnosis_only(call):

@@ -343,3 +343,24 @@ def test_kv_caches_encode_only_new_tokens_and_match_full_contexts(tiny_policy, s
         assert max(abs(x - y) for x, y in zip(a.logprobs, b.logprobs)) < 1e-4
     with pytest.raises(ValueError, match="kv_caches"):
         tiny_policy.generate(ctxs, sc, kv_caches=[KVCache()])
+
+
+def test_inverse_cdf_sampling_draws_from_the_distribution():
+    """``sample_tokens`` matches the target frequencies (as ``torch.multinomial`` does, the control) and
+    never draws a token of probability 0, including the first and last ids."""
+    from hero_gym.agents.policy import sample_tokens
+
+    probs = torch.tensor([[0.0, 0.5, 0.0, 0.2, 0.3, 0.0]] * 4 + [[0.0, 0.0, 0.0, 0.0, 0.0, 1.0]])
+    gen = torch.Generator().manual_seed(0)
+    n = 20000
+    draws = torch.stack([sample_tokens(probs, gen) for _ in range(n // 4)])  # [n/4, 5]
+    freq = torch.bincount(draws[:, :4].reshape(-1), minlength=6).double() / draws[:, :4].numel()
+    ref = torch.multinomial(probs[0], n, replacement=True, generator=torch.Generator().manual_seed(1))
+    ref_freq = torch.bincount(ref, minlength=6).double() / n
+    target = probs[0].double()
+    assert (freq[target == 0] == 0).all()
+    assert (draws[:, 4] == 5).all()
+    # 5 standard errors of a proportion at n=20000 is < 0.02
+    assert torch.allclose(freq, target, atol=0.02) and torch.allclose(ref_freq, target, atol=0.02)
+    # unnormalised rows are scaled, not truncated
+    assert sample_tokens(torch.tensor([[0.0, 3.0]]), gen).item() == 1

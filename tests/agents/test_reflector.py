@@ -167,7 +167,8 @@ def test_turn_capped_episode_is_not_called_failed():
 def test_function_reflector():
     ep = _ep([("a", None, None, "o")])
     [res] = FunctionReflector(lambda e: {0: TurnReflection("x", "high", {"name": "y"})}).reflect([ep])
-    assert res.to_json() == {"turn1": {"diagnosis": "x", "confidence": "high", "next_action_target": {"name": "y"}}}
+    assert res.to_json() == {"turn1": {"diagnosis": "x", "confidence": "high", "next_action_target": {"name": "y"},
+                                       "target_text": '<tool_call>\n{"name": "y", "arguments": {}}\n</tool_call>'}}
 
 
 # --------------------------------------------------------------------------- scripted experts
@@ -271,7 +272,10 @@ def test_webshop_paging_and_option_clicks_are_not_errors_but_a_missing_option_is
     ep.turns = ep.turns[:opened + 1] + [buy]
     ep.success = False
     refl = RuleReflector().reflect_one(ep)
-    assert refl[len(ep.turns) - 1].verdict == "error" and "without selecting" in refl[len(ep.turns) - 1].diagnosis
+    last = refl[len(ep.turns) - 1]
+    assert last.verdict == "error" and "before selecting" in last.diagnosis and "without selecting" in last.echo_diagnosis
+    missing = last.diagnosis.split("'")[1]      # the first requested option, clicked as the target
+    assert last.target_text == f"click[{missing}]" and last.target_source == "visible"
 
 
 class _Spy(dict):
@@ -321,3 +325,132 @@ def test_llm_reflector_with_a_real_policy_masks_garbage():
     ep = _ep([("a", None, None, "o1"), ("b", None, None, "o2")])
     [res] = LLMReflector(policy, max_new_tokens=6, max_retries=1).reflect([ep])
     assert res.attempts == 2 and res.turns == {} and isinstance(res.raw, str)   # random model: all masked
+
+
+# --------------------------------------------------------------------------- issue 23 / 27: the model reflector
+
+def _webshop_ep(n):
+    obs = "WebShop [SEP] Instruction: [SEP] i need red shoes, and price lower than 30.00 dollars [SEP] Search"
+    turns = [Turn(index=i, action_text="click[4]", parsed_action={"name": "click", "arguments": {"target": "4"}},
+                  action_error={"kind": "invalid_arguments", "message": "There is no button '4' on this page."},
+                  observation="Error: There is no button '4' on this page.") for i in range(n)]
+    return Episode(env_id="hero_gym/WebShop-v0", initial_observation=obs, turns=turns)
+
+
+def test_reflection_budget_scales_with_the_turns():
+    from hero_gym.agents.reflector import reflection_budget
+
+    assert reflection_budget(1) == 112 and reflection_budget(5) == 432 and reflection_budget(30) == 2432
+    assert reflection_budget(5, max_new_tokens=300) == 300 and reflection_budget(0) == reflection_budget(1)
+    seen = []
+
+    def gen(chats, max_new_tokens):
+        seen.append(list(max_new_tokens))
+        return ["{}"] * len(chats)
+
+    LLMReflector(gen, max_retries=0).reflect([_webshop_ep(1), _webshop_ep(5)])
+    LLMReflector(gen, max_retries=0, tokens_per_turn=10, base_tokens=0, max_new_tokens=30).reflect(
+        [_webshop_ep(1), _webshop_ep(5)])
+    assert seen == [[112, 432], [10, 30]]
+    with pytest.raises(ValueError):
+        LLMReflector(gen, tokens_per_turn=0)
+
+
+def test_retries_ask_only_for_the_missing_turns_and_keep_the_rest():
+    ep = _ep([("a", None, None, "o1"), ("b", None, None, "o2"), ("c", None, None, "o3")])
+    calls = []
+    replies = iter([
+        json.dumps({"turn1": {"diagnosis": "first try", "confidence": "high"}}),
+        json.dumps({"turn1": {"diagnosis": "OVERWRITE", "confidence": "high"},
+                    "turn2": {"diagnosis": "second try", "confidence": "medium"}}),
+        json.dumps({"turn3": {"diagnosis": "third try", "confidence": "low"}}),
+    ])
+
+    def gen(chats, max_new_tokens):
+        calls.append((chats[0][1]["content"].rsplit("\n", 1)[-1], list(max_new_tokens)))
+        return [next(replies)]
+
+    [res] = LLMReflector(gen, max_retries=2, min_coverage=1.0).reflect([ep])
+    assert [c[1] for c in calls] == [[32 + 3 * 80], [32 + 2 * 80], [32 + 80]]
+    assert '"turn1", "turn2", "turn3"' in calls[0][0] and "only these keys" not in calls[0][0]
+    assert calls[1][0].endswith('only these keys (the other turns are already reviewed): "turn2", "turn3".')
+    assert calls[2][0].endswith('"turn3".') and '"turn2"' not in calls[2][0]
+    assert {t: r.diagnosis for t, r in res.turns.items()} == {0: "first try", 1: "second try", 2: "third try"}
+    assert res.attempts == 3 and "[retry]" in res.raw
+
+
+def test_the_agent_instructions_are_shown_in_full():
+    ep = _ep([("a", None, None, "o1")])
+    ep.system_prompt = "POLICY START " + "rule. " * 2000 + "POLICY END"     # ~12k characters (a Tau policy)
+    user = build_reflection_messages(ep)[1]["content"]
+    assert ep.system_prompt in user
+    clipped = build_reflection_messages(ep, max_system_chars=2000)[1]["content"]
+    assert ep.system_prompt not in clipped and "chars cut]" in clipped
+
+
+def test_prompt_asks_for_the_env_syntax_and_no_echo_legacy_prompt_kept():
+    from hero_gym.agents.reflector import LEGACY_REFLECTION_RULES
+
+    rules, legacy_rules = " ".join(REFLECTION_RULES.split()), " ".join(LEGACY_REFLECTION_RULES.split())
+    for needle in ("own action syntax", "Do not repeat the agent's wrong action", "the clicked button is not on this page"):
+        assert needle in rules and needle not in legacy_rules
+    assert '{"name": "<tool>", "arguments": {...}}' in LEGACY_REFLECTION_RULES
+    for n in range(1, 8):                                          # the seed rules stay
+        assert f"\n{n}. " in REFLECTION_RULES
+    web = build_reflection_messages(_webshop_ep(1))[1]["content"]
+    assert "## Action syntax\n" in web and "click[<button text>]" in web
+    tau = _ep([("<tool_call>{}</tool_call>", {"name": "lookup", "arguments": {"key": "fig"}}, None, "412")])
+    assert "<tool_call>" in build_reflection_messages(tau)[1]["content"].split("## Action syntax\n")[1]
+    legacy = build_reflection_messages(tau, style="legacy")
+    assert legacy[0]["content"] == LEGACY_REFLECTION_RULES and "## Action syntax" not in legacy[1]["content"]
+
+
+def test_model_targets_come_back_in_the_env_syntax():
+    from hero_gym.agents.teachers import hero_note
+
+    def entry(target):
+        return {"turn1": {"diagnosis": "The clicked button is not on this page.", "confidence": "high",
+                          "next_action_target": target}}
+
+    for target in ("click[b0abc12345]", {"name": "click", "arguments": {"target": "b0abc12345"}},
+                   '{"name": "click", "arguments": {"target": "b0abc12345"}}'):
+        [res] = LLMReflector(lambda chats, t=target: [json.dumps(entry(t))] * len(chats)).reflect([_webshop_ep(1)])
+        refl = res.get(0)
+        assert refl.target_text == "click[b0abc12345]" and refl.target_source == "model"
+        note = hero_note(refl)
+        assert note.endswith("\nBetter action: click[b0abc12345]") and "reply to the user" not in note
+        assert "reply to the user" not in note
+    # the old failure: a bracket action read as a message to the user (the legacy style keeps it)
+    [old] = LLMReflector(lambda chats: [json.dumps(entry("click[b0abc12345]"))], style="legacy").reflect(
+        [_webshop_ep(1)])
+    assert "Better action: reply to the user: click[b0abc12345]" in hero_note(old.get(0), style="legacy")
+    # a message is not an action in WebShop: no target; in a tool env it is the message itself
+    [res] = LLMReflector(lambda chats: [json.dumps(entry("Sorry, which size?"))]).reflect([_webshop_ep(1)])
+    assert res.get(0).next_action_target is None and "Better action" not in hero_note(res.get(0))
+    tau = _ep([("<tool_call>{}</tool_call>", {"name": "lookup", "arguments": {"key": "fig"}}, None, "412")])
+    call = '<tool_call>{"name": "answer", "arguments": {"code": "412"}}</tool_call>'
+    [res] = LLMReflector(lambda chats: [json.dumps(entry(call))]).reflect([tau])
+    assert res.get(0).target_text == '<tool_call>\n{"name": "answer", "arguments": {"code": "412"}}\n</tool_call>'
+    [res] = LLMReflector(lambda chats: [json.dumps(entry("The code is 412."))]).reflect([tau])
+    assert res.get(0).target_text == "The code is 412." and res.get(0).next_action_target == {"message": "The code is 412."}
+
+
+def test_hf_policy_rows_get_their_own_budget_within_the_context(tiny_policy):
+    class Spy:
+        def __init__(self, policy):
+            self.policy, self.tokenizer, self.model, self.seen = policy, policy.tokenizer, policy.model, []
+
+        def generate(self, contexts, sampling, max_new_tokens=None):
+            self.seen.append((sampling.max_new_tokens, list(max_new_tokens), [len(c) for c in contexts]))
+            return self.policy.generate(contexts, sampling, max_new_tokens=max_new_tokens)
+
+    spy = Spy(tiny_policy)
+    eps = [_webshop_ep(1), _webshop_ep(3)]
+    LLMReflector(spy, tokens_per_turn=4, base_tokens=1, max_retries=0).reflect(eps)
+    assert spy.seen[0][:2] == (13, [5, 13])
+    ctx = tiny_policy.model.config.max_position_embeddings
+    long = _webshop_ep(1)
+    long.system_prompt = "word " * (ctx + 10)                 # the prompt alone fills the context
+    spy.seen.clear()
+    [a, b] = LLMReflector(spy, tokens_per_turn=4, base_tokens=1, max_retries=0).reflect([long, _webshop_ep(1)])
+    assert spy.seen[0][1] == [5] and a.turns == {} and a.raw == ""      # not reflected, the other row is

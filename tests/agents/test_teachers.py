@@ -1,4 +1,5 @@
 """Teacher notes per method, the success buffer, and teacher weight kinds."""
+import pytest
 import torch
 
 from hero_gym.agents.methods import NoteOptions, build_notes
@@ -95,3 +96,56 @@ def test_vllm_row_seeds_do_not_collide_across_rows_and_steps():
 
     seeds = {row_seed(s, r) for s in range(50) for r in range(8)}
     assert len(seeds) == 400 and row_seed(3, 1) == row_seed(3, 1) and all(0 <= x < 2**63 for x in seeds)
+
+
+def _visible_refl():
+    return TurnReflection("Execution error: the clicked button is not on this page.", "medium",
+                          {"name": "click", "arguments": {"target": "b0x"}}, verdict="error", target_text="click[b0x]",
+                          target_confidence="high", target_source="visible",
+                          echo_diagnosis="Execution error: There is no button '4' on this page.")
+
+
+def test_note_styles():
+    from hero_gym.agents.teachers import HERO_HEADER, NOTE_STYLES
+
+    r = _visible_refl()
+    notes = {s: hero_note(r, style=s) for s in NOTE_STYLES}
+    assert notes["no_echo_target"] == (f"{HERO_HEADER}\nExecution error: the clicked button is not on this page."
+                                       "\nBetter action: click[b0x]")
+    assert notes["no_echo_target"] == hero_note(r)                   # the default
+    assert notes["no_echo"] == f"{HERO_HEADER}\nExecution error: the clicked button is not on this page."
+    assert notes["target_only"] == f"{HERO_HEADER}\nBetter action: click[b0x]"
+    assert notes["echo_target"] == f"{HERO_HEADER}\nExecution error: There is no button '4' on this page.\nBetter action: click[b0x]"
+    # legacy: the quoting wording, and no visible-information target (the old reflector had none)
+    assert notes["legacy"] == f"{HERO_HEADER}\nExecution error: There is no button '4' on this page."
+    assert hero_note(TurnReflection("d", "medium"), style="target_only") is None     # no target: masked
+    with pytest.raises(ValueError):
+        hero_note(r, style="fancy")
+
+
+def test_legacy_style_renders_given_targets_as_before_and_new_styles_in_env_syntax():
+    msg = TurnReflection("Asked nothing.", "high", {"message": "Could you give me your email?"}, target_source="given",
+                         target_text="Could you give me your email?")
+    assert hero_note(msg, style="legacy").endswith("Better action: reply to the user: Could you give me your email?")
+    assert hero_note(msg).endswith("Better action: Could you give me your email?")
+    call = TurnReflection("Wrong call.", "high", {"name": "answer", "arguments": {"code": "412"}})   # hand-made
+    assert hero_note(call, style="legacy").endswith('Better action: {"name": "answer", "arguments": {"code": "412"}}')
+    assert hero_note(call).endswith('Better action: <tool_call>\n{"name": "answer", "arguments": {"code": "412"}}\n</tool_call>')
+    low_target = TurnReflection("d", "medium", {"message": "x"}, target_text="x", target_confidence="medium")
+    assert "Better action" not in hero_note(low_target)              # the target's own confidence gates it
+
+
+def test_note_style_reaches_the_notes_and_the_config():
+    from hero_gym.agents.trainer import TrainConfig, _make_reflector, _note_options
+
+    eps = [_ep("a", False, n=1, eid="e1")]
+    refl = [Reflection("e1", {0: _visible_refl()})]
+    for style in ("legacy", "target_only"):
+        [[note]] = build_notes("hero_rules", eps, reflections=refl, options=NoteOptions(note_style=style))
+        assert note == hero_note(refl[0].get(0), style=style)
+    cfg = TrainConfig(method="hero", note_style="legacy")
+    assert _note_options(cfg, 0).note_style == "legacy"
+    assert _make_reflector(cfg.spec, lambda chats: [], cfg).style == "legacy"
+    assert _make_reflector(TrainConfig().spec, lambda chats: [], TrainConfig()).style == "current"
+    with pytest.raises(ValueError):
+        TrainConfig(note_style="fancy")

@@ -70,7 +70,9 @@ def note_reader(tok, fit_reader):
     return {"model": model, "ctx": ctx, "acts": acts, "refl": refl, "env": env, "renderer": r}
 
 
-def _hero_updates(tok, nr, named: str, n_updates=4):
+def _hero_updates(tok, nr, named: str, n_updates=2):
+    # Two updates: with the live teacher at lr 3e-3 the 45-step note reader itself drifts after ~3 updates
+    # (its note-reading degrades whatever the note's wording), so the test reads the first steps' direction.
     model = copy.deepcopy(nr["model"])
     policy = HFPolicy(model, tok, lora=None)
     env, ctx = nr["env"], nr["ctx"]
