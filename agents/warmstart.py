@@ -25,11 +25,17 @@ Recipe (:func:`warm_start`):
    visited from the first turn where the model disagreed with it. Those (model context, expert action)
    pairs, mixed with as many demonstrations, are trained on for one pass. Repeated ``recovery_rounds``
    times.
-4. **Merge and cache.** The adapter is merged into the base weights and saved with the tokenizer under
+4. **Merge and cache.** The adapter is rounded to float16 values, kept (``adapter/``, ~10 MB for
+   SmolLM2-135M at rank 16), merged into the base weights and saved with the tokenizer under
    ``cache_dir() / "warmstart" / <key>`` (``<key>`` hashes the base model name and every setting that
    changes the weights); ``warmstart.json`` there records the settings, training figures and a greedy
    held-out evaluation (``eval_goals`` test goals, ``eval_max_turns`` turns). A second call with the
-   same settings returns the cached directory without training.
+   same settings returns the cached directory without training; an adapter shipped with the package for
+   the same key is merged instead of training (:mod:`hero_gym.agents.warmstart_files`).
+
+Progress and interruption: with ``progress`` each phase logs its steps, the total, seconds per step and an
+ETA; the build checkpoints to ``<key>.partial/`` (at most every :data:`CHECKPOINT_SECONDS`, after each phase
+and on Ctrl-C) and a rerun with the same settings resumes there, ending with the same weights.
 
 Experts (:func:`make_expert`): WebShop uses
 :class:`~hero_gym.envs.webshop.expert.InstructionExpert` (does not know the goal product, acts from any
@@ -51,27 +57,23 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import random
-import shutil
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
-from hero_gym.agents.models import DEFAULT_MODEL_NAME, cache_dir, load_model, load_named_model
-from hero_gym.agents.policy import Generation, HFPolicy, SamplingConfig, default_lora_config
-from hero_gym.agents.rollout import TOOL_PROMPTS, Task, collect
+from hero_gym.agents import warmstart_files as files
+from hero_gym.agents.experts import ExpertPolicy, LookupSolver, WebShopExpert, make_expert
+from hero_gym.agents.models import DEFAULT_MODEL_NAME, cache_dir, load_model
+from hero_gym.agents.rollout import TOOL_PROMPTS, Task
+from hero_gym.agents.warmstart_files import read_report
 from hero_gym.chat import ChatRenderer, tokenize_episode
 from hero_gym.records import Episode
-
-if TYPE_CHECKING:
-    from hero_gym.envs.tau_bench.gold_expert import GoldExpert
 
 __all__ = [
     "ExpertPolicy",
@@ -89,10 +91,12 @@ __all__ = [
     "warm_start",
 ]
 
-RECIPE_VERSION = 1
-"""Bumped when the recipe changes the weights it produces (part of the cache key)."""
+RECIPE_VERSION = 2
+"""Bumped when the recipe changes the weights it produces (part of the cache key). 2: the LoRA adapter is
+rounded to float16 before the merge, so the shipped float16 adapter rebuilds the merged weights exactly."""
 
-REPORT_FILE = "warmstart.json"
+CHECKPOINT_SECONDS = 120.0
+"""A build writes its resume checkpoint at most this often (and after every phase, and on Ctrl-C)."""
 
 
 @dataclass
@@ -129,7 +133,7 @@ class WarmStartConfig:
         tool_prompt: ``"full"`` or ``"compact"`` tool description in the system message (as in
             :class:`~hero_gym.agents.trainer.TrainConfig`; use the same as the later runs).
         seed: seeds task sampling, noise, shuffling and torch.
-        progress: print progress lines to stderr (not part of the cache key).
+        progress: print progress lines to stderr: each phase's steps, total and ETA (not part of the cache key).
     """
 
     env_id: str = "hero_gym/WebShop-v0"
@@ -189,132 +193,6 @@ class WarmStartConfig:
         d = asdict(self)
         d.pop("progress")
         return d
-
-
-# ====================================================================================== experts
-
-
-class WebShopExpert:
-    """WebShop's non-privileged :class:`~hero_gym.envs.webshop.expert.InstructionExpert`, plus its noise.
-
-    Noisy actions: half a click on a random button of the page (or a search of a few instruction words on
-    the search page), half the expert's own action with one character of its argument changed (a
-    mis-copied product id or option: usually an invalid action).
-    """
-
-    def __init__(self, env: Any):
-        from hero_gym.envs.webshop.expert import InstructionExpert
-
-        self.env = env.unwrapped
-        self._expert = InstructionExpert(self.env)
-
-    def action(self) -> str:
-        return self._expert.action()
-
-    def noisy_action(self, rng: random.Random) -> str:
-        good = self.action()
-        env = self.env
-        if rng.random() < 0.5:
-            if env.state.kind == "search":
-                words = env.goal.instruction.split()
-                k = rng.randint(1, min(4, len(words)))
-                return f"search[{' '.join(rng.sample(words, k))}]"
-            clickables = env.shop.available_actions(env.state)["clickables"]
-            return f"click[{rng.choice(clickables)}]" if clickables else good
-        return _corrupt(good, rng)
-
-
-class LookupSolver:
-    """The Lookup env's solver: ``lookup`` the requested item on the first turn, then ``answer`` its code."""
-
-    def __init__(self, env: Any):
-        self.env = env.unwrapped
-
-    def action(self) -> str:
-        item = self.env._item
-        if self.env.turn == 0:
-            return _hermes("lookup", {"key": item})
-        return _hermes("answer", {"code": self.env.table[item]})
-
-    def noisy_action(self, rng: random.Random) -> str:
-        other = rng.choice(sorted(self.env.table))
-        if rng.random() < 0.5:
-            return _hermes("lookup", {"key": other + rng.choice("xyz")})
-        return f"The code for {self.env._item} is probably {rng.randint(100, 999)}."
-
-
-def _hermes(name: str, arguments: dict[str, Any]) -> str:
-    return "<tool_call>\n" + json.dumps({"name": name, "arguments": arguments}) + "\n</tool_call>"
-
-
-def _corrupt(action: str, rng: random.Random) -> str:
-    """The action with one character of its bracketed argument replaced (``click[b0abc] -> click[b0axc]``)."""
-    lo, hi = action.find("[") + 1, action.rfind("]")
-    if lo <= 0 or hi <= lo:
-        return action + "]"
-    i = rng.randrange(lo, hi)
-    choices = [c for c in "abcdefghijklmnopqrstuvwxyz0123456789" if c != action[i]]
-    return action[:i] + rng.choice(choices) + action[i + 1:]
-
-
-def make_expert(env: Any) -> WebShopExpert | LookupSolver | GoldExpert:
-    """The expert for ``env`` (an env made with ``hero_gym.make``): it reads the env's current state and
-    must be asked after every ``reset``/``step`` of that same env (a Tau expert needs a reset env)."""
-    from hero_gym.envs.example.lookup import LookupEnv
-    from hero_gym.envs.tau_bench.env import TauBenchEnv
-    from hero_gym.envs.tau_bench.gold_expert import GoldExpert
-    from hero_gym.envs.webshop.env import WebShopEnv
-
-    inner = env.unwrapped
-    if isinstance(inner, WebShopEnv):
-        return WebShopExpert(env)
-    if isinstance(inner, TauBenchEnv):
-        return GoldExpert(env)
-    if isinstance(inner, LookupEnv):
-        return LookupSolver(env)
-    raise ValueError(f"no warm-start expert for {type(inner).__name__}: supported are WebShopEnv "
-                     "(hero_gym/WebShop-v0), TauRetailEnv / TauAirlineEnv (hero_gym/TauRetail-v0, "
-                     "hero_gym/TauAirline-v0) and LookupEnv (hero_gym/Lookup-v0)")
-
-
-class ExpertPolicy:
-    """A :class:`~hero_gym.agents.rollout.collect` policy that plays an expert in ONE env instance.
-
-    ``generate`` must get exactly one context (collect it with ``envs=<that env instance>``); it returns
-    the expert's action (or, with probability ``noise``, a noisy one) as token ids closed by the chat
-    template's end-of-turn token, so ``collect`` records token-exact contexts around it. ``noisy`` lists,
-    per ``generate`` call in order, whether that action was noise.
-    """
-
-    def __init__(self, env: Any, tokenizer: Any, *, noise: float = 0.0, seed: int = 0):
-        self.env = env
-        self.tokenizer = tokenizer
-        self.expert = make_expert(env)
-        self.renderer = ChatRenderer(tokenizer)
-        if self.renderer.end_of_turn_id is None:
-            raise ValueError("ExpertPolicy needs a chat template with an end-of-turn token")
-        self.noise = float(noise)
-        self.rng = random.Random(seed)
-        self.noisy: list[bool] = []
-        self.truncated = 0
-
-    def generate(self, contexts: Sequence[Sequence[int]], sampling: Any = None, *,
-                 max_new_tokens: Sequence[int] | None = None) -> list[Generation]:
-        if len(contexts) != 1:
-            raise ValueError("ExpertPolicy plays one env: collect with envs=<the env instance it was built on>")
-        noisy = self.noise > 0 and self.rng.random() < self.noise
-        text = self.expert.noisy_action(self.rng) if noisy else self.expert.action()
-        self.noisy.append(noisy)
-        ids = self.renderer.encode(text) + [int(self.renderer.end_of_turn_id)]
-        cap = getattr(sampling, "max_new_tokens", None)
-        if max_new_tokens is not None:
-            cap = min(cap, int(max_new_tokens[0])) if cap is not None else int(max_new_tokens[0])
-        reason = "stop"
-        if cap is not None and len(ids) > cap:
-            ids, reason = ids[:cap], "length"
-            text = self.tokenizer.decode(ids, skip_special_tokens=True)
-            self.truncated += 1
-        return [Generation(token_ids=ids, logprobs=[0.0] * len(ids), text=text, finish_reason=reason)]
 
 
 # ====================================================================================== tasks
@@ -447,36 +325,6 @@ def example_loss(model: Any, ex: Example, device: torch.device) -> tuple[torch.T
     return loss, int(tgt_pos.numel())
 
 
-def _train_pass(policy: HFPolicy, optimizer: Any, examples: Sequence[Example], cfg: WarmStartConfig,
-                rng: random.Random, max_steps: int | None, log: Any) -> dict[str, float]:
-    """One shuffled pass; returns mean token loss, steps and target tokens."""
-    order = list(range(len(examples)))
-    rng.shuffle(order)
-    model = policy.model
-    model.train()
-    steps, tokens, total = 0, 0, 0.0
-    t0 = time.perf_counter()
-    try:
-        for b in range(0, len(order), cfg.batch_episodes):
-            if max_steps is not None and steps >= max_steps:
-                break
-            batch = [examples[i] for i in order[b:b + cfg.batch_episodes]]
-            n_tok = sum(sum(e.loss_mask) for e in batch)
-            optimizer.zero_grad(set_to_none=True)
-            for ex in batch:
-                loss, n = example_loss(model, ex, policy.device)
-                (loss / max(1, n_tok)).backward()
-                total += float(loss.detach())
-            tokens += n_tok
-            optimizer.step()
-            steps += 1
-            if steps % 10 == 0:
-                log(f"  step {steps}: token loss {total / max(1, tokens):.4f} "
-                    f"({time.perf_counter() - t0:.0f} s)")
-    finally:
-        model.eval()
-    return {"loss": total / max(1, tokens), "steps": steps, "tokens": tokens}
-
 
 # ====================================================================================== evaluation
 
@@ -523,13 +371,6 @@ def cache_key(cfg: WarmStartConfig, base: str = "default") -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def _cached(path: Path) -> bool:
-    return (path / REPORT_FILE).is_file() and (path / "config.json").is_file() and any(path.glob("*.safetensors"))
-
-
-def read_report(path: str | os.PathLike) -> dict[str, Any]:
-    """The ``warmstart.json`` of a warm-started model directory (settings, training and eval figures)."""
-    return json.loads((Path(path) / REPORT_FILE).read_text())
 
 
 def warm_start(cfg: WarmStartConfig, *, base: str = "default", device: str | None = None) -> Path:
@@ -538,126 +379,23 @@ def warm_start(cfg: WarmStartConfig, *, base: str = "default", device: str | Non
     ``base`` is a name :func:`~hero_gym.agents.models.load_named_model` resolves (``"default"`` /
     ``"smollm2"``: SmolLM2-135M-Instruct; ``"tiny"``: the random tiny test model; an HF id or a local
     path). The directory, ``cache_dir() / "warmstart" / cache_key(cfg, base)``, holds the merged model
-    (loadable with ``from_pretrained``), its tokenizer and ``warmstart.json``. When it already exists
-    nothing is trained. See the module docstring for the recipe.
+    (loadable with ``from_pretrained``), its tokenizer, ``warmstart.json`` and the unmerged adapter
+    (``adapter/``). When it already exists nothing is trained; when the package ships an adapter with this
+    key (:mod:`hero_gym.agents.warmstart_files`) it is merged onto the base instead of training; an
+    interrupted build resumes from its checkpoint. See the module docstring for the recipe.
     """
-    target = cache_dir() / "warmstart" / cache_key(cfg, base)
-    if _cached(target):
+    key = cache_key(cfg, base)
+    target = cache_dir() / "warmstart" / key
+    if files.is_built(target):
         return target
     log = _logger(cfg.progress)
-    import hero_gym
+    shipped = files.shipped_adapter(key)
+    if shipped is not None:
+        log(f"warm start: merging the shipped adapter {shipped} onto the base (no training) -> {target}")
+        return files.materialise(shipped, target, base=base, device=device)
+    from hero_gym.agents.warmstart_build import _Build
 
-    t_start = time.perf_counter()
-    torch.manual_seed(cfg.seed)
-    rng = random.Random(cfg.seed)
-    model, tokenizer = load_named_model(base, device=device)
-    lora = (default_lora_config(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout)
-            if cfg.lora_r > 0 else None)
-    policy = HFPolicy(model, tokenizer, lora=lora, device=device)
-    tool_prompt = TOOL_PROMPTS[cfg.tool_prompt]
-    report: dict[str, Any] = {"recipe": RECIPE_VERSION, "base": base, "config": cfg.key_fields()}
-
-    # 1. demonstrations on the training split
-    demo_kwargs = dict(cfg.env_kwargs)
-    if cfg.demo_max_turns is not None:
-        demo_kwargs["max_turns"] = cfg.demo_max_turns
-    env = hero_gym.make(cfg.env_id, **demo_kwargs)
-    try:
-        expert_policy = ExpertPolicy(env, tokenizer, noise=cfg.noise, seed=cfg.seed)
-        t0 = time.perf_counter()
-        demos = collect(expert_policy, env, tasks=_tasks(env, "train", cfg.episodes, cfg.seed, shuffle=True),
-                        sampling=SamplingConfig(max_new_tokens=cfg.max_new_tokens), tool_prompt=tool_prompt)
-        examples = build_examples(demos, tokenizer, expert_policy.noisy)
-    finally:
-        env.close()
-    report["demos"] = {"episodes": len(demos), "success_rate": sum(e.success for e in demos) / max(1, len(demos)),
-                       "turns": len(expert_policy.noisy), "noisy_turns": sum(expert_policy.noisy),
-                       "truncated_actions": expert_policy.truncated,
-                       "target_tokens": sum(sum(e.loss_mask) for e in examples),
-                       "seconds": time.perf_counter() - t0}
-    log(f"warm start: {len(demos)} expert episodes (success {report['demos']['success_rate']:.2f}, "
-        f"{report['demos']['noisy_turns']} noisy turns of {report['demos']['turns']})")
-
-    # 2. behaviour cloning
-    optimizer = torch.optim.AdamW(policy.trainable_parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    t0 = time.perf_counter()
-    passes = []
-    steps_left = cfg.max_steps
-    for epoch in range(cfg.epochs):
-        if steps_left is not None and steps_left <= 0:
-            break
-        stats = _train_pass(policy, optimizer, examples, cfg, rng, steps_left, log)
-        passes.append(stats)
-        if steps_left is not None:
-            steps_left -= int(stats["steps"])
-        log(f"epoch {epoch + 1}: {stats['steps']} steps, token loss {stats['loss']:.4f}")
-    report["clone"] = {"passes": passes, "seconds": time.perf_counter() - t0}
-
-    # 3. recovery rounds (DAgger)
-    rounds = []
-    for r in range(cfg.recovery_rounds):
-        if cfg.recovery_episodes == 0:
-            break
-        t0 = time.perf_counter()
-        roll_kwargs = {**cfg.env_kwargs, "max_turns": cfg.max_turns}
-        env = hero_gym.make(cfg.env_id, **roll_kwargs)
-        try:
-            tasks = _tasks(env, "train", cfg.recovery_episodes, cfg.seed + 1 + r, shuffle=True)
-            sampling = SamplingConfig(max_new_tokens=cfg.max_new_tokens, temperature=cfg.recovery_temperature,
-                                      seed=cfg.seed + 1 + r)
-            rolled = collect(policy, cfg.env_id, tasks=tasks, sampling=sampling, env_kwargs=roll_kwargs,
-                             tool_prompt=tool_prompt, num_envs=8)
-            rec, rstats = recovery_examples(rolled, env, tokenizer)
-        finally:
-            env.close()
-        t_roll = time.perf_counter() - t0
-        mix = rec + rng.sample(examples, min(len(examples), len(rec)))
-        stats = _train_pass(policy, optimizer, mix, cfg, rng, None, log) if mix else {"steps": 0, "loss": 0.0}
-        n_turns = sum(len(e.turns) for e in rolled)
-        valid = sum(1 for e in rolled for t in e.turns if not t.action_error)
-        rounds.append({"episodes": len(rolled), "success_rate": sum(e.success for e in rolled) / max(1, len(rolled)),
-                       "valid_action_rate": valid / max(1, n_turns), **rstats, "train": stats,
-                       "rollout_seconds": t_roll, "seconds": time.perf_counter() - t0})
-        log(f"recovery round {r + 1}: rollouts valid {rounds[-1]['valid_action_rate']:.2f}, success "
-            f"{rounds[-1]['success_rate']:.2f}; {rstats['labelled']} labelled states, {stats['steps']} steps")
-    report["recovery"] = rounds
-    report["train_seconds"] = time.perf_counter() - t_start
-
-    # 4. merge, evaluate, save
-    merged = policy.model.merge_and_unload() if policy.is_lora else policy.model
-    merged.eval()
-    for p in merged.parameters():
-        p.requires_grad_(False)
-    _save_atomic(target, merged, tokenizer, report)
-    log(f"warm-started model saved to {target} ({report['train_seconds']:.0f} s of training)")
-    if cfg.eval_goals > 0:
-        report["eval"] = evaluate_valid(HFPolicy(merged, tokenizer, lora=None, device=device), cfg)
-        log(f"held-out eval: {json.dumps(report['eval'])}")
-    report["total_seconds"] = time.perf_counter() - t_start
-    _write_report(target, report)
-    return target
-
-
-def _write_report(target: Path, report: dict[str, Any]) -> None:
-    tmp = target / f".{REPORT_FILE}.tmp"
-    tmp.write_text(json.dumps(report, indent=2, default=str))
-    os.replace(tmp, target / REPORT_FILE)
-
-
-def _save_atomic(target: Path, model: Any, tokenizer: Any, report: dict[str, Any]) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
-    try:
-        model.save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
-        (tmp / REPORT_FILE).write_text(json.dumps(report, indent=2, default=str))
-        os.chmod(tmp, 0o755)
-        if target.exists():
-            shutil.rmtree(target)  # a stale, incomplete directory (a complete one returned early)
-        os.replace(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    return _Build(cfg, base, key, target, device, log).run()
 
 
 def load_warm_started(cfg: WarmStartConfig, *, base: str = "default", device: str | None = None) -> tuple[Any, Any]:

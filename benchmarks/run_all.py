@@ -2,7 +2,8 @@
 
 The protocol lives in :mod:`hero_gym.agents.bench` (so ``hero-gym bench`` works from an installed
 package); this script adds ``--speed``, which also runs the speed scripts next to it.
-See ``python benchmarks/run_all.py --help``.
+See ``python benchmarks/run_all.py --help``. Ctrl-C stops it with one line: finished cells stay in ``--out``
+and an interrupted warm start keeps its checkpoint, so the same command continues where it stopped.
 """
 
 from __future__ import annotations
@@ -30,5 +31,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     return result
 
 
+INTERRUPTED = ("run_all.py: interrupted; finished cells stay in the output folder and the warm start keeps its "
+               "checkpoint: run the same command again to continue")
+
+
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except KeyboardInterrupt:
+        print(INTERRUPTED, file=sys.stderr)
+        sys.exit(130)

@@ -106,15 +106,21 @@ def _check_value(where: str, name: str, value: Any, hint: Any) -> None:
         raise CLIError(f"{where} {name}={value!r}: expected {' | '.join(t.__name__ for t in options)}")
 
 
-def _check_env_kwargs(env_id: str, kwargs: dict[str, Any]) -> None:
-    """Unknown or mistyped env constructor arguments, named before the env is built."""
+def _env_class(env_id: str) -> type | None:
+    """The class a registered env id makes (``None`` when its entry point is not a class)."""
     import gymnasium as gym
 
     entry = gym.spec(env_id).entry_point
     if isinstance(entry, str):
         module, _, attr = entry.partition(":")
         entry = getattr(importlib.import_module(module), attr)
-    if not isinstance(entry, type):
+    return entry if isinstance(entry, type) else None
+
+
+def _check_env_kwargs(env_id: str, kwargs: dict[str, Any]) -> None:
+    """Unknown or mistyped env constructor arguments, named before the env is built."""
+    entry = _env_class(env_id)
+    if entry is None:
         return
     params = _init_params(entry)
     for key, value in kwargs.items():
@@ -189,14 +195,14 @@ def _show_system(prompt: str, full: bool) -> None:
 def play(
     env_id: str = typer.Argument(..., help="e.g. hero_gym/TauRetail-v0"),
     seed: Optional[int] = typer.Option(None, help="seed of reset()"),
-    option: Optional[list[str]] = typer.Option(None, "--option", "-o", help="reset option key=value"),
-    kwarg: Optional[list[str]] = typer.Option(None, "--kwarg", "-k", help="env constructor key=value"),
+    option: Optional[list[str]] = typer.Option(None, "--option", "-o", metavar="KEY=VALUE", help="reset option key=value"),
+    kwarg: Optional[list[str]] = typer.Option(None, "--kwarg", "-k", metavar="KEY=VALUE", help="env constructor key=value"),
     parser: str = typer.Option("auto", help="how typed actions are parsed (auto accepts every format)"),
 ) -> None:
     """Play an environment by typing actions (reads stdin, so it can be scripted with a pipe).
 
     Env text is printed verbatim. Piped actions are echoed after the prompt; at the end of the input
-    (or ``:quit``) an episode summary is printed."""
+    (or :quit) an episode summary is printed."""
     from hero_gym.parsers import PARSERS
 
     _check_env_id(env_id)
@@ -272,7 +278,7 @@ def serve(
     env_id: str = typer.Argument(..., help="a registered env id, e.g. hero_gym/TauRetail-v0"),
     host: str = typer.Option("127.0.0.1", help="interface to bind (loopback by default)"),
     port: int = typer.Option(8000),
-    kwarg: Optional[list[str]] = typer.Option(None, "--kwarg", "-k", help="env constructor key=value"),
+    kwarg: Optional[list[str]] = typer.Option(None, "--kwarg", "-k", metavar="KEY=VALUE", help="env constructor key=value"),
     max_sessions: int = typer.Option(64, help="concurrent sessions (HTTP and WebSocket)"),
     session_timeout: float = typer.Option(600.0, help="close sessions idle for this many seconds"),
 ) -> None:
@@ -367,11 +373,33 @@ def _train_config(agents: Any, env_id: str, method: str, budget: int, out: Path,
         raise CLIError(f"invalid training config: {e}") from e
 
 
+BUDGET_HELP = ("training budget in environment turns (global over ranks), counted in whole batches: a batch plays "
+               "tasks_per_update x group_size episodes to their end and a new one starts while fewer than TURNS "
+               "are spent, so the last batch may overshoot; at least one batch's episode count")
+
+
+def _check_budget(cfg: Any) -> None:
+    """Refuse a budget that cannot be spent (<= 0, or fewer turns than one batch's episodes) and say how
+    far a budget smaller than one full batch will overshoot."""
+    episodes = cfg.tasks_per_update * cfg.group_size
+    if cfg.turn_budget <= 0:
+        raise CLIError(f"--budget must be > 0 turns, got {cfg.turn_budget}")
+    if cfg.turn_budget < episodes:
+        raise CLIError(f"--budget {cfg.turn_budget} is below one batch: a batch plays tasks_per_update x group_size "
+                       f"= {episodes} episodes of at least one turn each, and budgets count whole batches; "
+                       f"pass --budget >= {episodes} or lower them with -c")
+    cap = cfg.max_turns or cfg.env_kwargs.get("max_turns") or getattr(_env_class(cfg.env_id), "default_max_turns", 0)
+    if cap and cfg.turn_budget < episodes * cap:
+        console.print(f"note: budgets count whole batches; one batch here is {episodes} episodes of up to {cap} "
+                      f"turns, so this run spends between {episodes} and {episodes * cap} turns per batch "
+                      f"(a budget of {cfg.turn_budget} buys one batch)", markup=False)
+
+
 @app.command()
 def train(
     env_id: str = typer.Argument(..., help="a registered env id"),
     method: str = typer.Option("hero", help="a key of hero_gym.agents.methods.METHODS (grpo, envfb_sd, full_demo, hero_rules, hero, hero_shuffled)"),
-    budget: int = typer.Option(200, help="training budget in environment turns (global over ranks)"),
+    budget: int = typer.Option(200, metavar="TURNS", help=BUDGET_HELP),
     model: str = typer.Option("smollm2", help="smollm2 (embedded default) | tiny | HF id or local path"),
     device: Optional[str] = typer.Option(None, help="cpu | cuda (default: cuda[:LOCAL_RANK] if available)"),
     out: Path = typer.Option(Path("runs/train"), help="checkpoints, episodes.jsonl, metrics.jsonl, adapter/"),
@@ -382,14 +410,14 @@ def train(
     rollout: str = typer.Option("hf", help=ROLLOUT_HELP),
     vllm_memory: float = typer.Option(0.35, help="--rollout vllm: share of the GPU's memory the vLLM engine may take"),
     max_model_len: Optional[int] = typer.Option(None, help="--rollout vllm: context window (also the rollouts' context cap)"),
-    kwarg: Optional[list[str]] = typer.Option(None, "--kwarg", "-k", help="env constructor key=value"),
-    config: Optional[list[str]] = typer.Option(None, "--config", "-c", help="TrainConfig field=value"),
+    kwarg: Optional[list[str]] = typer.Option(None, "--kwarg", "-k", metavar="KEY=VALUE", help="env constructor key=value"),
+    config: Optional[list[str]] = typer.Option(None, "--config", "-c", metavar="KEY=VALUE", help="TrainConfig field=value"),
 ) -> None:
     """Train a policy with HERO or a baseline; resumes from OUT if it holds a checkpoint.
 
-    Launched by ``torchrun --nproc_per_node=K -m hero_gym.cli train ...`` it trains data-parallel: each rank
-    collects its share of every batch, gradients are summed over ranks, the turn budget is global and rank 0
-    alone writes OUT (see ``hero_gym.agents.distributed``)."""
+    Launched by `torchrun --nproc_per_node=K -m hero_gym.cli train ...` it trains data-parallel: each rank \
+collects its share of every batch, gradients are summed over ranks, the turn budget is global and rank 0 \
+alone writes OUT (see hero_gym.agents.distributed)."""
     agents = _train_modules()
     import torch
 
@@ -399,6 +427,7 @@ def train(
     overrides = [*(config or []), f"env_pool={pool}", *([f"ray_address={ray_address}"] if ray_address else []),
                  *([f"sharding={sharding}"] if sharding != "none" else [])]
     cfg = _train_config(agents, env_id, method, budget, out, kwarg, overrides)
+    _check_budget(cfg)
     started = distributed.init_from_env(backend)
     if cfg.sharding == "fsdp" and not started:
         raise CLIError("--sharding fsdp needs several ranks: launch with torchrun --nproc_per_node=K (K >= 2)")
@@ -432,7 +461,7 @@ def eval_cmd(
     rollout: str = typer.Option("hf", help="hf | vllm: who generates (vllm needs vLLM and a GPU; the adapter is served as a LoRA)"),
     vllm_memory: float = typer.Option(0.9, help="--rollout vllm: share of the GPU's memory the vLLM engine may take"),
     max_model_len: Optional[int] = typer.Option(None, help="--rollout vllm: context window (also the context cap)"),
-    kwarg: Optional[list[str]] = typer.Option(None, "--kwarg", "-k", help="env constructor key=value"),
+    kwarg: Optional[list[str]] = typer.Option(None, "--kwarg", "-k", metavar="KEY=VALUE", help="env constructor key=value"),
     out: Optional[Path] = typer.Option(None, help="write the episodes to this JSONL file"),
 ) -> None:
     """Evaluate a policy (greedy) and print success rate, mean reward and mean turns."""
@@ -459,9 +488,9 @@ def warmstart(
     env_id: str = typer.Argument(..., help="hero_gym/WebShop-v0, hero_gym/TauRetail-v0, hero_gym/TauAirline-v0 or hero_gym/Lookup-v0"),
     model: str = typer.Option("smollm2", help="base model: smollm2 | tiny | HF id or local path"),
     device: Optional[str] = typer.Option(None, help="cpu | cuda (default: cuda if available)"),
-    kwarg: Optional[list[str]] = typer.Option(None, "--kwarg", "-k",
+    kwarg: Optional[list[str]] = typer.Option(None, "--kwarg", "-k", metavar="KEY=VALUE",
                                               help="env constructor key=value, e.g. -k max_results=5"),
-    config: Optional[list[str]] = typer.Option(None, "--config", "-c", help="WarmStartConfig field=value"),
+    config: Optional[list[str]] = typer.Option(None, "--config", "-c", metavar="KEY=VALUE", help="WarmStartConfig field=value"),
 ) -> None:
     """Warm-start a model by behaviour cloning the env's expert (cached); print where and the held-out eval."""
     _train_modules()
@@ -489,7 +518,7 @@ def warmstart(
              context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def bench(ctx: typer.Context) -> None:
     """Run the HERO benchmark (methods x envs x nested budgets x seeds); `hero-gym bench --help` lists
-    its options (the same as ``python benchmarks/run_all.py``)."""
+    its options (the same as `python benchmarks/run_all.py`)."""
     try:
         from hero_gym.agents import bench as bench_module
     except ImportError as e:
@@ -514,6 +543,39 @@ def _one_line(e: BaseException) -> str:
     return text if len(text) <= 1000 else text[:1000] + " ..."
 
 
+INTERRUPTED = ("hero-gym: interrupted; what finished is kept (training checkpoints, warm-start checkpoints, "
+               "finished benchmark cells): run the same command again to continue")
+
+
+def _plain_help_types() -> None:
+    """Help without Typer's ``<bool>`` / ``<list[str]>`` type tags: an option shows its metavar, else the
+    upper-case type name of its value (TEXT, INTEGER, PATH, ...); flags and arguments show none."""
+    core = getattr(typer, "core", None)
+    base = getattr(core, "_TyperParameter", None)
+    if base is None or not hasattr(base, "display_type_rich"):   # another Typer: leave its help alone
+        return
+
+    def display_type_rich(self: Any, ctx: Any) -> str | None:
+        if getattr(self, "metavar", None):
+            return self.metavar
+        if getattr(self, "is_flag", False) or getattr(self, "param_type_name", "") == "argument":
+            return None
+        try:
+            label = self.display_type(ctx).strip("<>")
+        except Exception:  # noqa: BLE001 - a help nicety must never break the help
+            return None
+        if label.startswith("list[") and label.endswith("]"):
+            label = label[5:-1]
+        return {"str": "TEXT", "int": "INTEGER", "float": "FLOAT", "bool": None}.get(label, label.upper())
+
+    for cls in (base, getattr(core, "TyperOption", None), getattr(core, "TyperArgument", None)):
+        if cls is not None and "display_type_rich" in cls.__dict__:
+            cls.display_type_rich = display_type_rich
+
+
+_plain_help_types()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """The console entry point: runs the Typer app and turns exceptions into one-line errors.
 
@@ -523,12 +585,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     debug = "--debug" in args or os.environ.get("HERO_GYM_DEBUG", "") not in ("", "0")
     args = [a for a in args if a != "--debug"] or ["--help"]
     try:
-        app(args=args, prog_name="hero-gym", standalone_mode=False)
+        code = app(args=args, prog_name="hero-gym", standalone_mode=False)
+        if code == 130:   # Typer turns Ctrl-C (KeyboardInterrupt) into this exit code without raising
+            print(INTERRUPTED, file=sys.stderr)
+            return 130
     except typer.Exit as e:
         return e.exit_code
     except (typer.Abort, KeyboardInterrupt):
-        print("hero-gym: aborted", file=sys.stderr)
-        return 1
+        print(INTERRUPTED, file=sys.stderr)
+        return 130
     except click_exceptions.ClickException as e:
         if debug:
             raise

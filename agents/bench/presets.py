@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
+import re
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -196,10 +197,13 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser(prog: str = "hero-gym bench") -> argparse.ArgumentParser:
     """The benchmark's command line (shared by ``hero-gym bench`` and ``benchmarks/run_all.py``)."""
-    ap = _Parser(prog=prog, description=sys.modules[__package__].__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    # the help is plain text, not RST: ``x`` and :mod:`x` read as `x`
+    doc = re.sub(r":[a-z]+:`", "`", (sys.modules[__package__].__doc__ or "").replace("``", "`"))
+    ap = _Parser(prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", choices=sorted(PRESETS), default=None,
-                    help="default: SmolLM2 warm-started, WebShop (make bench); cpu: WebShop + TauRetail, 3 seeds; "
-                         "quick: tiny random model smoke test")
+                    help="default (make bench): SmolLM2 warm-started, WebShop, the base against env-feedback SD, "
+                         "HERO (rules) and its shuffled ablation, 1 seed; cpu: WebShop, every method, 3 seeds "
+                         "(hours on a CPU); quick: tiny random model smoke test")
     ap.add_argument("--quick", action="store_true", help="same as --preset quick")
     ap.add_argument("--model", help="'smollm2' (embedded default), 'tiny' (random), or an HF id / local path")
     ap.add_argument("--device", help="cpu | cuda (default: cuda if available)")
@@ -209,7 +213,8 @@ def build_parser(prog: str = "hero-gym bench") -> argparse.ArgumentParser:
     ap.add_argument("--data-dir", help="official Tau-bench data (default $HERO_GYM_TAUBENCH_DIR)")
     ap.add_argument("--envs", nargs="+", help=f"any of {list(ENV_SETUPS)}")
     ap.add_argument("--methods", nargs="+", help=f"any of {METHOD_ORDER}")
-    ap.add_argument("--reference", help="the method compared with every other one (default: hero)")
+    ap.add_argument("--reference", help="the method compared with every other one (default: the preset's; "
+                                        "hero_rules in default, hero in cpu and quick)")
     ap.add_argument("--budgets", nargs="+", type=int, help="training budgets in environment turns (nested)")
     ap.add_argument("--seeds", nargs="+", type=int, help="training seeds (>= 3 for the CI to mean much)")
     ap.add_argument("--eval-tasks", type=int, help="held-out tasks per env (0 = all)")

@@ -243,3 +243,160 @@ def test_tau_warm_start_builds_and_caches_a_model(tmp_path, monkeypatch):
     assert ev["episodes"] == 1 and 0.0 <= ev["valid_action_rate"] <= 1.0 and "success_rate" in ev
     assert evaluated == [{**GENERATED, "split": "test"}]         # held out: the test split
     assert warm_start(cfg, base="tiny") == path                   # cached
+
+
+# ---------------------------------------------------------------- adapter, shipped adapters, resume
+LOOKUP_CFG = dict(env_id="hero_gym/Lookup-v0", episodes=6, lr=1e-3, lora_r=4, lora_alpha=8, noise=0.2,
+                  recovery_rounds=1, recovery_episodes=2, eval_goals=0, max_turns=2, max_new_tokens=24)
+
+
+def _weights(path):
+    from safetensors.torch import load_file
+
+    out = {}
+    for f in sorted(path.glob("*.safetensors")):
+        out.update(load_file(str(f)))
+    return out
+
+
+def test_the_adapter_is_kept_and_a_shipped_copy_rebuilds_the_same_merged_weights(tmp_path, monkeypatch):
+    """The build keeps its float16 LoRA adapter; shipped under the same key, it is merged instead of
+    training and gives the merged weights of the build bit for bit."""
+    import hero_gym.agents.warmstart_build as build
+    from hero_gym.agents import warmstart_files as files
+
+    monkeypatch.setenv("HERO_GYM_CACHE", str(tmp_path / "a"))
+    cfg = WarmStartConfig(**LOOKUP_CFG)
+    built = warm_start(cfg, base="tiny", device="cpu")
+    adapter = built / "adapter"
+    assert (adapter / "adapter_model.safetensors").is_file() and (adapter / "adapter_config.json").is_file()
+    assert all(t.dtype.is_floating_point and t.dtype.itemsize == 2 for t in _weights(adapter).values())
+
+    shipped_root = tmp_path / "shipped"
+    dest = files.ship(built, root=shipped_root, command="hero-gym warmstart ...")
+    assert dest.name == cache_key(cfg, "tiny") and read_report(dest)["rebuild_command"] == "hero-gym warmstart ..."
+    monkeypatch.setattr(files, "SHIPPED_ROOT", shipped_root)
+    monkeypatch.setenv("HERO_GYM_CACHE", str(tmp_path / "b"))          # a fresh cache: nothing built there
+    monkeypatch.setattr(build, "_Build", None)                         # training would now fail
+    again = warm_start(cfg, base="tiny", device="cpu")
+    assert again != built and "shipped adapter" in read_report(again)["source"]
+    a, b = _weights(built), _weights(again)
+    assert a.keys() == b.keys() and all(torch_equal(a[k], b[k]) for k in a)
+    base = _weights_of_base()
+    assert any(not torch_equal(a[k], base[k]) for k in a if k in base)   # the adapter changed something
+
+    monkeypatch.setenv("HERO_GYM_WARMSTART_SHIPPED", "0")               # turned off: no shipped adapter
+    assert files.shipped_adapter(dest.name) is None
+
+
+def torch_equal(x, y):
+    import torch
+
+    return x.shape == y.shape and bool(torch.equal(x, y))
+
+
+def _weights_of_base():
+    from hero_gym.agents.models import load_named_model
+
+    model, _ = load_named_model("tiny", device="cpu")
+    return {k: v.detach() for k, v in model.state_dict().items()}
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    """The weights of an uninterrupted tiny Lookup build, and its progress lines."""
+    import os
+
+    old = os.environ.get("HERO_GYM_CACHE")
+    os.environ["HERO_GYM_CACHE"] = str(tmp_path_factory.mktemp("whole"))
+    try:
+        import contextlib
+        import io
+
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err):
+            path = warm_start(WarmStartConfig(**LOOKUP_CFG, progress=True), base="tiny", device="cpu")
+        return _weights(path), err.getvalue()
+    finally:
+        os.environ["HERO_GYM_CACHE"] = old
+
+
+def test_the_build_logs_steps_of_a_total_with_an_eta(uninterrupted):
+    log = uninterrupted[1]
+    assert "warm start plan: 6 behaviour-cloning steps, then 1 DAgger round(s) of 2 rollouts" in log
+    assert "behaviour cloning step 6/6 (100%)" in log and "s/step, ETA" in log
+    assert "DAgger round 1 step" in log
+
+
+@pytest.mark.parametrize("cut_at, phase, steps_kept", [(3, "clone0", 2), (8, "recovery0", 1)])
+def test_an_interrupted_build_resumes_to_the_same_weights(tmp_path, monkeypatch, capsys, uninterrupted,
+                                                          cut_at, phase, steps_kept):
+    """Ctrl-C between two steps (behaviour cloning, then the DAgger pass) keeps a checkpoint of the last
+    step; the rerun resumes there (no new demonstrations) and ends with the weights of an uninterrupted
+    build. Control: a build with another seed ends elsewhere."""
+    import hero_gym.agents.warmstart as ws
+    from hero_gym.agents import warmstart_files as files
+
+    monkeypatch.setenv("HERO_GYM_CACHE", str(tmp_path / "cut"))
+    cfg = WarmStartConfig(**LOOKUP_CFG, progress=True)
+    real_loss, calls = ws.example_loss, []
+
+    def loss_then_interrupt(*a, **k):
+        calls.append(1)
+        if len(calls) == cut_at:
+            raise KeyboardInterrupt
+        return real_loss(*a, **k)
+
+    monkeypatch.setattr(ws, "example_loss", loss_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        warm_start(cfg, base="tiny", device="cpu")
+    monkeypatch.setattr(ws, "example_loss", real_loss)
+    assert f"step {steps_kept} kept in" in capsys.readouterr().err
+    key = cache_key(cfg, "tiny")
+    partial = tmp_path / "cut" / "warmstart" / f"{key}.partial"
+    state = files.load_checkpoint(partial, key)
+    assert state["current"]["phase"] == phase and state["current"]["steps"] == steps_kept
+    assert files.load_checkpoint(partial, "another key") is None
+
+    resumed = _weights(warm_start(cfg, base="tiny", device="cpu"))
+    err = capsys.readouterr().err
+    assert "resuming the interrupted build" in err and "expert demonstrations" not in err
+    assert not partial.exists()
+    whole = uninterrupted[0]
+    assert whole.keys() == resumed.keys() and all(torch_equal(whole[k], resumed[k]) for k in whole)
+
+    monkeypatch.setenv("HERO_GYM_CACHE", str(tmp_path / "other"))
+    other = _weights(warm_start(WarmStartConfig(**{**LOOKUP_CFG, "seed": 1}), base="tiny", device="cpu"))
+    assert any(not torch_equal(whole[k], other[k]) for k in whole)
+
+
+def test_an_interrupt_inside_an_update_keeps_the_checkpoint_before_it(tmp_path, monkeypatch, uninterrupted):
+    """An interrupt inside ``optimizer.step`` (a half-applied update) is not checkpointed: the periodic
+    checkpoint of the step before stays, and the resumed build still matches."""
+    import torch
+
+    import hero_gym.agents.warmstart as ws
+    from hero_gym.agents import warmstart_files as files
+
+    monkeypatch.setenv("HERO_GYM_CACHE", str(tmp_path))
+    monkeypatch.setattr(ws, "CHECKPOINT_SECONDS", 0.0)       # checkpoint after every step
+    cfg = WarmStartConfig(**LOOKUP_CFG)
+    real_step, calls = torch.optim.AdamW.step, []
+
+    def step_then_interrupt(self, *a, **k):
+        out = real_step(self, *a, **k)
+        calls.append(1)
+        if len(calls) == 4:
+            raise KeyboardInterrupt
+        return out
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", step_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        warm_start(cfg, base="tiny", device="cpu")
+    monkeypatch.setattr(torch.optim.AdamW, "step", real_step)
+    key = cache_key(cfg, "tiny")
+    state = files.load_checkpoint(tmp_path / "warmstart" / f"{key}.partial", key)
+    assert state["current"]["steps"] == 3
+    resumed = _weights(warm_start(cfg, base="tiny", device="cpu"))
+    whole = uninterrupted[0]
+    assert all(torch_equal(whole[k], resumed[k]) for k in whole)

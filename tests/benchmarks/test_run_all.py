@@ -139,3 +139,27 @@ def test_quick_with_warm_start(tmp_path):
     ws = data["provenance"]["warm_start"]["Lookup"]
     assert ws["path"] and Path(ws["path"]).is_dir() and ws["config"]["env_id"] == "hero_gym/Lookup-v0"
     assert "| Warm-started base |" in (tmp_path / "ws" / "results.md").read_text()
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_ctrl_c_prints_one_line_and_keeps_finished_cells(tmp_path, workers):
+    """SIGINT (Ctrl-C) once a cell has finished: exit 130, one line on stderr after the progress output and
+    no traceback (from the main process or a worker); the finished cells stay for the rerun to reuse."""
+    import os
+    import signal
+    import time
+
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, str(SCRIPT), "--quick", "--workers", workers, "--out", str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
+                            start_new_session=True)
+    deadline = time.time() + 600
+    while time.time() < deadline and proc.poll() is None and not list(out.glob("cells/*/result.json")):
+        time.sleep(0.5)
+    assert proc.poll() is None, "the run ended before a cell finished"
+    os.killpg(proc.pid, signal.SIGINT)          # the terminal sends it to the whole process group
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr[-3000:]
+    assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr, stderr[-3000:]
+    assert stderr.strip().splitlines()[-1].startswith("run_all.py: interrupted; finished cells stay")
+    assert list(out.glob("cells/*/result.json"))

@@ -105,3 +105,62 @@ def test_play_shows_webshop_system_prompt_with_brackets_and_a_summary():
     assert "search[your query]" in out.stdout and "click[buy now]" in out.stdout
     assert "> search[red shoes]" in out.stdout            # piped actions are echoed
     assert "Summary: hero_gym/WebShop-v0, 1 turn(s)" in out.stdout
+
+
+# ---------------------------------------------------------------- help text and budgets
+HELP_COMMANDS = [[], ["list"], ["play"], ["serve"], ["webshop-serve"], ["train"], ["eval"], ["warmstart"]]
+
+
+@pytest.mark.parametrize("cmd", HELP_COMMANDS, ids=lambda c: " ".join(c) or "hero-gym")
+def test_help_has_no_type_tags_or_rst_markup(cmd, capsys):
+    assert main([*cmd, "--help"]) == 0
+    text = capsys.readouterr().out
+    assert "Usage:" in text and "--help" in text
+    for tag in ("<bool>", "<str>", "<int>", "<list[", "<path>", "``"):
+        assert tag not in text, (tag, text)
+
+
+def test_train_help_says_budgets_count_whole_batches(capsys):
+    main(["train", "--help"])
+    text = " ".join(capsys.readouterr().out.replace("│", " ").split())
+    assert "counted in whole batches" in text and "KEY=VALUE" in text
+
+
+@pytest.mark.parametrize("budget, words", [("-1", ["must be > 0", "-1"]), ("0", ["must be > 0"]),
+                                           ("3", ["below one batch", "= 8 episodes", ">= 8"])])
+def test_train_refuses_impossible_budgets(budget, words, capsys, tmp_path):
+    code = main(["train", "hero_gym/Lookup-v0", "--model", "tiny", "--budget", budget, "--out", str(tmp_path / "r")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and all(w in err for w in words), err
+    assert not (tmp_path / "r").exists()          # nothing trained, no adapter written
+
+
+def test_train_says_when_a_budget_buys_one_whole_batch(monkeypatch, capsys, tmp_path):
+    """A budget below one full batch is accepted with a note saying how many turns the batch may take."""
+    import hero_gym.cli as cli
+
+    seen = {}
+
+    def stop(cfg):
+        seen["cfg"] = cfg
+        raise cli.CLIError("stop here")
+
+    real = cli._check_budget
+    monkeypatch.setattr(cli, "_check_budget", lambda cfg: (real(cfg), stop(cfg)))
+    main(["train", "hero_gym/Lookup-v0", "--model", "tiny", "--budget", "12", "--out", str(tmp_path / "r")])
+    out = capsys.readouterr().out
+    assert "one batch here is 8 episodes of up to 6 turns" in out and "between 8 and 48 turns" in out
+
+
+def test_ctrl_c_prints_one_line_and_exits_130(monkeypatch, capsys):
+    """Ctrl-C inside a command (here `hero-gym bench`) ends with one line saying what is kept, no traceback."""
+    pytest.importorskip("torch")
+    from hero_gym.agents import bench
+
+    def interrupted(argv, parser=None):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(bench, "main", interrupted)
+    code = main(["bench", "--quick"])
+    err = capsys.readouterr().err.strip()
+    assert code == 130 and len(err.splitlines()) == 1 and "interrupted; what finished is kept" in err
