@@ -13,22 +13,13 @@ trl = pytest.importorskip("trl")
 pytest.importorskip("datasets")
 
 from transformers.utils import get_json_schema  # noqa: E402
-from trl.chat_template_utils import qwen2_5_chat_template  # noqa: E402
 
 import hero_gym  # noqa: E402
 from hero_gym.adapters.trl import environment_factory, env_reward, schema_to_annotation, task_dataset  # noqa: E402
-from hero_gym.agents.models import load_default_tokenizer, tiny_model  # noqa: E402
+from hero_gym.agents.models import tiny_model  # noqa: E402
 
 os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
 
-
-@pytest.fixture()
-def tool_tokenizer():
-    """The SmolLM2 tokenizer with a ChatML chat template that renders tools (TRL ships it; same special tokens)."""
-    tok = load_default_tokenizer()
-    tok.chat_template = qwen2_5_chat_template
-    tok.padding_side = "left"
-    return tok
 
 
 def _config(tmp_path, **kw):

@@ -16,11 +16,10 @@ torch = pytest.importorskip("torch")
 trl = pytest.importorskip("trl")
 pytest.importorskip("datasets")
 
-from trl.chat_template_utils import qwen2_5_chat_template  # noqa: E402
 
 import hero_gym  # noqa: E402
 from hero_gym.adapters.trl import HEROConfig, HEROTrainer, environment_factory, task_dataset  # noqa: E402
-from hero_gym.agents.models import load_default_tokenizer, tiny_model  # noqa: E402
+from hero_gym.agents.models import tiny_model  # noqa: E402
 from hero_gym.agents.policy import HFPolicy  # noqa: E402
 from hero_gym.agents.reflector import FunctionReflector, TurnReflection  # noqa: E402
 from hero_gym.agents.teachers import TeacherWeights  # noqa: E402
@@ -32,14 +31,6 @@ os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
 LOOKUP = "hero_gym/Lookup-v0"
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "trl.md"
 
-
-@pytest.fixture()
-def tool_tokenizer():
-    """SmolLM2's tokenizer with TRL's ChatML template that renders tools (same special tokens)."""
-    tok = load_default_tokenizer()
-    tok.chat_template = qwen2_5_chat_template
-    tok.padding_side = "left"
-    return tok
 
 
 def _config(tmp_path, **kw):

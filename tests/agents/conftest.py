@@ -73,3 +73,12 @@ def fit_reader(smol_tokenizer):
         return model
 
     return fit
+
+
+@pytest.fixture()
+def one_thread():
+    """Run the test on one torch thread (restored after): timing-sensitive comparisons stay stable."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -20,12 +20,7 @@ from hero_gym.records import Episode, Turn
 LOOKUP = "hero_gym/Lookup-v0"
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def qwen7b_config():
