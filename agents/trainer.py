@@ -394,7 +394,7 @@ class _Run:
         params = [p for p in model.parameters() if p.requires_grad]
         if not params:
             raise ValueError("the policy has no trainable parameters")
-        _require_master_weights(params)
+        require_master_weights(params)
         files = RunFiles(config.checkpoint_dir) if config.checkpoint_dir else None
         resuming = files is not None and config.resume and files.has_checkpoint()
         if config.reset_lora and not resuming:
@@ -601,7 +601,7 @@ def _hand_over_adapter(policy: Any, rollout_policy: Any, files: RunFiles | None)
     rollout_policy.set_lora(root / "rollout_adapter")
 
 
-def _require_master_weights(params: Sequence[torch.Tensor]) -> None:
+def require_master_weights(params: Sequence[torch.Tensor]) -> None:
     """Refuse half-precision trainable weights (no fp32 master copy for the optimizer)."""
     low = sorted({str(p.dtype) for p in params if p.dtype in (torch.bfloat16, torch.float16)})
     if low:

@@ -23,6 +23,7 @@ from hero_gym.agents.experts import ExpertPolicy
 from hero_gym.agents.models import load_named_model
 from hero_gym.agents.policy import HFPolicy, SamplingConfig, default_lora_config
 from hero_gym.agents.rollout import TOOL_PROMPTS, collect
+from hero_gym.agents.trainer import require_master_weights
 
 __all__ = ["round_adapter_"]
 
@@ -75,6 +76,7 @@ class _Build:
         lora = (default_lora_config(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout)
                 if cfg.lora_r > 0 else None)
         self.policy = HFPolicy(model, self.tokenizer, lora=lora, device=device)
+        require_master_weights(self.policy.trainable_parameters())   # full fine-tuning of a bf16 model: refused
         self.optimizer = torch.optim.AdamW(self.policy.trainable_parameters(), lr=cfg.lr,
                                            weight_decay=cfg.weight_decay)
         self.state: dict[str, Any] = {"key": key, "seconds": 0.0, "passes": [], "rounds": [], "current": None,

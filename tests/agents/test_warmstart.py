@@ -400,3 +400,24 @@ def test_an_interrupt_inside_an_update_keeps_the_checkpoint_before_it(tmp_path, 
     resumed = _weights(warm_start(cfg, base="tiny", device="cpu"))
     whole = uninterrupted[0]
     assert all(torch_equal(whole[k], resumed[k]) for k in whole)
+
+
+def test_full_fine_tuning_of_a_half_precision_model_is_refused(monkeypatch, smol_tokenizer, tmp_path):
+    """``lora_r=0`` on a bf16 base (CUDA's default dtype) would train without fp32 master weights: refused
+    before any training, as the trainer refuses it. The control: a LoRA adapter on the same bf16 base (its
+    weights are fp32) builds."""
+    import torch
+
+    import hero_gym.agents.warmstart_build as wb
+    from hero_gym.agents.models import tiny_model
+
+    def bf16_base(name, device=None, dtype=None):  # noqa: ANN001, ANN202
+        return tiny_model(smol_tokenizer, seed=0, dtype=torch.bfloat16), smol_tokenizer
+
+    monkeypatch.setattr(wb, "load_named_model", bf16_base)
+    full = WarmStartConfig(env_id="hero_gym/Lookup-v0", episodes=1, recovery_rounds=0, eval_goals=0, lora_r=0)
+    with pytest.raises(ValueError, match="fp32 master"):
+        wb._Build(full, "tiny", "full", tmp_path / "full", "cpu", print)
+    lora = WarmStartConfig(env_id="hero_gym/Lookup-v0", episodes=1, recovery_rounds=0, eval_goals=0, lora_r=4)
+    build = wb._Build(lora, "tiny", "lora", tmp_path / "lora", "cpu", print)
+    assert {p.dtype for p in build.policy.trainable_parameters()} == {torch.float32}
