@@ -82,7 +82,7 @@ class ProbeConfig:
     max_turns: int | None = 8
     tool_prompt: str = "compact"
     model_reflector_episodes: int = 4   # episodes the (slow) model reflector diagnoses (0 = none)
-    note_styles: list[str] = field(default_factory=list)   # extra HERO (rules) rows, one per note style (issue 23)
+    note_styles: list[str] = field(default_factory=list)   # extra HERO (rules) rows, one per note style (teachers.NOTE_STYLES)
     reflector_max_new_tokens: int = 768
     n_boot: int = 2000
     group_tokens: int = 384

@@ -89,7 +89,7 @@ def summarise(turns: Sequence[dict], rows: Sequence[str], *, n_boot: int = 2000,
         out["quotes"][row] = {q: _est(turns, row, "d_action", n_boot, seed, WRONG,
                                       lambda r, c, q=q: c["quotes"] == (q == "quotes")).to_dict()
                               for q in ("quotes", "does_not_quote")}
-    styles = [(r, "envfb_sd") for r in rows if r.startswith("hero_rules:")]   # note-style variants (issue 23)
+    styles = [(r, "envfb_sd") for r in rows if r.startswith("hero_rules:")]   # HERO (rules) note-style variants vs env feedback
     for a, b in PAIRS + styles + [("full_demo", None)]:
         if a not in rows or (b is not None and b not in rows):
             continue
@@ -218,11 +218,18 @@ def write_outputs(result: Any, summary: dict[str, Any], meta: dict[str, Any], no
             w.writerow([r.get(k) for k in fields] + cells)
     (out / "examples.md").write_text(_examples(result.turns, result.rows,
                                                lambda row, r: notes[row][r["episode"]][r["turn"]] or ""))
-    _plot(summary, out / "delta.png", str(meta.get("env_id")))
+    _plot(summary, out / "delta.png", meta)
     return out
 
 
-def _plot(summary: dict[str, Any], path: Path, title: str) -> None:
+def plot_title(meta: dict[str, Any]) -> str:
+    """The plot's provenance line: env, model, sampled episodes, split and temperature."""
+    cfg = meta.get("config", {})
+    return (f"{meta.get('env_id')} · model {meta.get('model')} · {cfg.get('episodes')} episodes, "
+            f"{cfg.get('split')} split, T={meta.get('temperature')}")
+
+
+def _plot(summary: dict[str, Any], path: Path, meta: dict[str, Any]) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -235,6 +242,11 @@ def _plot(summary: dict[str, Any], path: Path, title: str) -> None:
               ("d_right", "Δ log p(right a_t)")]
     fig, axes = plt.subplots(1, 3, figsize=(13, 0.5 * len(rows) + 1.6), sharey=True)
     for ax, (key, label) in zip(axes, panels):
+        if not any(summary["rows"][row][key]["n"] for row in rows):
+            ax.text(0.5, 0.5, "no turns of this kind", ha="center", va="center", transform=ax.transAxes, fontsize=9)
+            ax.set_xticks([])
+            ax.set_title(label, fontsize=9)
+            continue
         for y, row in enumerate(rows):
             d = summary["rows"][row][key]
             if d["n"] and d["lo"] == d["lo"]:
@@ -245,7 +257,8 @@ def _plot(summary: dict[str, Any], path: Path, title: str) -> None:
         ax.set_title(label, fontsize=9)
     axes[0].set_yticks(range(len(rows)), [ROW_LABELS.get(r, r) for r in rows], fontsize=8)
     axes[0].invert_yaxis()
-    fig.suptitle(f"{title}: note effect on the self-teacher (95% CI, episode-clustered)", fontsize=10)
+    fig.suptitle(f"{plot_title(meta)}\nnote effect on the self-teacher, Δ in nats (95% CI, episode-clustered)",
+                 fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -81,7 +81,7 @@ class TurnReflection:
     target_source: Literal["visible", "given", "model"] | None = None
     """Where the target came from: visible information (rules), a ``target_fn`` (e.g. an oracle), a model."""
     echo_diagnosis: str | None = None
-    """The rule reflector's pre-issue-23 wording, which quotes the env's message and the action (the
+    """The rule reflector's legacy wording, which quotes the env's message and the action (the
     ``legacy`` / ``echo_target`` note styles); ``None``: ``diagnosis`` is the only wording."""
 
     def to_dict(self) -> dict[str, Any]:
@@ -332,7 +332,7 @@ REFLECTION_RULES = _RULES_HEAD + _RULE6 + _RULES_TAIL % '"<the action>" | null'
 no verbatim echo of the mistake (9)."""
 LEGACY_REFLECTION_RULES = _RULES_HEAD + _RULE6_LEGACY + (_RULES_TAIL % "{...} | null").replace(
     " you are asked about", "")
-"""The system message before issue 23 (targets as JSON objects, no echo rule): the ``legacy`` style."""
+"""The earlier system message (targets as JSON objects, no echo rule): the ``legacy`` style."""
 
 
 def _clip(s: str, n: int | None) -> str:
@@ -353,7 +353,7 @@ def build_reflection_messages(
     The agent's instructions (e.g. the Tau-bench policy) are shown in full unless ``max_system_chars``
     is set; observations and actions are clipped to ``max_obs_chars``. ``turns`` (0-based) are the turns
     asked about (default: all; a retry asks only for the missing ones). ``style="legacy"``: the rules and
-    request before issue 23 (no action syntax, no echo rule)."""
+    earlier request (no action syntax, no echo rule)."""
     if style not in ("current", "legacy"):
         raise ValueError(f"style must be 'current' or 'legacy', got {style!r}")
     parts: list[str] = []
@@ -421,7 +421,7 @@ class LLMReflector:
             prompt alone fills the context is not reflected (its turns stay masked).
         max_system_chars: ``None`` (default) shows the agent's instructions in full.
         style: ``"current"`` (targets in the env's syntax, no echo of the mistake) or ``"legacy"`` (the
-            prompt before issue 23).
+            earlier prompt).
     """
 
     def __init__(self, generate: Any, *, max_retries: int = 1, min_coverage: float = 0.5,

@@ -1,12 +1,12 @@
 """The rule-based reflector: per-turn diagnoses, and targets, from what the agent could see.
 
 No model, no task internals: it reads observations, the visible page state (:data:`VISIBLE_INFO_KEYS`)
-and the episode's own actions. Each diagnosis comes in two wordings (issue 23):
+and the episode's own actions. Each diagnosis comes in two wordings:
 
 * ``diagnosis`` names the kind of error and the correction without repeating the student's wrong
   argument or the env's error message ("the clicked button is not on this page"): a small
   self-teacher copies what its note quotes, so a note quoting the mistake raises its probability;
-* ``echo_diagnosis``, the wording before issue 23, which quotes the env's message and the action (the
+* ``echo_diagnosis``, the legacy wording, which quotes the env's message and the action (the
   ``legacy`` and ``echo_target`` note styles of :func:`~hero_gym.agents.teachers.hero_note`).
 
 A turn judged an error also gets a *target* where one follows from visible information

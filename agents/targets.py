@@ -1,7 +1,7 @@
 """Hindsight targets: the action a reflector proposes for a mistaken turn, from visible information only,
 written in the env's own action syntax.
 
-Two rules (issue 23):
+Two rules:
 
 * **Visible information only.** A target follows from what the agent could see before the turn (the
   first observation, the pages or tool outputs since, the buttons listed on the page), never from the

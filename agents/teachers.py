@@ -3,7 +3,7 @@
 A note is a ``str`` or ``None`` (= this turn does not enter the distillation loss); which note a
 method uses is decided in :mod:`hero_gym.agents.methods`. HERO notes come in named styles
 (:data:`NOTE_STYLES`): the default shows a diagnosis that does not quote the student's mistake and the
-better action written in the env's own syntax; ``legacy`` keeps the notes from before (issue 23). The renderer
+better action written in the env's own syntax; ``legacy`` keeps the earlier notes (quoting wording, JSON targets). The renderer
 (``hero_gym.chat.ChatRenderer.note_ids``) turns a note into the teacher context.
 
 Teacher *weights* (:class:`TeacherWeights`): ``ema`` (default, as in SDPO) = an exponential moving
@@ -45,14 +45,14 @@ DEMO_HEADER = "Note: here is a successful way to solve this same task, for refer
 
 
 NOTE_STYLES = ("no_echo_target", "no_echo", "target_only", "echo_target", "legacy")
-"""The HERO note styles (issue 23), compared by the mechanism probe:
+"""The HERO note styles, compared by the mechanism probe:
 
 * ``no_echo_target`` (default): the diagnosis that names the mistake without quoting it, then
   ``Better action: <target>`` with the target written as the agent writes actions in its env;
 * ``no_echo``: that diagnosis alone;
 * ``target_only``: ``Better action: <target>`` alone (turns without a target are masked);
 * ``echo_target``: the wording that quotes the env's message and the action, with the env-syntax target;
-* ``legacy``: the notes before issue 23: the quoting wording, and only targets a reflector was given
+* ``legacy``: the earlier notes: the quoting wording, and only targets a reflector was given
   (a ``target_fn``, a model), written as JSON or ``reply to the user: ...``.
 """
 DEFAULT_NOTE_STYLE = "no_echo_target"
@@ -70,7 +70,7 @@ def _fmt_target(target: dict[str, Any]) -> str:
 def _target_text(refl: TurnReflection, style: str, target_confidence: tuple[str, ...]) -> str | None:
     if not refl.next_action_target or style == "no_echo":
         return None
-    if style == "legacy":   # before issue 23: only given / model targets, gated by the diagnosis' confidence
+    if style == "legacy":   # the earlier notes: only given / model targets, gated by the diagnosis' confidence
         if refl.target_source == "visible" or refl.confidence not in target_confidence:
             return None
         return _fmt_target(refl.next_action_target)

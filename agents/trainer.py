@@ -124,7 +124,7 @@ class TrainConfig:
     note_style: str = "no_echo_target"
     """HERO note style (:data:`hero_gym.agents.teachers.NOTE_STYLES`): ``no_echo_target`` (default),
     ``no_echo``, ``target_only``, ``echo_target`` or ``legacy`` (the notes and the model reflector's prompt
-    before issue 23)."""
+    the earlier notes)."""
     reflector_retries: int = 1
     """Bounded retries of the model reflector when too few turns parsed (each asks only for the missing
     turns; one retry keeps a first SmolLM2 run on a CPU to minutes, see ``benchmarks/reflector_speed.py``)."""

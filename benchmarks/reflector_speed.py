@@ -1,4 +1,4 @@
-"""Wall time of the model reflector on one training batch (issue 27: its budget now scales with the turns).
+"""Wall time of the model reflector on one training batch (its token budget scales with the turns).
 
 Collects one batch the way ``train`` does with the README's "Training with HERO" settings (``TrainConfig``
 defaults: 2 tasks x 4 rollouts, 128 new tokens, temperature 1, on ``hero_gym/Lookup-v0``), then times

@@ -1,4 +1,4 @@
-"""The GPU-sizing items of issue 27 that a CPU can check: decode limits from free device memory, one host
+"""The GPU-sizing behaviour that a CPU can check: decode limits from free device memory, one host
 sync per decoded token, a cap on cached tokens across env slots, snapshots only where budgets read them
 (bf16 on request), no teacher pass for a micro-batch without a scored turn, half-precision trainable weights
 refused, the CUDA RNG in the resume state, one base model serving many runs (``reset_adapter``)."""

@@ -327,7 +327,7 @@ def test_llm_reflector_with_a_real_policy_masks_garbage():
     assert res.attempts == 2 and res.turns == {} and isinstance(res.raw, str)   # random model: all masked
 
 
-# --------------------------------------------------------------------------- issue 23 / 27: the model reflector
+# --------------------------------------------------------------------------- the model reflector: syntax, no echo, budget, retries
 
 def _webshop_ep(n):
     obs = "WebShop [SEP] Instruction: [SEP] i need red shoes, and price lower than 30.00 dollars [SEP] Search"

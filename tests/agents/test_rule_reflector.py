@@ -1,4 +1,4 @@
-"""The rule reflector's notes (issue 23): diagnoses that do not echo the student's mistake (the legacy wording,
+"""The rule reflector's notes: diagnoses that do not echo the student's mistake (the legacy wording,
 the control, does), targets in the env's own syntax from visible information only, per env."""
 import copy
 import json

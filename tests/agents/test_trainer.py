@@ -279,7 +279,7 @@ def test_snapshots_for_nested_budgets(tok, tmp_path):
     policy = HFPolicy(tiny_model(tok, seed=7), tok)
     res = train(policy, _small(tmp_path, method="envfb_sd", turn_budget=8))
     snaps = list_snapshots(tmp_path)
-    # one snapshot per iteration (issue 24 item 10: the model at budget B is the first snapshot at or past B)
+    # one snapshot per iteration (the model at budget B is the first snapshot at or past B)
     assert 0 in snaps and len(snaps) == res.iterations + 1 >= 2
     assert sorted(snaps) == [0, *(m["turns_used"] for m in res.metrics)]
     last = max(snaps)

@@ -1,4 +1,4 @@
-"""The benchmark's GPU pieces (issue 27), checked on a CPU: the ``paper`` preset, ``--rollout {hf,vllm}`` (vLLM
+"""The benchmark's GPU pieces, checked on a CPU: the ``paper`` preset, ``--rollout {hf,vllm}`` (vLLM
 replaced by the FAKE engine of ``tests/agents/fake_vllm.py``), one base model per worker with a fresh LoRA per
 run, worker i on GPU i, a cap on evaluation slots, snapshots only at the budgets."""
 import multiprocessing

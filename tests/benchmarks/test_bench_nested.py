@@ -49,7 +49,7 @@ def test_each_budget_reads_the_first_snapshot_at_or_past_it(tmp_path, monkeypatc
     assert [c["snapshot_turns"] for c in cells] == [t for t, _ in expected]
     assert cells[0]["snapshot_turns"] >= 4 and cells[1]["snapshot_turns"] == turns[-1] >= 12
     assert [c["optimizer_steps"] for c in cells] == [bench.steps_at(run["metrics"], t) for t, _ in expected]
-    # what each method trained, up to its snapshot (issue 24 item 4)
+    # what each method trained, up to its snapshot
     rows = {m["turns_used"]: m for m in run["metrics"]}
     for c in cells:
         assert c["tokens_trained"] == rows[c["snapshot_turns"]]["tokens_trained_total"] > 0
@@ -65,7 +65,7 @@ def test_each_budget_reads_the_first_snapshot_at_or_past_it(tmp_path, monkeypatc
     assert b2.kept_aside == []
 
     # another setting (here the learning rate) changes the fingerprint: the run is redone, not reused, and the
-    # finished run and its cells are kept aside under stale/, byte for byte (issue 24 item 9: they were deleted)
+    # finished run and its cells are kept aside under stale/, byte for byte (never deleted)
     rdir = tmp_path / "runs" / "Lookup__envfb_sd__s0"
     old_files = {p.relative_to(rdir): p.read_bytes() for p in rdir.rglob("*") if p.is_file()}
     old_fp = (rdir / "fingerprint").read_text()
