@@ -14,8 +14,10 @@ present, otherwise CPU with float32.
 
 from __future__ import annotations
 
+import functools
 import importlib.metadata
 import importlib.util
+import inspect
 import os
 import shutil
 import tempfile
@@ -57,17 +59,21 @@ def cache_dir() -> Path:
     return Path(os.environ.get("HERO_GYM_CACHE") or Path.home() / ".cache" / "hero_gym").expanduser()
 
 
+@functools.lru_cache(maxsize=None)
+def _forward_params(cls: type) -> frozenset[str]:
+    """The parameter names of ``cls.forward``, read once per class (decoding asks at every token)."""
+    return frozenset(inspect.signature(cls.forward).parameters)
+
+
 def _cache_keyword(model: Any) -> str:
     """The forward keyword under which ``model`` takes a KV cache: ``cache`` (transformers >= 5.25, which
     deprecates ``past_key_values`` and removes it in 5.40) where the decoder's ``forward`` names it, else
     ``past_key_values``. PEFT wrappers and the decoder of a causal LM are unwrapped to the transformers
     module whose signature decides."""
-    import inspect
-
     seen = set()
     while id(model) not in seen:
         seen.add(id(model))
-        params = inspect.signature(type(model).forward).parameters
+        params = _forward_params(type(model))
         if "cache" in params:
             return "cache"
         if "past_key_values" in params:
