@@ -85,7 +85,9 @@ class ProbeConfig:
     note_styles: list[str] = field(default_factory=list)   # extra HERO (rules) rows, one per note style (teachers.NOTE_STYLES)
     reflector_max_new_tokens: int = 768
     n_boot: int = 2000
-    group_tokens: int = 384
+    group_tokens: int = 384   # query tokens (trie nodes on the tree path) per scoring forward
+    tree_scoring: bool = True   # all rows of a turn in one token trie (EpisodeScorer.score_tree); False: a pass per row
+    rollout_slots: int = 8   # episodes sampled together (one batched generate per step)
 
 
 @dataclass
@@ -336,7 +338,8 @@ def run_probe(model: Any, tokenizer: Any, cfg: ProbeConfig, *, progress: bool = 
     kw = dict(cfg.env_kwargs)
     if cfg.max_turns is not None:
         kw["max_turns"] = cfg.max_turns
-    envs = [OracleRecorder(hero_gym.make(cfg.env_id, **kw)) for _ in range(4)]
+    slots = max(1, min(cfg.rollout_slots, cfg.episodes))
+    envs = [OracleRecorder(hero_gym.make(cfg.env_id, **kw)) for _ in range(slots)]
     parser = envs[0].unwrapped.parser
     has_oracle = bool(getattr(envs[0].unwrapped, "has_oracle", False))
     policy = HFPolicy(model, tokenizer, lora=None)
@@ -376,7 +379,7 @@ def run_probe(model: Any, tokenizer: Any, cfg: ProbeConfig, *, progress: bool = 
     t2 = time.perf_counter()
     renderer = ChatRenderer(tokenizer, check=False)
     turns = turn_records(model, renderer, episodes, notes, oracle_texts, parser, rule, model_refl,
-                         group_tokens=cfg.group_tokens, log=log)
+                         group_tokens=cfg.group_tokens, tree=cfg.tree_scoring, log=log)
     seconds["scoring"] = time.perf_counter() - t2
     seconds["total"] = time.perf_counter() - t0
     oracle_info = {"available": has_oracle, "demos": len(demos), "demo_success_rate":

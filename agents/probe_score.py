@@ -152,6 +152,128 @@ class EpisodeScorer:
                 out[i] = Scored(toks, dist)
 
 
+    # ------------------------------------------------------------------ the shared-tree path
+
+    def score_tree(self, queries: Sequence[Query]) -> list[Scored]:
+        """Same result as :meth:`score` (up to float rounding), with less compute: all queries of one turn are
+        encoded on top of one cache length ``p_t`` (the shortest prefix any of them shares with the chain), as
+        one token trie: a token sequence that several queries (or a query's actions) share - the note
+        message's role tokens, the HERO header and diagnosis common to several rows, a whole note repeated by
+        two rows - is encoded once, and every trie node attends to cached positions ``[0, p_t)``, its
+        ancestors and itself (position id ``p_t + depth``). Consecutive turns' tries of one chain are packed
+        into one forward until it holds ``group_tokens`` nodes (a single turn's trie is split at query
+        boundaries once it would exceed that, keeping attention over masked-out keys small). The log-prob rows
+        of every scored position are projected by the head in one product."""
+        out: list[Scored | None] = [None] * len(queries)
+        by_chain: dict[int, dict[int, list[int]]] = {}
+        for i, q in enumerate(queries):
+            if q.turn not in self._chain_of:
+                raise ValueError(f"turn {q.turn} has no recorded context ids")
+            if not q.actions or any(not a for a in q.actions):
+                raise ValueError("every query needs at least one non-empty action")
+            by_chain.setdefault(self._chain_of[q.turn], {}).setdefault(q.turn, []).append(i)
+        for ci, turns in by_chain.items():
+            seq = self.chains[ci].sequence
+            layers = self._cache(ci)
+            tree = _Tree()
+            for t in sorted(turns):
+                idx = turns[t]
+                p = min(min(common_prefix_len(queries[i].context, seq), len(queries[i].context) - 1)
+                        for i in idx)
+                p = min(p, layers[0][0].shape[2])
+                for i in idx:
+                    q = queries[i]
+                    part = list(q.context[p:])
+                    seqs = [part + a[:-1] for a in q.actions]
+                    if len(tree) and len(tree) + tree.cost(t, seqs) > self.group_tokens:
+                        self._tree_forward(queries, tree, layers, out)
+                        tree = _Tree()
+                    tree.add(i, t, p, len(part), seqs)
+            if len(tree):
+                self._tree_forward(queries, tree, layers, out)
+        return out  # type: ignore[return-value]
+
+    def _tree_forward(self, queries: Sequence[Query], tree: _Tree, layers: list[tuple[torch.Tensor, torch.Tensor]],
+                      out: list[Scored | None]) -> None:
+        P, Q = max(tree.limit), len(tree)
+        allowed = torch.zeros((Q, P + Q), dtype=torch.bool)
+        for n, (lim, par) in enumerate(zip(tree.limit, tree.parent)):
+            allowed[n, :lim] = True
+            if par >= 0:
+                allowed[n, P:P + n] = allowed[par, P:P + n]
+            allowed[n, P + n] = True
+        dtype = layers[0][0].dtype
+        mask = torch.zeros((1, 1, Q, P + Q), dtype=dtype).masked_fill_(~allowed, torch.finfo(dtype).min)
+        kw = {"input_ids": torch.tensor([tree.ids], device=self.device),
+              "position_ids": torch.tensor([tree.pos], device=self.device), "attention_mask": mask.to(self.device),
+              "use_cache": True, **cache_kwargs(self.decoder, _prefix_view(layers, 0, P))}
+        rows: list[int] = []
+        for i, part_len, paths in tree.queries:
+            for a, path in zip(queries[i].actions, paths):
+                rows.extend(path[part_len - 1:part_len - 1 + len(a)])   # the nodes predicting a's tokens
+        with torch.no_grad():
+            hidden = self.decoder(**kw).last_hidden_state[0]
+            lp = F.log_softmax(self.head(hidden[rows]).float(), -1)
+        at = 0
+        for i, _, _ in tree.queries:
+            q = queries[i]
+            toks, dist = [], None
+            for k, a in enumerate(q.actions):
+                block = lp[at:at + len(a)]
+                at += len(a)
+                toks.append(block.gather(-1, torch.tensor(a, device=block.device)[:, None]).squeeze(-1).cpu())
+                if k == 0 and q.keep_dist:
+                    dist = block
+            out[i] = Scored(toks, dist)
+
+
+class _Tree:
+    """A token trie of one forward: per turn ``t`` (visible cache ``[0, p_t)``), the sequences ``part + a[:-1]``
+    of its queries. Nodes are numbered in creation order, so a node's parent has a lower number."""
+
+    def __init__(self) -> None:
+        self.ids: list[int] = []
+        self.pos: list[int] = []
+        self.parent: list[int] = []
+        self.limit: list[int] = []
+        self.queries: list[tuple[int, int, list[list[int]]]] = []   # (query index, part length, node path per action)
+        self._kids: dict[tuple[int, int, int], int] = {}
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def cost(self, turn: int, seqs: Sequence[Sequence[int]]) -> int:
+        """How many nodes adding ``seqs`` at ``turn`` would create (linear in their length)."""
+        fresh: dict[tuple[int, int], int] = {}   # nodes the walk would create, numbered -2, -3, ...
+        for s in seqs:
+            cur = -1
+            for tok in s:
+                nxt = self._kids.get((turn, cur, tok)) if cur >= -1 else None
+                if nxt is None:
+                    nxt = fresh.setdefault((cur, tok), -2 - len(fresh))
+                cur = nxt
+        return len(fresh)
+
+    def add(self, query: int, turn: int, p: int, part_len: int, seqs: Sequence[Sequence[int]]) -> None:
+        paths = []
+        for s in seqs:
+            cur, path = -1, []
+            for tok in s:
+                key = (turn, cur, tok)
+                nxt = self._kids.get(key)
+                if nxt is None:
+                    nxt = len(self.ids)
+                    self._kids[key] = nxt
+                    self.ids.append(tok)
+                    self.pos.append(p if cur < 0 else self.pos[cur] + 1)
+                    self.parent.append(cur)
+                    self.limit.append(p)
+                cur = nxt
+                path.append(cur)
+            paths.append(path)
+        self.queries.append((query, part_len, paths))
+
+
 # ============================================================================ per-turn records
 
 
@@ -180,10 +302,15 @@ def _model_verdict(refl: Any, action_norm: str | None, parser: str) -> tuple[str
 
 def turn_records(model: Any, renderer: Any, episodes: Sequence[Episode], notes: dict[str, list[list[str | None]]],
                  oracle_texts: Sequence[Sequence[str | None]], parser: str, rule_reflections: Sequence[Any],
-                 model_reflections: dict[int, Any], *, group_tokens: int = 384, log: Any = None) -> list[dict[str, Any]]:
+                 model_reflections: dict[int, Any], *, group_tokens: int = 384, tree: bool = True,
+                 log: Any = None) -> list[dict[str, Any]]:
     """One record per scorable turn: its kind, the actions, the reflectors' verdicts and, per note row, the
     log-probs of ``a_t`` / ``a*_t`` with the note, their Δ against no note (summed and per token), the
-    distillation signal and whether the note quotes the student's argument (``None`` = the row masks it)."""
+    distillation signal and whether the note quotes the student's argument (``None`` = the row masks it).
+
+    ``tree=True`` scores every query of a turn (no note and each row's note) in one token trie
+    (:meth:`EpisodeScorer.score_tree`); ``tree=False`` is the reference path, one :meth:`EpisodeScorer.score`
+    call per row. Both give the same records up to float rounding (``tests/agents/test_probe_speed.py``)."""
     from .probe import _argument_text, normalise_action, turn_kind
 
     eot = renderer.end_of_turn_id
@@ -215,34 +342,63 @@ def turn_records(model: Any, renderer: Any, episodes: Sequence[Episode], notes: 
                        "n_oracle_tokens": len(acts[t][1]) if o_text else 0,
                        "rule_verdict": rv, "rule_target": rt, "model_reflected": i in model_reflections,
                        "model_verdict": mv, "model_target": mt, "rows": {}}
-        base = scorer.score([Query(t, list(ep.turns[t].context_token_ids), acts[t], keep_dist=True) for t in todo])
-        for t, sc in zip(todo, base):
-            recs[t]["base_lp_action"] = sc.sums[0]
-            recs[t]["base_lp_oracle"] = sc.sums[1] if len(sc.sums) > 1 else None
-        for row, row_notes in notes.items():
-            qs, where = [], []
-            for t in todo:
-                note = row_notes[i][t]
+        queries: dict[int, list[tuple[str, Query]]] = {}   # per turn: ("", base query) then (row, query)
+        for t in todo:
+            queries[t] = [("", Query(t, list(ep.turns[t].context_token_ids), acts[t], keep_dist=True))]
+            for row, row_notes in notes.items():
                 recs[t]["rows"][row] = None
+                note = row_notes[i][t]
                 if note is None:
                     continue
                 try:
                     tctx = renderer.note_ids(ep.turns[t].context_token_ids, note)
                 except ValueError:
                     continue
-                qs.append(Query(t, tctx, acts[t], keep_dist=True))
-                where.append(t)
-            for t, sc, b in zip(where, scorer.score(qs), [base[todo.index(t)] for t in where]):
-                arg = _argument_text(recs[t]["action"])
-                n_a, n_o = recs[t]["n_action_tokens"], recs[t]["n_oracle_tokens"]
-                d_a = sc.sums[0] - b.sums[0]
-                d_o = (sc.sums[1] - b.sums[1]) if len(sc.sums) > 1 else None
-                recs[t]["rows"][row] = {
-                    "lp_action": sc.sums[0], "lp_oracle": sc.sums[1] if len(sc.sums) > 1 else None,
-                    "d_action": d_a, "d_oracle": d_o, "d_action_tok": d_a / n_a,
-                    "d_oracle_tok": d_o / n_o if d_o is not None and n_o else None,
-                    "signal": _signal(b.dist, sc.dist),
-                    "quotes": bool(arg) and arg.lower() in row_notes[i][t].lower()}
+                queries[t].append((row, Query(t, tctx, acts[t], keep_dist=True)))
+
+        def fill(t: int, row: str, sc: Scored, b: Scored) -> None:
+            arg = _argument_text(recs[t]["action"])
+            n_a, n_o = recs[t]["n_action_tokens"], recs[t]["n_oracle_tokens"]
+            d_a = sc.sums[0] - b.sums[0]
+            d_o = (sc.sums[1] - b.sums[1]) if len(sc.sums) > 1 else None
+            recs[t]["rows"][row] = {
+                "lp_action": sc.sums[0], "lp_oracle": sc.sums[1] if len(sc.sums) > 1 else None,
+                "d_action": d_a, "d_oracle": d_o, "d_action_tok": d_a / n_a,
+                "d_oracle_tok": d_o / n_o if d_o is not None and n_o else None,
+                "signal": _signal(b.dist, sc.dist),
+                "quotes": bool(arg) and arg.lower() in notes[row][i][t].lower()}
+
+        def base_of(t: int, b: Scored) -> None:
+            recs[t]["base_lp_action"] = b.sums[0]
+            recs[t]["base_lp_oracle"] = b.sums[1] if len(b.sums) > 1 else None
+
+        if tree:   # chunks of consecutive turns, each chunk one score_tree call (its distributions then dropped)
+            chunk: list[int] = []
+            size = 0
+            for k, t in enumerate(todo):
+                chunk.append(t)
+                size += sum(len(q.context) - len(ep.turns[t].context_token_ids) + sum(map(len, q.actions))
+                            for _, q in queries[t])
+                if size < group_tokens and k + 1 < len(todo):
+                    continue
+                flat = [(t2, row, q) for t2 in chunk for row, q in queries[t2]]
+                scored = scorer.score_tree([q for _, _, q in flat])
+                b_of = {t2: sc for (t2, row, _), sc in zip(flat, scored) if row == ""}
+                for (t2, row, _), sc in zip(flat, scored):
+                    if row:
+                        fill(t2, row, sc, b_of[t2])
+                    else:
+                        base_of(t2, sc)
+                chunk, size = [], 0
+        else:      # the reference path: one score() call per row, each packing that row's queries of all turns
+            base = scorer.score([queries[t][0][1] for t in todo])
+            b_of = dict(zip(todo, base))
+            for t in todo:
+                base_of(t, b_of[t])
+            for row in notes:
+                where = [(t, q) for t in todo for r, q in queries[t] if r == row]
+                for (t, _), sc in zip(where, scorer.score([q for _, q in where])):
+                    fill(t, row, sc, b_of[t])
         out.extend(recs[t] for t in todo)
         if log is not None:
             log(f"probe: scored episode {i + 1}/{len(episodes)}")
