@@ -50,7 +50,7 @@ import gymnasium as gym
 from hero_gym.records import Episode
 
 __all__ = ["ProbeConfig", "ProbeResult", "OracleRecorder", "normalise_action", "turn_kind", "probe_notes",
-           "oracle_demos", "run_probe", "CONTROL_ROWS", "ROW_LABELS"]
+           "oracle_demos", "probe_rollouts", "run_probe", "CONTROL_ROWS", "ROW_LABELS"]
 
 #: Reference rows the probe adds to the methods' notes.
 CONTROL_ROWS = ("hero_rules_shuffled", "oracle_target", "oracle_target_json", "context_free")
@@ -101,6 +101,7 @@ class ProbeResult:
     oracle: dict[str, Any]
     seconds: dict[str, float]
     notes: dict[str, list[list[str | None]]] = field(default_factory=dict)
+    scoring_inputs: tuple[Any, ...] = ()   # (oracle_texts, parser, rule reflections, model reflections) as scored
 
 
 class OracleRecorder(gym.Wrapper):
@@ -322,69 +323,89 @@ def _tasks(env: Any, cfg: ProbeConfig) -> list[Any]:
     return out
 
 
-def run_probe(model: Any, tokenizer: Any, cfg: ProbeConfig, *, progress: bool = False) -> ProbeResult:
-    """Roll the student out, build every row's notes and score them (see the module docstring)."""
+def probe_rollouts(model: Any, tokenizer: Any, cfg: ProbeConfig) -> tuple[list[Episode], str, bool]:
+    """``(episodes, parser, has_oracle)``: the student's rollouts on ``cfg``'s tasks through ``collect``,
+    ``cfg.rollout_slots`` episodes sampled together, each step's oracle action recorded (:class:`OracleRecorder`)."""
     import hero_gym
-    from hero_gym.chat import ChatRenderer
 
     from .policy import HFPolicy, SamplingConfig
-    from .probe_score import turn_records
-    from .reflector import LLMReflector, RuleReflector
     from .rollout import TOOL_PROMPTS, collect
 
-    log = (lambda m: print(m, flush=True)) if progress else (lambda m: None)
-    seconds: dict[str, float] = {}
-    t0 = time.perf_counter()
-    kw = dict(cfg.env_kwargs)
-    if cfg.max_turns is not None:
-        kw["max_turns"] = cfg.max_turns
     slots = max(1, min(cfg.rollout_slots, cfg.episodes))
-    envs = [OracleRecorder(hero_gym.make(cfg.env_id, **kw)) for _ in range(slots)]
+    envs = [OracleRecorder(hero_gym.make(cfg.env_id, **_env_kwargs(cfg))) for _ in range(slots)]
     parser = envs[0].unwrapped.parser
     has_oracle = bool(getattr(envs[0].unwrapped, "has_oracle", False))
-    policy = HFPolicy(model, tokenizer, lora=None)
     model.eval()
     try:
         tasks = _tasks(envs[0], cfg)
         sampling = SamplingConfig(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
                                   seed=cfg.seed * 7919)
         max_ctx = getattr(getattr(model, "config", None), "max_position_embeddings", None)
-        episodes = collect(policy, envs, tasks=tasks, sampling=sampling, tool_prompt=TOOL_PROMPTS[cfg.tool_prompt],
-                           max_context_tokens=max_ctx)
+        episodes = collect(HFPolicy(model, tokenizer, lora=None), envs, tasks=tasks, sampling=sampling,
+                           tool_prompt=TOOL_PROMPTS[cfg.tool_prompt], max_context_tokens=max_ctx)
     finally:
         for e in envs:
             e.close()
+    return episodes, parser, has_oracle
+
+
+def _env_kwargs(cfg: ProbeConfig) -> dict[str, Any]:
+    kw = dict(cfg.env_kwargs)
+    if cfg.max_turns is not None:
+        kw["max_turns"] = cfg.max_turns
+    return kw
+
+
+def run_probe(model: Any, tokenizer: Any, cfg: ProbeConfig, *, progress: bool = False,
+              episodes: tuple[list[Episode], str, bool] | None = None) -> ProbeResult:
+    """Roll the student out, build every row's notes and score them (see the module docstring).
+    ``episodes``: the output of :func:`probe_rollouts` for ``cfg`` when already sampled (then not timed)."""
+    from hero_gym.chat import ChatRenderer
+
+    from .policy import HFPolicy
+    from .probe_score import turn_records
+    from .reflector import LLMReflector, RuleReflector
+
+    log = (lambda m: print(m, flush=True)) if progress else (lambda m: None)
+    seconds: dict[str, float] = {}
+    t0 = time.perf_counter()
+    eps, parser, has_oracle = episodes if episodes is not None else probe_rollouts(model, tokenizer, cfg)
     seconds["rollouts"] = time.perf_counter() - t0
-    log(f"probe: {len(episodes)} episodes, {sum(len(e.turns) for e in episodes)} turns "
-        f"({seconds['rollouts']:.0f} s)")
+    log(f"probe: {len(eps)} episodes, {sum(len(e.turns) for e in eps)} turns ({seconds['rollouts']:.0f} s)")
 
     t1 = time.perf_counter()
-    oracle_texts = [[(t.info or {}).get("oracle_action") for t in ep.turns] for ep in episodes]
-    demos = oracle_demos(cfg.env_id, kw, episodes) if has_oracle else []
-    rule = RuleReflector().reflect(episodes)
+    oracle_texts = [[(t.info or {}).get("oracle_action") for t in ep.turns] for ep in eps]
+    demos = oracle_demos(cfg.env_id, _env_kwargs(cfg), eps) if has_oracle else []
+    rule = RuleReflector().reflect(eps)
+    seconds["notes"] = time.perf_counter() - t1
+    t1 = time.perf_counter()
     model_refl: dict[int, Any] = {}
     if cfg.model_reflector_episodes > 0 and any(get_spec_reflector(m) == "model" for m in cfg.methods):
-        idx = list(range(min(cfg.model_reflector_episodes, len(episodes))))
-        refl = LLMReflector(policy, max_new_tokens=cfg.reflector_max_new_tokens).reflect([episodes[i] for i in idx])
+        idx = list(range(min(cfg.model_reflector_episodes, len(eps))))
+        refl = LLMReflector(HFPolicy(model, tokenizer, lora=None), max_new_tokens=cfg.reflector_max_new_tokens
+                            ).reflect([eps[i] for i in idx])
         model_refl = dict(zip(idx, refl))
     seconds["reflect"] = time.perf_counter() - t1
-    notes = probe_notes(episodes, cfg.methods, rule_reflections=rule, model_reflections=model_refl, demos=demos,
+    t1 = time.perf_counter()
+    notes = probe_notes(eps, cfg.methods, rule_reflections=rule, model_reflections=model_refl, demos=demos,
                         oracle_texts=oracle_texts if has_oracle else None, parser=parser, seed=cfg.seed,
                         note_styles=cfg.note_styles)
     if not has_oracle:
         for r in ("oracle_target", "oracle_target_json"):
             notes.pop(r, None)
-    log(f"probe: notes built ({seconds['reflect']:.0f} s for the reflectors)")
+    seconds["notes"] += time.perf_counter() - t1
+    log(f"probe: notes built ({seconds['reflect']:.0f} s for the model reflector)")
 
     t2 = time.perf_counter()
     renderer = ChatRenderer(tokenizer, check=False)
-    turns = turn_records(model, renderer, episodes, notes, oracle_texts, parser, rule, model_refl,
+    turns = turn_records(model, renderer, eps, notes, oracle_texts, parser, rule, model_refl,
                          group_tokens=cfg.group_tokens, tree=cfg.tree_scoring, log=log)
     seconds["scoring"] = time.perf_counter() - t2
     seconds["total"] = time.perf_counter() - t0
     oracle_info = {"available": has_oracle, "demos": len(demos), "demo_success_rate":
                    (sum(d.success for d in demos) / len(demos)) if demos else None}
-    return ProbeResult(cfg, turns, list(notes), episodes, oracle_info, seconds, notes)
+    return ProbeResult(cfg, turns, list(notes), eps, oracle_info, seconds, notes,
+                       scoring_inputs=(oracle_texts, parser, rule, model_refl))
 
 
 def get_spec_reflector(method: str) -> str | None:
