@@ -66,6 +66,9 @@ def build_parser(prog: str = "hero-gym probe") -> argparse.ArgumentParser:
                    help="episodes the model reflector diagnoses (slow on a CPU; 0 = skip HERO's model rows)")
     p.add_argument("--note-styles", nargs="*", default=[], help="extra HERO (rules) rows in these note styles "
                    "(hero_gym.agents.teachers.NOTE_STYLES, e.g. legacy no_echo target_only)")
+    p.add_argument("--rollout-slots", type=int, default=8, help="episodes sampled together (one batched step)")
+    p.add_argument("--reference-scoring", action="store_true", help="score one note row per pass (the slower "
+                   "reference path; default: all rows of a turn in one token trie, same numbers)")
     p.add_argument("--bootstrap", type=int, default=2000)
     p.add_argument("--device", default=None)
     p.add_argument("--threads", type=int, default=None, help="torch threads")
@@ -133,7 +136,11 @@ def main(argv: Sequence[str] | None = None, parser: Any = None) -> int:
                       split=split, skip_tasks=skip, temperature=a.temperature, max_new_tokens=a.max_new_tokens,
                       max_turns=a.max_turns, tool_prompt=a.tool_prompt,
                       model_reflector_episodes=a.model_reflector_episodes, n_boot=a.bootstrap,
-                      note_styles=list(a.note_styles))
+                      note_styles=list(a.note_styles), rollout_slots=a.rollout_slots,
+                      tree_scoring=not a.reference_scoring)
+    import os
+
+    load0 = os.getloadavg()[0]
     res = run_probe(model, tok, cfg, progress=True)
     if a.out:   # the rollouts, for audit and reuse
         from pathlib import Path
@@ -141,7 +148,9 @@ def main(argv: Sequence[str] | None = None, parser: Any = None) -> int:
         from hero_gym.records import save_jsonl
 
         save_jsonl(res.episodes, Path(a.out) / "episodes.jsonl")
+    t_stats = time.perf_counter()
     summary = summarise(res.turns, res.rows, n_boot=cfg.n_boot, seed=cfg.seed)
+    res.seconds["statistics"] = time.perf_counter() - t_stats
     import platform
 
     import torch
@@ -150,7 +159,8 @@ def main(argv: Sequence[str] | None = None, parser: Any = None) -> int:
             "split": split, "seconds": time.perf_counter() - t0, "timings": res.seconds, "oracle": res.oracle,
             "config": config_dict(cfg), "hardware": f"{platform.machine()} CPU, {torch.get_num_threads()} torch "
             "thread(s)" if a.device in (None, "cpu") else str(a.device),
-            "command": "hero-gym probe " + " ".join(argv if argv is not None else sys.argv[1:])}
+            "command": "hero-gym probe " + " ".join(argv if argv is not None else sys.argv[1:]),
+            "load_average": [round(load0, 2), round(os.getloadavg()[0], 2)]}
     meta["config"]["env_kwargs"] = {k: ("<HERO_GYM_TAUBENCH_DIR>" if k == "data_dir" else v)
                                     for k, v in cfg.env_kwargs.items()}
     print(markdown(summary, meta))

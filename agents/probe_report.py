@@ -112,6 +112,16 @@ def _f(d: dict | None, digits: int = 2, ci: bool = True) -> str:
     return e.fmt(digits, ci) + (f" (n={d['n']})" if d["n"] else "")
 
 
+def _phases(meta: dict[str, Any]) -> str:
+    """`` (rollouts 84 s, scoring 474 s, ...; load average 2.1 -> 3.0)`` from the run's timings, when recorded."""
+    t = meta.get("timings") or {}
+    parts = [f"{k} {t[k]:.0f} s" for k in ("rollouts", "notes", "reflect", "scoring", "statistics") if k in t]
+    load = meta.get("load_average")
+    if load:
+        parts.append(f"1-min load average {load[0]:.1f} at the start, {load[1]:.1f} at the end")
+    return f" ({', '.join(parts)})" if parts else ""
+
+
 def _pct(x: float | None) -> str:
     return "—" if x is None else f"{100 * x:.0f}%"
 
@@ -126,7 +136,7 @@ def markdown(summary: dict[str, Any], meta: dict[str, Any], *, title: str = "Mec
              f"{meta.get('env_id')} · model: {meta.get('model')} · {summary['episodes']} episodes, {summary['turns']} "
              f"turns ({k['invalid']} invalid, {k['wrong']} valid but wrong, {k['right']} right, {k['unjudged']} "
              f"unjudged) · sampled at T={meta.get('temperature')} on the {meta.get('split')} split · "
-             f"{meta.get('seconds', 0):.0f} s on {meta.get('hardware', 'this machine')}.", "",
+             f"{meta.get('seconds', 0):.0f} s on {meta.get('hardware', 'this machine')}{_phases(meta)}.", "",
              "Δ = log p_teacher(action | context + note) − log p_student(action | context), summed over the "
              "action's tokens; mean over turns, 95% CI from an episode-clustered bootstrap. Teacher = the "
              "student's weights (the EMA teacher at step 0).", "",

@@ -73,6 +73,7 @@ def main() -> None:
                     "episodes are scored)")
     ap.add_argument("--group", type=int, nargs="+", default=[384], help="trie nodes per forward (tree path)")
     ap.add_argument("--skip-reference", action="store_true", help="do not time the per-row reference scoring")
+    ap.add_argument("--repeat", type=int, default=1, help="scoring runs per path (alternating order)")
     ap.add_argument("--extrapolate", type=int, default=40, help="print the projected time of this many episodes")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
@@ -96,32 +97,40 @@ def main() -> None:
     per_episode = {}
     for slots in a.slots:
         cfg.rollout_slots = slots
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         rolled = probe_rollouts(model, tok, cfg)
-        dt = time.perf_counter() - t
+        dt, dc = time.perf_counter() - t, time.process_time() - c
         n = sum(len(e.turns) for e in rolled[0])
-        per_episode[slots] = dt / len(rolled[0])
-        print(f"rollouts, {slots} slots: {dt:.1f} s, {len(rolled[0])} episodes, {n} turns, {dt / n:.2f} s/turn, "
-              f"{dt / len(rolled[0]):.1f} s/episode", flush=True)
+        per_episode[slots] = dc / len(rolled[0])
+        print(f"rollouts, {slots} slots: {dt:.1f} s wall, {dc:.1f} s CPU; {len(rolled[0])} episodes, {n} turns: "
+              f"{dc / n:.2f} CPU s/turn, {dc / len(rolled[0]):.1f} CPU s/episode", flush=True)
     turns = sum(len(e.turns) for e in rolled[0])
-    results = {}
-    for g in a.group:
-        cfg.group_tokens, cfg.tree_scoring = g, True
-        res = run_probe(model, tok, cfg, episodes=rolled)
-        results[g] = res
-        s = res.seconds
-        print(f"tree scoring, {g} nodes/forward: notes {s['notes']:.1f} s, scoring {s['scoring']:.1f} s "
-              f"({s['scoring'] / turns:.2f} s/turn, {len(res.rows)} note rows)", flush=True)
-    res = results[a.group[0]]
+    cfg.group_tokens, cfg.tree_scoring = a.group[0], True
+    t, c = time.perf_counter(), time.process_time()
+    res = run_probe(model, tok, cfg, episodes=rolled)
+    print(f"notes: {res.seconds['notes']:.1f} s; first tree scoring ({a.group[0]} nodes/forward): "
+          f"{res.seconds['scoring']:.1f} s wall, {time.process_time() - c:.1f} s CPU; {len(res.rows)} note rows",
+          flush=True)
+    renderer = ChatRenderer(tok, check=False)
+    paths = [(f"tree, {g} nodes/forward", g, True) for g in a.group]
     if not a.skip_reference:
-        t = time.perf_counter()
-        ref = turn_records(model, ChatRenderer(tok, check=False), res.episodes, res.notes, *res.scoring_inputs,
-                           group_tokens=384, tree=False)
-        dt = time.perf_counter() - t
-        print(f"reference scoring (a pass per row, 384 tokens/forward): {dt:.1f} s ({dt / turns:.2f} s/turn); "
-              f"largest |difference| tree - reference: {_max_diff(res.turns, ref):.2e} nats", flush=True)
-        for g, r in results.items():
-            print(f"  speed-up of the tree path ({g} nodes/forward): {dt / r.seconds['scoring']:.2f}x")
+        paths.append(("reference (a pass per row, 384 tokens/forward)", 384, False))
+    cost: dict[str, list[tuple[float, float]]] = {name: [] for name, _, _ in paths}
+    for r in range(a.repeat):   # alternating order: the same contention on average
+        for name, g, tree in (paths if r % 2 == 0 else paths[::-1]):
+            t, c = time.perf_counter(), time.process_time()
+            recs = turn_records(model, renderer, res.episodes, res.notes, *res.scoring_inputs, group_tokens=g,
+                                tree=tree)
+            cost[name].append((time.perf_counter() - t, time.process_time() - c))
+            diff = _max_diff(res.turns, recs)
+            print(f"  [{r + 1}/{a.repeat}] {name}: {cost[name][-1][0]:.1f} s wall, {cost[name][-1][1]:.1f} s CPU "
+                  f"(largest |difference| from the first tree run {diff:.1e} nats; load {os.getloadavg()[0]:.1f})",
+                  flush=True)
+    print("scoring, per turn (median over repeats):")
+    med = {name: sorted(v)[len(v) // 2] for name, v in cost.items()}
+    for name, (w, c) in med.items():
+        print(f"  {name}: {w / turns:.2f} s wall, {c / turns:.2f} s CPU per turn")
+    best = min(c for _, c in med.values()) / turns
     t = time.perf_counter()
     summary = summarise(res.turns, res.rows, n_boot=cfg.n_boot, seed=cfg.seed)
     t_stats = time.perf_counter() - t
@@ -130,13 +139,12 @@ def main() -> None:
         write_outputs(res, summary, {"env_id": a.env, "config": {"episodes": a.episodes}}, None, d)
     t_report = time.perf_counter() - t
     print(f"statistics (bootstrap {cfg.n_boot}): {t_stats:.1f} s; report files and plot: {t_report:.1f} s")
-    best = min(r.seconds["scoring"] for r in results.values()) / turns
     n = a.extrapolate
     proj = per_episode[a.slots[-1]] * n + best * turns / len(res.episodes) * n + t_stats + t_report
-    print(f"projected {n}-episode probe at {turns / len(res.episodes):.1f} turns/episode, {a.threads} thread(s): "
-          f"{proj:.0f} s (rollouts {per_episode[a.slots[-1]] * n:.0f} s + scoring "
-          f"{best * turns / len(res.episodes) * n:.0f} s + statistics/report), load average now "
-          f"{os.getloadavg()[0]:.2f}")
+    print(f"projected {n}-episode probe at {turns / len(res.episodes):.1f} turns/episode from CPU seconds (= wall "
+          f"time on an idle machine with {a.threads} thread(s)): {proj:.0f} s (rollouts "
+          f"{per_episode[a.slots[-1]] * n:.0f} s + scoring {best * turns / len(res.episodes) * n:.0f} s + "
+          f"statistics/report); load average now {os.getloadavg()[0]:.2f}")
 
 
 if __name__ == "__main__":
