@@ -126,8 +126,8 @@ def main() -> None:
             print(f"  [{r + 1}/{a.repeat}] {name}: {cost[name][-1][0]:.1f} s wall, {cost[name][-1][1]:.1f} s CPU "
                   f"(largest |difference| from the first tree run {diff:.1e} nats; load {os.getloadavg()[0]:.1f})",
                   flush=True)
-    print("scoring, per turn (median over repeats):")
-    med = {name: sorted(v)[len(v) // 2] for name, v in cost.items()}
+    print("scoring, per turn (mean over repeats):")
+    med = {name: (sum(w for w, _ in v) / len(v), sum(c for _, c in v) / len(v)) for name, v in cost.items()}
     for name, (w, c) in med.items():
         print(f"  {name}: {w / turns:.2f} s wall, {c / turns:.2f} s CPU per turn")
     best = min(c for _, c in med.values()) / turns
