@@ -252,7 +252,7 @@ def probe_notes(episodes: Sequence[Episode], methods: Sequence[str], *, rule_ref
     rows: dict[str, list[list[str | None]]] = {}
     for m in methods:
         spec = get_method(m)
-        if not spec.distills:
+        if not spec.distills or spec.oracle:   # the privileged ceiling is the oracle_target row below
             continue
         if spec.reflector == "model":
             idx = sorted(model_reflections or {})

@@ -34,7 +34,7 @@ from hero_gym.records import Episode
 from . import distributed as D
 from .checkpoint import RunCounters, RunFiles, list_snapshots, save_snapshot
 from .future_guard import drop_future_copies
-from .methods import ExpertDemos, MethodSpec, NoteOptions, Notes, get_method
+from .methods import ExpertDemos, MethodSpec, NoteOptions, Notes, get_method, oracle_target
 from .reflector import LLMReflector, Reflection, Reflector, RuleReflector
 from .rollout import TOOL_PROMPTS, policy_context_window
 from .teachers import NOTE_STYLES, SuccessBuffer, TeacherKind, TeacherWeights
@@ -185,6 +185,8 @@ class TrainConfig:
         if self.snapshot_budgets is not None and any(int(b) < 0 for b in self.snapshot_budgets):
             raise ValueError("snapshot_budgets must be >= 0")
         get_method(self.method)
+        if self.turn_budget < 0 or (self.max_updates is not None and self.max_updates < 0):
+            raise ValueError(f"turn_budget and max_updates must be >= 0, got {self.turn_budget}, {self.max_updates}")
         if self.loss not in ("forward_kl", "reverse_kl", "jsd", "sampled"):
             raise ValueError(f"unknown loss {self.loss!r}")
         if not 0.0 <= self.grpo_weight <= 1.0:
@@ -205,6 +207,9 @@ class TrainConfig:
             raise ValueError("mixed_precision applies to sharding='fsdp' only")
         if self.topk_source not in ("student", "teacher"):
             raise ValueError(f"topk_source must be 'student' or 'teacher', got {self.topk_source!r}")
+        if self.spec.oracle and (self.env_pool != "inprocess" or self.reflector not in (None, "rules")):
+            raise ValueError(f"method {self.method!r} (privileged: oracle targets) runs in-process envs with the rule "
+                             f"reflector only, got env_pool={self.env_pool!r}, reflector={self.reflector!r}")
 
     @property
     def spec(self) -> MethodSpec:
@@ -510,7 +515,7 @@ def _make_reflector(spec: MethodSpec, policy: Any, config: TrainConfig) -> Refle
         return None
     kind = {"llm": "model"}.get(config.reflector or "", config.reflector) or spec.reflector
     if kind == "rules":
-        return RuleReflector()
+        return RuleReflector(target_fn=oracle_target) if spec.oracle else RuleReflector()
     return LLMReflector(policy, max_new_tokens=config.reflector_max_new_tokens, max_retries=config.reflector_retries,
                         tokens_per_turn=config.reflector_tokens_per_turn,
                         style="legacy" if config.note_style == "legacy" else "current")
@@ -545,12 +550,23 @@ def _make_envs(config: TrainConfig) -> list[Any]:
     if config.max_turns is not None:
         kw["max_turns"] = config.max_turns
     n = len(D.shard(range(config.tasks_per_update))) * config.group_size   # this rank's share
+    if config.spec.oracle:   # a privileged ceiling: record the env's oracle action before every step
+        return [_oracle_recorded(hero_gym.make(config.env_id, **kw), config) for _ in range(max(1, n))]
     if config.env_pool != "inprocess":
         from hero_gym.pool import make_pool
 
         extra = {"address": config.ray_address} if config.env_pool == "ray" else {}
         return make_pool(config.env_pool, config.env_id, max(1, n), kw, **extra).envs  # closing them closes it
     return [hero_gym.make(config.env_id, **kw) for _ in range(max(1, n))]
+
+
+def _oracle_recorded(env: Any, config: TrainConfig) -> Any:
+    from .probe import OracleRecorder
+
+    if not getattr(env.unwrapped, "has_oracle", False):
+        env.close()
+        raise ValueError(f"method {config.method!r} needs an env with an oracle (has_oracle); {config.env_id} has none")
+    return OracleRecorder(env)
 
 
 def _tasks_for(iteration: int, config: TrainConfig) -> list[Any]:

@@ -115,7 +115,8 @@ def write_markdown(rows: list[dict], comps: list[dict], prov: dict[str, Any], pa
            f"this invocation {prov['invocation_seconds'] / 60:.1f} min)" if prov["reused_cells"] else ""),
         f"- Code: {prov['git_commit']}", "",
         f"Means ± standard error over seeds on the same greedy held-out goals. Turns on successes, redundant "
-        f"and no-effect turns per episode (the rule reflector's verdicts on the evaluation episodes) carry a 95% "
+        f"turns per episode (an action repeated in the same state, invalid repeats included) and no-effect turns "
+        f"(the rule reflector's verdict: a valid action that changed nothing) carry a 95% "
         f"CI over every seed's episodes; tokens trained are the action tokens that entered a loss with a "
         f"training signal, scored turns the turns with a teacher note (0 for GRPO), both up to the budget's "
         f"snapshot. The last two columns are {ref_label} minus the row's method in success (percentage "
