@@ -120,6 +120,7 @@ def test_report_only_rebuilds(quick_run):
     proc = _run("--report-only", "--out", str(out), cwd=REPO)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (out / "results.md").exists() and "report rebuilt from" in proc.stdout
+    assert "**Partial**" not in (out / "results.md").read_text()   # a finished run's report is not partial
 
 
 def test_report_only_on_an_empty_folder_is_one_clear_error(tmp_path):
@@ -163,3 +164,8 @@ def test_ctrl_c_prints_one_line_and_keeps_finished_cells(tmp_path, workers):
     assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr, stderr[-3000:]
     assert stderr.strip().splitlines()[-1].startswith("run_all.py: interrupted; finished cells stay")
     assert list(out.glob("cells/*/result.json"))
+    # the interrupted run is reported from the provenance it wrote at its start, marked partial
+    assert not (out / "results.json").exists() and (out / "provenance.json").exists()
+    rep = _run("--report-only", "--out", str(out), cwd=tmp_path)
+    assert rep.returncode == 0, rep.stderr[-3000:]
+    assert "**Partial**" in (out / "results.md").read_text()
