@@ -176,14 +176,18 @@ PAPER = {"model": "Qwen/Qwen2.5-7B-Instruct", "device": "cuda", "warm_start": Fa
 #: and the privileged ceiling (HERO (rules) with the oracle's action as every error's target); seeds 0-2;
 #: 50 held-out goals; two nested budgets. A batch is 8 episodes of at most 8 turns (<= 64 turns), so the top
 #: budget of 1024 turns is >= 16 optimizer steps for every method (~17 at the ~7.3 turns per sampled episode
-#: the probe measured on this warm start) and 512 about half. Weights are snapshotted only at the budgets.
+#: the probe measured on this warm start) and 512 about half. Weights are snapshotted only at the budgets;
+#: no activation checkpointing (on a CPU it recomputes the forward for memory the machine does not need).
 #: Many hours on 2 cores: run it from a frozen commit in its own worktree; a rerun with the same commit and
 #: ``--out`` reuses every finished cell and resumes an interrupted training run from its checkpoint.
 CPU_LONG = {"envs": ["WebShop"], "methods": [BASE, "grpo", "envfb_sd", "hero_rules", "hero_rules_shuffled",
                                              "hero_rules_oracle"],
             "reference": "hero_rules", "budgets": [512, 1024], "seeds": [0, 1, 2], "eval_tasks": 50,
             "env_kwargs": SMALL_MODEL_WEBSHOP, "warm_start_overrides": CPU_WARM_START, "workers": 2,
-            "snapshots": "budgets", "mechanism_episodes": 0, "out": "runs/cpu-long"}
+            "snapshots": "budgets", "mechanism_episodes": 0, "out": "runs/cpu-long",
+            # a 135M model's activations for one episode fit in memory many times over: recomputing the
+            # forward pass in the backward (activation checkpointing) would only cost time on a CPU
+            "train_overrides": {"gradient_checkpointing": False}}
 
 PRESETS: dict[str, dict[str, Any]] = {
     "paper": PAPER,
