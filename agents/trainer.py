@@ -40,8 +40,8 @@ from .rollout import TOOL_PROMPTS, policy_context_window
 from .teachers import NOTE_STYLES, SuccessBuffer, TeacherKind, TeacherWeights
 from .update import UpdateStats, episode_finished, teacher_contexts_for, update
 
-__all__ = ["TrainConfig", "TrainResult", "EvalResult", "UpdateStats", "train", "evaluate", "update",
-           "teacher_contexts_for", "episode_finished"]
+__all__ = ["TrainConfig", "TrainResult", "EvalResult", "UpdateStats", "train", "evaluate", "update", "make_reflector",
+           "note_options", "teacher_contexts_for", "episode_finished"]
 
 LossKind = Literal["forward_kl", "reverse_kl", "jsd", "sampled"]
 
@@ -334,7 +334,7 @@ def make_notes(spec: MethodSpec, episodes: Sequence[Episode], reflections: Seque
                run: _Run, guard: dict[str, int]) -> tuple[Notes, dict[str, int]]:
     """The method's teacher note for every turn, and this batch's note counts for the metrics."""
     used_before = run.expert_demos.used if run.expert_demos is not None else 0
-    notes = spec.notes(episodes, reflections, run.buffer, _note_options(run.config, run.counters.iterations,
+    notes = spec.notes(episodes, reflections, run.buffer, note_options(run.config, run.counters.iterations,
                                                                          run.expert_demos))
     counts = {"future_copy_diagnoses_dropped": guard["diagnoses"], "future_copy_targets_dropped": guard["targets"]}
     if spec.name == "full_demo":
@@ -407,7 +407,7 @@ class _Run:
         run = cls(policy=policy, config=config,
                   optimizer=optimizer or torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay),
                   teacher=TeacherWeights(model, config.teacher, config.ema_rate), buffer=SuccessBuffer(),
-                  reflector=reflector or _make_reflector(spec, rollout_policy or policy, config),
+                  reflector=reflector or make_reflector(spec, rollout_policy or policy, config),
                   expert_demos=_expert_demos(config) if spec.name == "full_demo" and config.demo_fallback else None,
                   # under torch.distributed only rank 0 writes files; every rank reads a checkpoint
                   files=files, main=D.is_main(), rollout_policy=rollout_policy)
@@ -510,7 +510,9 @@ def _reset_lora(model: Any, seed: int) -> None:
                     module.reset_lora_parameters(name, True)
 
 
-def _make_reflector(spec: MethodSpec, policy: Any, config: TrainConfig) -> Reflector | None:
+def make_reflector(spec: MethodSpec, policy: Any, config: TrainConfig) -> Reflector | None:
+    """The method's reflector (``config.reflector`` overrides its kind): none, the rule reflector (with the
+    recorded oracle actions as targets for a privileged method), or the model reflector on ``policy``."""
     if spec.reflector is None:
         return None
     kind = {"llm": "model"}.get(config.reflector or "", config.reflector) or spec.reflector
@@ -521,7 +523,8 @@ def _make_reflector(spec: MethodSpec, policy: Any, config: TrainConfig) -> Refle
                         style="legacy" if config.note_style == "legacy" else "current")
 
 
-def _note_options(config: TrainConfig, iteration: int, expert_demos: ExpertDemos | None = None) -> NoteOptions:
+def note_options(config: TrainConfig, iteration: int, expert_demos: ExpertDemos | None = None) -> NoteOptions:
+    """The note builders' options for one iteration (the shuffled donors' seed changes per iteration)."""
     return NoteOptions(envfb_max_chars=config.envfb_max_chars, demo_max_chars=config.demo_max_chars,
                        min_confidence=config.min_confidence, seed=config.seed * 1_000_003 + iteration,
                        expert_demo=expert_demos, note_style=config.note_style)

@@ -30,7 +30,7 @@ import torch
 
 #: cProfile functions whose cumulative time makes up each phase (file fragment, function name)
 PHASES = {
-    "model forward": [("policy.py", "_forward"), ("scoring.py", "student_logits"), ("update.py", "_teacher_scores")],
+    "model forward": [("policy.py", "_forward"), ("scoring.py", "student_logits"), ("update.py", "teacher_scores")],
     "sampling": [("policy.py", "sample_tokens"), ("~", "<built-in method torch.multinomial>")],
     "env step": [("core.py", "step")],
     "tokeniser": [("chat.py", "render"), ("tokenization_utils_base.py", "decode"),

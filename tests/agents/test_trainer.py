@@ -233,7 +233,7 @@ def test_the_ceiling_targets_the_oracle_action_recorded_in_the_state_the_student
     target (it is read from the recording, not recomputed), hero_rules on the same episodes has no
     oracle-given target, and episodes not recorded at all are refused."""
     from hero_gym.agents.probe import OracleRecorder
-    from hero_gym.agents.trainer import _make_envs, _make_reflector
+    from hero_gym.agents.trainer import _make_envs, make_reflector
 
     cfg = _small(tmp_path, method="hero_rules_oracle", tasks_per_update=1, group_size=1, max_turns=4)
     (env,) = _make_envs(cfg)
@@ -246,23 +246,23 @@ def test_the_ceiling_targets_the_oracle_action_recorded_in_the_state_the_student
     item = ep.initial_observation.removeprefix("What is the code for ").rstrip("?")
     assert [t.info["oracle_action"] for t in ep.turns] == [f'<tool_call>\n{{"name": "lookup", "arguments": '
                                                            f'{{"key": "{item}"}}}}\n</tool_call>'] * 3
-    refl = _make_reflector(cfg.spec, None, cfg).reflect([ep])[0]
+    refl = make_reflector(cfg.spec, None, cfg).reflect([ep])[0]
     assert sorted(t for t, x in refl.turns.items() if x.verdict == "error") == [1, 2]
     assert all(x.target_source == "given" and f'"{item}"' in x.target_text for x in refl.turns.values())
     notes = build_notes("hero_rules_oracle", [ep], reflections=[refl])[0]
     assert notes[0] is None and all(f'"key": "{item}"' in n for n in notes[1:])
     tampered = ep.model_copy(deep=True)
     tampered.turns[2].info["oracle_action"] = _lookup_call("answer", code=code[item])
-    t_notes = build_notes("hero_rules_oracle", [tampered], reflections=_make_reflector(cfg.spec, None, cfg)
+    t_notes = build_notes("hero_rules_oracle", [tampered], reflections=make_reflector(cfg.spec, None, cfg)
                           .reflect([tampered]))[0]
     assert f'"code": "{code[item]}"' in t_notes[2] and t_notes[1] == notes[1]
-    rules = _make_reflector(TrainConfig(method="hero_rules").spec, None, cfg).reflect([ep])[0]
+    rules = make_reflector(TrainConfig(method="hero_rules").spec, None, cfg).reflect([ep])[0]
     assert all(x.target_source != "given" for x in rules.turns.values())
     bare = ep.model_copy(deep=True)
     for turn in bare.turns:
         turn.info.pop("oracle_action")
     with pytest.raises(ValueError, match="OracleRecorder"):
-        _make_reflector(cfg.spec, None, cfg).reflect([bare])
+        make_reflector(cfg.spec, None, cfg).reflect([bare])
 
 
 # --------------------------------------------------------------------------- slow: the real model
