@@ -32,9 +32,9 @@ name                   label                   note of turn ``t``
 =====================  ======================  =====================================================
 
 ``hero_rules_oracle`` is **privileged**, not a fair method: it shows what a perfect reflector's targets
-could give. Its training envs are wrapped in :class:`~hero_gym.agents.probe.OracleRecorder` (the env's
+could give. Its training envs are wrapped in :class:`~hero_gym.agents.oracle.OracleRecorder` (the env's
 :meth:`~hero_gym.core.MultiTurnEnv.oracle_action` before every step, stored in the turn's
-``info["oracle_action"]``), and :func:`oracle_target` hands that action to the rule reflector
+``info["oracle_action"]``), and :func:`~hero_gym.agents.oracle.oracle_target` hands that action to the rule reflector
 (``RuleReflector(target_fn=...)``). It needs an env with ``has_oracle``. The benchmark leaves privileged
 methods out unless they are asked for.
 
@@ -58,7 +58,7 @@ from .reflector import Reflection
 from .teachers import SuccessBuffer, demo_note, envfb_note, hero_note, pick_demo
 
 __all__ = ["ExpertDemos", "MethodSpec", "METHODS", "NoteOptions", "Notes", "build_notes", "get_method",
-           "oracle_target", "shuffled_notes", "task_key"]
+           "shuffled_notes", "task_key"]
 
 Notes = list[list[str | None]]
 """``notes[i][t]``: the teacher note of episode ``i``, turn ``t``; ``None`` = the turn is masked."""
@@ -95,7 +95,7 @@ class MethodSpec:
         uses_grpo: the GRPO outcome loss is the method's objective (no teacher).
         notes: ``notes(episodes, reflections, success_buffer, options) -> Notes``.
         oracle: privileged: the training envs record the env's oracle action at every turn and the rule
-            reflector takes it as its target (:func:`oracle_target`); a ceiling, not a fair method.
+            reflector takes it as its target (:mod:`~hero_gym.agents.oracle`); a ceiling, not a fair method.
     """
 
     name: str
@@ -235,21 +235,6 @@ def shuffled_notes(own: Notes, episodes: Sequence[Episode], seed: int) -> Notes:
 
 def _shuffled_hero_notes(episodes, reflections, buffer, opts) -> Notes:
     return shuffled_notes(_hero_notes(episodes, reflections, buffer, opts), episodes, opts.seed)
-
-
-def oracle_target(ep: Episode, t: int) -> dict[str, Any] | None:
-    """The oracle action recorded for turn ``t`` of ``ep`` (``info["oracle_action"]``, written by
-    :class:`~hero_gym.agents.probe.OracleRecorder`) as a target action, or ``None`` when the oracle had
-    none there (or the turn was cut before the env stepped). Raises ``ValueError`` when no turn of the
-    episode was recorded (the envs were not wrapped):
-    a ceiling without its oracle would silently be HERO (rules)."""
-    from .targets import action_syntax, parse_target
-
-    info = ep.turns[t].info or {}
-    if "oracle_action" not in info and not any("oracle_action" in (x.info or {}) for x in ep.turns):
-        raise ValueError("hero_rules_oracle needs the oracle action of every turn (info['oracle_action']): wrap "
-                         "the training envs in hero_gym.agents.probe.OracleRecorder")
-    return parse_target(info.get("oracle_action"), action_syntax(ep))[0]
 
 
 METHODS: dict[str, MethodSpec] = {m.name: m for m in [

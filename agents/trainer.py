@@ -34,7 +34,8 @@ from hero_gym.records import Episode
 from . import distributed as D
 from .checkpoint import RunCounters, RunFiles, list_snapshots, save_snapshot
 from .future_guard import drop_future_copies
-from .methods import ExpertDemos, MethodSpec, NoteOptions, Notes, get_method, oracle_target
+from .methods import ExpertDemos, MethodSpec, NoteOptions, Notes, get_method
+from .oracle import oracle_target, recording_oracle
 from .reflector import LLMReflector, Reflection, Reflector, RuleReflector
 from .rollout import TOOL_PROMPTS, policy_context_window
 from .teachers import NOTE_STYLES, SuccessBuffer, TeacherKind, TeacherWeights
@@ -554,22 +555,13 @@ def _make_envs(config: TrainConfig) -> list[Any]:
         kw["max_turns"] = config.max_turns
     n = len(D.shard(range(config.tasks_per_update))) * config.group_size   # this rank's share
     if config.spec.oracle:   # a privileged ceiling: record the env's oracle action before every step
-        return [_oracle_recorded(hero_gym.make(config.env_id, **kw), config) for _ in range(max(1, n))]
+        return [recording_oracle(hero_gym.make(config.env_id, **kw), f"method {config.method!r}") for _ in range(max(1, n))]
     if config.env_pool != "inprocess":
         from hero_gym.pool import make_pool
 
         extra = {"address": config.ray_address} if config.env_pool == "ray" else {}
         return make_pool(config.env_pool, config.env_id, max(1, n), kw, **extra).envs  # closing them closes it
     return [hero_gym.make(config.env_id, **kw) for _ in range(max(1, n))]
-
-
-def _oracle_recorded(env: Any, config: TrainConfig) -> Any:
-    from .probe import OracleRecorder
-
-    if not getattr(env.unwrapped, "has_oracle", False):
-        env.close()
-        raise ValueError(f"method {config.method!r} needs an env with an oracle (has_oracle); {config.env_id} has none")
-    return OracleRecorder(env)
 
 
 def _tasks_for(iteration: int, config: TrainConfig) -> list[Any]:

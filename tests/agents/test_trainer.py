@@ -232,7 +232,7 @@ def test_the_ceiling_targets_the_oracle_action_recorded_in_the_state_the_student
     reflector makes it the target of every turn judged an error. Controls: a tampered recording changes the
     target (it is read from the recording, not recomputed), hero_rules on the same episodes has no
     oracle-given target, and episodes not recorded at all are refused."""
-    from hero_gym.agents.probe import OracleRecorder
+    from hero_gym.agents.oracle import OracleRecorder
     from hero_gym.agents.trainer import _make_envs, make_reflector
 
     cfg = _small(tmp_path, method="hero_rules_oracle", tasks_per_update=1, group_size=1, max_turns=4)
