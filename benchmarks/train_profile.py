@@ -30,9 +30,10 @@ import torch
 
 #: cProfile functions whose cumulative time makes up each phase (file fragment, function name)
 PHASES = {
-    "model forward": [("policy.py", "_forward"), ("scoring.py", "student_logits"), ("update.py", "teacher_scores")],
+    "model forward": [("policy.py", "_forward"), ("scoring.py", "student_hidden"), ("update.py", "teacher_scores")],
     "sampling": [("policy.py", "sample_tokens"), ("~", "<built-in method torch.multinomial>")],
     "env step": [("core.py", "step")],
+    "rule reflector": [("rule_reflector.py", "reflect")],
     "tokeniser": [("chat.py", "render"), ("tokenization_utils_base.py", "decode"),
                   ("tokenization_utils_base.py", "encode")],
     "backward": [("~", "<method 'run_backward' of 'torch._C._EngineBase' objects>")],
