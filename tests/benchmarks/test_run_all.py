@@ -153,7 +153,10 @@ def test_ctrl_c_prints_one_line_and_keeps_finished_cells(tmp_path, workers):
     out = tmp_path / "out"
     proc = subprocess.Popen([sys.executable, str(SCRIPT), "--quick", "--workers", workers, "--out", str(out)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
-                            start_new_session=True)
+                            start_new_session=True,
+                            # a shell without job control starts background jobs with SIGINT ignored, and
+                            # Python keeps an ignored SIGINT: give the run the terminal's default
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 600
     while time.time() < deadline and proc.poll() is None and not list(out.glob("cells/*/result.json")):
         time.sleep(0.5)
