@@ -52,11 +52,12 @@ def main(argv: Sequence[str] | None = None, parser: argparse.ArgumentParser | No
         if not (out / "cells").is_dir() or not any((out / "cells").glob("*/result.json")):
             raise SystemExit(f"--report-only: no finished cells in {out} (run the benchmark first, or pass --out)")
         prov_f, start_f = out / "results.json", out / "provenance.json"
-        if prov_f.exists():
-            prov = json.loads(prov_f.read_text())["provenance"]
-        elif start_f.exists():   # an interrupted (or still running) run: what it recorded when it started
+        prov = json.loads(prov_f.read_text())["provenance"] if prov_f.exists() else None
+        if (prov is None or prov.get("partial")) and start_f.exists():
+            # an interrupted (or still running) run, or an earlier partial report of one: what it recorded
+            # when it started (results.json is the finished run's own record only when not partial)
             prov = {**json.loads(start_f.read_text()), "partial": True}
-        else:
+        if prov is None:
             raise SystemExit(f"--report-only: neither {prov_f} nor {start_f} exists, so the run's provenance is unknown")
         # the run's settings, except the matrix the command line selects (e.g. --seeds 0 1 2 to report the
         # cells that several invocations, one per seed, wrote into the same folder)
@@ -97,10 +98,14 @@ def main(argv: Sequence[str] | None = None, parser: argparse.ArgumentParser | No
     def on_event(kind: str, env: str, text: str) -> None:
         bar.advance(train_work if kind == "train" else eval_work[env], text)
 
-    # what the run is, written before anything runs, so an interrupted run can still be reported
-    # (``--report-only`` on a folder without results.json; the report then says it is partial)
-    (out / "provenance.json").write_text(json.dumps(
-        start_provenance(opts, out, {e: env_provenance(bench.setups[e], bench._n_eval(bench.setups[e])) for e in opts.envs}), indent=2, default=str))
+    # what the run is, written before anything runs (and again once the warm starts are known), so an
+    # interrupted run can still be reported (``--report-only`` on a folder without results.json: partial)
+    def save_start() -> None:
+        envs = {e: env_provenance(bench.setups[e], bench._n_eval(bench.setups[e])) for e in opts.envs}
+        (out / "provenance.json").write_text(json.dumps(
+            {**start_provenance(opts, out, envs), "warm_start": bench.source.warm_start_info}, indent=2, default=str))
+
+    save_start()
     bar.line(f"{len(opts.envs)} env(s) x {len(opts.methods)} methods x budgets {opts.budgets} x seeds {opts.seeds} "
              f"-> {len(runs_plan)} training runs" + (f" on {opts.workers} workers" if opts.workers > 1 else "")
              + f"; output {out}")
@@ -113,11 +118,15 @@ def main(argv: Sequence[str] | None = None, parser: argparse.ArgumentParser | No
             if opts.workers > 1:
                 bench.source.base(s)   # build the warm starts here, once, before the workers read them
         if opts.workers > 1:
+            save_start()
             bench.source.release()
             done = run_parallel(opts, out, jobs, on_event, bench)
         else:
             for i, job in enumerate(jobs):
+                known = len(bench.source.warm_start_info)
                 done[i] = run_job(bench, job, on_event)
+                if len(bench.source.warm_start_info) != known:
+                    save_start()
     finally:
         bar.close()
     cells = [c for i in range(len(jobs)) for c in done[i][0]]
