@@ -26,7 +26,17 @@ name                   label                   note of turn ``t``
                        diagnoses)              task*, carried onto HERO's own note positions: the
                                                settle-it ablation (same turns trained, same number
                                                of notes, unrelated content)
+``hero_rules_oracle``  Ceiling: HERO (rules)   the rule diagnosis of turn ``t`` with the env's
+                       + oracle targets        oracle action (in the state the student reached) as
+                       (privileged)            the target of every turn judged an error
 =====================  ======================  =====================================================
+
+``hero_rules_oracle`` is **privileged**, not a fair method: it shows what a perfect reflector's targets
+could give. Its training envs are wrapped in :class:`~hero_gym.agents.oracle.OracleRecorder` (the env's
+:meth:`~hero_gym.core.MultiTurnEnv.oracle_action` before every step, stored in the turn's
+``info["oracle_action"]``), and :func:`~hero_gym.agents.oracle.oracle_target` hands that action to the rule reflector
+(``RuleReflector(target_fn=...)``). It needs an env with ``has_oracle``. The benchmark leaves privileged
+methods out unless they are asked for.
 
 The shuffled ablations (:func:`shuffled_notes`): episode ``i`` keeps exactly the turns HERO would train
 (those where its own diagnosis gives a note); the text on them is the note sequence of a donor episode
@@ -84,6 +94,8 @@ class MethodSpec:
         reflector: ``"rules"`` / ``"model"`` when the notes need per-turn diagnoses, else ``None``.
         uses_grpo: the GRPO outcome loss is the method's objective (no teacher).
         notes: ``notes(episodes, reflections, success_buffer, options) -> Notes``.
+        oracle: privileged: the training envs record the env's oracle action at every turn and the rule
+            reflector takes it as its target (:mod:`~hero_gym.agents.oracle`); a ceiling, not a fair method.
     """
 
     name: str
@@ -91,6 +103,7 @@ class MethodSpec:
     reflector: ReflectorKind | None
     uses_grpo: bool
     notes: NoteBuilder
+    oracle: bool = False
 
     @property
     def distills(self) -> bool:
@@ -232,6 +245,8 @@ METHODS: dict[str, MethodSpec] = {m.name: m for m in [
     MethodSpec("hero_rules_shuffled", "HERO (rules, shuffled diagnoses)", "rules", False, _shuffled_hero_notes),
     MethodSpec("hero", "HERO", "model", False, _hero_notes),
     MethodSpec("hero_shuffled", "HERO (shuffled diagnoses)", "model", False, _shuffled_hero_notes),
+    MethodSpec("hero_rules_oracle", "Ceiling: HERO (rules) + oracle targets (privileged)", "rules", False, _hero_notes,
+               oracle=True),
 ]}
 
 

@@ -45,9 +45,10 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-import gymnasium as gym
 
 from hero_gym.records import Episode
+
+from .oracle import OracleRecorder
 
 __all__ = ["ProbeConfig", "ProbeResult", "OracleRecorder", "normalise_action", "turn_kind", "probe_notes",
            "oracle_demos", "probe_rollouts", "run_probe", "CONTROL_ROWS", "ROW_LABELS"]
@@ -102,36 +103,6 @@ class ProbeResult:
     seconds: dict[str, float]
     notes: dict[str, list[list[str | None]]] = field(default_factory=dict)
     scoring_inputs: tuple[Any, ...] = ()   # (oracle_texts, parser, rule reflections, model reflections) as scored
-
-
-class OracleRecorder(gym.Wrapper):
-    """Stores, in each step's ``info["oracle_action"]``, the env's oracle action in the state *before* that
-    step (``None`` when the env has none). Nothing else changes."""
-
-    def __init__(self, env: gym.Env):
-        super().__init__(env)
-        self._next: str | None = None
-
-    def _oracle(self) -> str | None:
-        inner = self.env.unwrapped
-        if not getattr(inner, "has_oracle", False):
-            return None
-        try:
-            return inner.oracle_action()
-        except (RuntimeError, ValueError, KeyError):   # an oracle that cannot act here: no comparison
-            return None
-
-    def reset(self, **kwargs: Any):
-        obs, info = self.env.reset(**kwargs)
-        self._next = self._oracle()
-        return obs, info
-
-    def step(self, action: Any):
-        before = self._next
-        obs, reward, terminated, truncated, info = self.env.step(action)
-        info = {**info, "oracle_action": before}
-        self._next = None if (terminated or truncated) else self._oracle()
-        return obs, reward, terminated, truncated, info
 
 
 # ============================================================================ actions
@@ -255,7 +226,7 @@ def probe_notes(episodes: Sequence[Episode], methods: Sequence[str], *, rule_ref
     rows: dict[str, list[list[str | None]]] = {}
     for m in methods:
         spec = get_method(m)
-        if not spec.distills:
+        if not spec.distills or spec.oracle:   # the privileged ceiling is the oracle_target row below
             continue
         if spec.reflector == "model":
             idx = sorted(model_reflections or {})

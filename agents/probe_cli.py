@@ -101,7 +101,7 @@ def main(argv: Sequence[str] | None = None, parser: Any = None) -> int:
 
     if a.env_id not in hero_gym.list_envs():
         parser.error(f"unknown env {a.env_id!r}; registered: {', '.join(hero_gym.list_envs())}")
-    methods = a.methods or [m for m, s in METHODS.items() if s.distills]
+    methods = a.methods or [m for m, s in METHODS.items() if s.distills and not s.oracle]
     for m in methods:
         if m not in METHODS:
             parser.error(f"unknown method {m!r}; known: {', '.join(METHODS)}")

@@ -35,13 +35,14 @@ from . import distributed as D
 from .checkpoint import RunCounters, RunFiles, list_snapshots, save_snapshot
 from .future_guard import drop_future_copies
 from .methods import ExpertDemos, MethodSpec, NoteOptions, Notes, get_method
+from .oracle import oracle_target, recording_oracle
 from .reflector import LLMReflector, Reflection, Reflector, RuleReflector
 from .rollout import TOOL_PROMPTS, policy_context_window
 from .teachers import NOTE_STYLES, SuccessBuffer, TeacherKind, TeacherWeights
 from .update import UpdateStats, episode_finished, teacher_contexts_for, update
 
-__all__ = ["TrainConfig", "TrainResult", "EvalResult", "UpdateStats", "train", "evaluate", "update",
-           "teacher_contexts_for", "episode_finished"]
+__all__ = ["TrainConfig", "TrainResult", "EvalResult", "UpdateStats", "train", "evaluate", "update", "make_reflector",
+           "note_options", "teacher_contexts_for", "episode_finished"]
 
 LossKind = Literal["forward_kl", "reverse_kl", "jsd", "sampled"]
 
@@ -185,6 +186,8 @@ class TrainConfig:
         if self.snapshot_budgets is not None and any(int(b) < 0 for b in self.snapshot_budgets):
             raise ValueError("snapshot_budgets must be >= 0")
         get_method(self.method)
+        if self.turn_budget < 0 or (self.max_updates is not None and self.max_updates < 0):
+            raise ValueError(f"turn_budget and max_updates must be >= 0, got {self.turn_budget}, {self.max_updates}")
         if self.loss not in ("forward_kl", "reverse_kl", "jsd", "sampled"):
             raise ValueError(f"unknown loss {self.loss!r}")
         if not 0.0 <= self.grpo_weight <= 1.0:
@@ -205,6 +208,9 @@ class TrainConfig:
             raise ValueError("mixed_precision applies to sharding='fsdp' only")
         if self.topk_source not in ("student", "teacher"):
             raise ValueError(f"topk_source must be 'student' or 'teacher', got {self.topk_source!r}")
+        if self.spec.oracle and (self.env_pool != "inprocess" or self.reflector not in (None, "rules")):
+            raise ValueError(f"method {self.method!r} (privileged: oracle targets) runs in-process envs with the rule "
+                             f"reflector only, got env_pool={self.env_pool!r}, reflector={self.reflector!r}")
 
     @property
     def spec(self) -> MethodSpec:
@@ -329,7 +335,7 @@ def make_notes(spec: MethodSpec, episodes: Sequence[Episode], reflections: Seque
                run: _Run, guard: dict[str, int]) -> tuple[Notes, dict[str, int]]:
     """The method's teacher note for every turn, and this batch's note counts for the metrics."""
     used_before = run.expert_demos.used if run.expert_demos is not None else 0
-    notes = spec.notes(episodes, reflections, run.buffer, _note_options(run.config, run.counters.iterations,
+    notes = spec.notes(episodes, reflections, run.buffer, note_options(run.config, run.counters.iterations,
                                                                          run.expert_demos))
     counts = {"future_copy_diagnoses_dropped": guard["diagnoses"], "future_copy_targets_dropped": guard["targets"]}
     if spec.name == "full_demo":
@@ -402,7 +408,7 @@ class _Run:
         run = cls(policy=policy, config=config,
                   optimizer=optimizer or torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay),
                   teacher=TeacherWeights(model, config.teacher, config.ema_rate), buffer=SuccessBuffer(),
-                  reflector=reflector or _make_reflector(spec, rollout_policy or policy, config),
+                  reflector=reflector or make_reflector(spec, rollout_policy or policy, config),
                   expert_demos=_expert_demos(config) if spec.name == "full_demo" and config.demo_fallback else None,
                   # under torch.distributed only rank 0 writes files; every rank reads a checkpoint
                   files=files, main=D.is_main(), rollout_policy=rollout_policy)
@@ -505,18 +511,21 @@ def _reset_lora(model: Any, seed: int) -> None:
                     module.reset_lora_parameters(name, True)
 
 
-def _make_reflector(spec: MethodSpec, policy: Any, config: TrainConfig) -> Reflector | None:
+def make_reflector(spec: MethodSpec, policy: Any, config: TrainConfig) -> Reflector | None:
+    """The method's reflector (``config.reflector`` overrides its kind): none, the rule reflector (with the
+    recorded oracle actions as targets for a privileged method), or the model reflector on ``policy``."""
     if spec.reflector is None:
         return None
     kind = {"llm": "model"}.get(config.reflector or "", config.reflector) or spec.reflector
     if kind == "rules":
-        return RuleReflector()
+        return RuleReflector(target_fn=oracle_target) if spec.oracle else RuleReflector()
     return LLMReflector(policy, max_new_tokens=config.reflector_max_new_tokens, max_retries=config.reflector_retries,
                         tokens_per_turn=config.reflector_tokens_per_turn,
                         style="legacy" if config.note_style == "legacy" else "current")
 
 
-def _note_options(config: TrainConfig, iteration: int, expert_demos: ExpertDemos | None = None) -> NoteOptions:
+def note_options(config: TrainConfig, iteration: int, expert_demos: ExpertDemos | None = None) -> NoteOptions:
+    """The note builders' options for one iteration (the shuffled donors' seed changes per iteration)."""
     return NoteOptions(envfb_max_chars=config.envfb_max_chars, demo_max_chars=config.demo_max_chars,
                        min_confidence=config.min_confidence, seed=config.seed * 1_000_003 + iteration,
                        expert_demo=expert_demos, note_style=config.note_style)
@@ -545,6 +554,8 @@ def _make_envs(config: TrainConfig) -> list[Any]:
     if config.max_turns is not None:
         kw["max_turns"] = config.max_turns
     n = len(D.shard(range(config.tasks_per_update))) * config.group_size   # this rank's share
+    if config.spec.oracle:   # a privileged ceiling: record the env's oracle action before every step
+        return [recording_oracle(hero_gym.make(config.env_id, **kw), f"method {config.method!r}") for _ in range(max(1, n))]
     if config.env_pool != "inprocess":
         from hero_gym.pool import make_pool
 

@@ -35,7 +35,8 @@ from .teachers import TeacherWeights
 if TYPE_CHECKING:
     from .trainer import TrainConfig
 
-__all__ = ["UpdateStats", "distillation_loss", "episode_finished", "teacher_contexts_for", "update"]
+__all__ = ["LossPlan", "TokenBatch", "UpdateStats", "chunk_loss", "distillation_loss", "episode_finished",
+           "micro_batches", "plan_losses", "teacher_contexts_for", "teacher_scores", "update"]
 
 
 @dataclass
@@ -84,7 +85,7 @@ def update(
     model = policy.model
     teacher = teacher or TeacherWeights(model, config.teacher, config.ema_rate)
     layout = build_layout(episodes)
-    plan = _plan_losses(policy, episodes, notes, layout, config)
+    plan = plan_losses(policy, episodes, notes, layout, config)
     counts = _whole_batch_counts(layout, plan)
     if plan.global_tokens_trained == 0:
         return UpdateStats(stepped=False, loss=0.0, distill_loss=None, grpo_loss=None, grad_norm=0.0, **counts)
@@ -94,9 +95,9 @@ def update(
     pad = getattr(policy, "pad_token_id", 0) or 0
     optimizer.zero_grad(set_to_none=True)
     # FSDP: weights gathered over the loop, gradients reduce-scattered after it (no-op otherwise)
-    for cidx, tok in D.fsdp_micro_batches(model, teacher, _micro_batches(layout, config.micro_batch_episodes)):
+    for cidx, tok in D.fsdp_micro_batches(model, teacher, micro_batches(layout, config.micro_batch_episodes)):
         t1 = time.perf_counter()
-        batch = _teacher_scores(model, teacher, episodes, layout, plan, cidx, tok, pad, config)
+        batch = teacher_scores(model, teacher, episodes, layout, plan, cidx, tok, pad, config)
         t2 = time.perf_counter()
         seconds["teacher"] += t2 - t1
         _student_backward(model, episodes, layout, cidx, pad, batch, plan, config, sums)
@@ -128,7 +129,7 @@ def distillation_loss(student_logp: torch.Tensor, teacher_logp: torch.Tensor, id
                                                                                        config.is_clip)
 
 
-def _whole_batch_counts(layout: TokenLayout, plan: _LossPlan) -> dict[str, int]:
+def _whole_batch_counts(layout: TokenLayout, plan: LossPlan) -> dict[str, int]:
     """The batch's token and turn counts (summed over ranks under torch.distributed)."""
     n_tokens, n_spans = (int(x) for x in D.global_counts([layout.num_tokens, len(layout.spans)]))
     return {"action_tokens": n_tokens, "distill_tokens": plan.distill_denom, "grpo_tokens": plan.grpo_denom,
@@ -136,8 +137,8 @@ def _whole_batch_counts(layout: TokenLayout, plan: _LossPlan) -> dict[str, int]:
             "tokens_trained": plan.global_tokens_trained}
 
 
-def _teacher_scores(model: Any, teacher: TeacherWeights, episodes: Sequence[Episode], layout: TokenLayout,
-                    plan: _LossPlan, cidx: list[int], tok: torch.Tensor, pad: int, config: TrainConfig) -> _TokenBatch:
+def teacher_scores(model: Any, teacher: TeacherWeights, episodes: Sequence[Episode], layout: TokenLayout,
+                    plan: LossPlan, cidx: list[int], tok: torch.Tensor, pad: int, config: TrainConfig) -> TokenBatch:
     """A micro-batch's action tokens with the teacher's view of them: the teacher's hidden states over the
     note contexts (distillation) and the reference log-probs (GRPO's KL term), both without gradient."""
     t_logits = None
@@ -147,16 +148,16 @@ def _teacher_scores(model: Any, teacher: TeacherWeights, episodes: Sequence[Epis
                                                       chain_indices=cidx, pad_id=pad, as_hidden=True)
     ref_lp = (_reference_logprobs(model, episodes, layout, cidx, pad, layout.action_ids[tok], config)
               if plan.n_grpo and config.kl_coef > 0 else None)
-    return _TokenBatch(layout.action_ids[tok], layout.behaviour_logprobs[tok], plan.distill_mask[tok],
+    return TokenBatch(layout.action_ids[tok], layout.behaviour_logprobs[tok], plan.distill_mask[tok],
                        plan.grpo_mask[tok], plan.advantages[tok], t_logits, ref_lp)
 
 
 def _student_backward(model: Any, episodes: Sequence[Episode], layout: TokenLayout, cidx: list[int], pad: int,
-                      batch: _TokenBatch, plan: _LossPlan, config: TrainConfig, sums: dict[str, float]) -> None:
+                      batch: TokenBatch, plan: LossPlan, config: TrainConfig, sums: dict[str, float]) -> None:
     """The student's pass over a micro-batch and the backward of its loss, chunk by chunk."""
     with _training_mode(model, config.gradient_checkpointing):
         hidden, head = student_hidden(model, episodes, layout, chain_indices=cidx, pad_id=pad)
-        _chunked_backward(hidden, head, lambda sl, z: _chunk_loss(sl, z, batch, plan, config, sums),
+        _chunked_backward(hidden, head, lambda sl, z: chunk_loss(sl, z, batch, plan, config, sums),
                           config.loss_chunk_tokens)
 
 
@@ -185,7 +186,7 @@ def episode_finished(ep: Episode) -> bool:
 
 
 @dataclass
-class _LossPlan:
+class LossPlan:
     """Which action tokens enter which loss, with what weight (all tensors ``[N]`` over the layout)."""
 
     teacher_contexts: list[list[list[int] | None]] | None
@@ -214,8 +215,11 @@ class _LossPlan:
         return int((self.distill_mask | (self.grpo_mask & (self.advantages != 0))).sum())
 
 
-def _plan_losses(policy: Any, episodes: Sequence[Episode], notes: Sequence[Sequence[str | None]] | None,
-                 layout: TokenLayout, config: TrainConfig) -> _LossPlan:
+def plan_losses(policy: Any, episodes: Sequence[Episode], notes: Sequence[Sequence[str | None]] | None,
+                 layout: TokenLayout, config: TrainConfig) -> LossPlan:
+    """Which action tokens of ``episodes`` enter the distillation loss (turns with a note), which enter
+    GRPO (episodes the env ended, with their group-normalised advantage), and with what weights; the
+    counts are the whole batch's under torch.distributed."""
     spec = config.spec
     n = layout.num_tokens
     distill_mask = torch.zeros(n, dtype=torch.bool)
@@ -243,14 +247,14 @@ def _plan_losses(policy: Any, episodes: Sequence[Episode], notes: Sequence[Seque
         w_distill = 0.0
     if w_grpo == 0 or not D.global_any(grpo_mask & (advantages != 0)):
         grpo_mask = torch.zeros(n, dtype=torch.bool)
-    plan = _LossPlan(tctx, distill_mask & (w_distill > 0), grpo_mask, advantages, w_distill, w_grpo, scored)
+    plan = LossPlan(tctx, distill_mask & (w_distill > 0), grpo_mask, advantages, w_distill, w_grpo, scored)
     totals = D.global_counts([plan.n_distill, plan.n_grpo, plan.tokens_trained, scored])
     plan.distill_denom, plan.grpo_denom, plan.global_tokens_trained, plan.scored_turns = (int(x) for x in totals)
     return plan
 
 
 @dataclass
-class _TokenBatch:
+class TokenBatch:
     """The action tokens of one micro-batch and what their losses need."""
 
     ids: torch.Tensor
@@ -262,7 +266,7 @@ class _TokenBatch:
     ref_logprobs: torch.Tensor | None
 
 
-def _chunk_loss(sl: slice, logits: torch.Tensor, b: _TokenBatch, plan: _LossPlan, config: TrainConfig,
+def chunk_loss(sl: slice, logits: torch.Tensor, b: TokenBatch, plan: LossPlan, config: TrainConfig,
                 sums: dict[str, float]) -> torch.Tensor | None:
     """The loss contribution of tokens ``sl`` of a micro-batch, given their student logits."""
     dev = logits.device
@@ -303,7 +307,7 @@ def _chunked_backward(hidden: torch.Tensor, head: Any, loss_fn: Any, chunk: int)
         hidden.backward(leaf.grad)
 
 
-def _micro_batches(layout: TokenLayout, episodes_per_batch: int) -> Iterator[tuple[list[int], torch.Tensor]]:
+def micro_batches(layout: TokenLayout, episodes_per_batch: int) -> Iterator[tuple[list[int], torch.Tensor]]:
     """``(chain indices, flat token indices)`` per micro-batch of ``episodes_per_batch`` episodes."""
     by_episode: dict[int, list[int]] = {}
     for ci, ch in enumerate(layout.chains):

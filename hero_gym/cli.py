@@ -366,6 +366,8 @@ def _train_config(agents: Any, env_id: str, method: str, budget: int, out: Path,
             raise _one_of("TrainConfig field", key, fields)
     env_kwargs = _parse_kv(kwarg)
     _check_env_kwargs(env_id, env_kwargs)
+    if budget <= 0:   # before TrainConfig, whose own check (>= 0, for the Python API) says less
+        raise CLIError(f"--budget must be > 0 turns, got {budget}")
     try:
         return agents.TrainConfig(method=method, env_id=env_id, env_kwargs=env_kwargs, turn_budget=budget,
                                   checkpoint_dir=str(out / "checkpoint"), progress=True, **overrides)

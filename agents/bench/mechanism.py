@@ -30,7 +30,7 @@ def mechanism_report(bench: Any, opts: Options, out: Path) -> str:
     from hero_gym.agents.probe_cli import warm_start_seen_tasks
     from hero_gym.agents.probe_report import mechanism_section
 
-    methods = [m for m in opts.methods if m != BASE and m in METHODS and METHODS[m].distills]
+    methods = [m for m in opts.methods if m != BASE and m in METHODS and METHODS[m].distills and not METHODS[m].oracle]
     parts = list(HEADER)
     for env in opts.envs:
         s = bench.setups[env]

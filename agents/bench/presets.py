@@ -20,13 +20,16 @@ from hero_gym.envs.webshop.catalog import DEFAULT_NUM_PRODUCTS
 
 from ..methods import METHODS
 
-__all__ = ["BASE", "CPU_WARM_START", "ENV_SETUPS", "EnvSetup", "METHOD_ORDER", "Options", "PRESETS",
+__all__ = ["BASE", "CPU_WARM_START", "ENV_SETUPS", "EnvSetup", "FAIR_METHODS", "METHOD_ORDER", "Options", "PRESETS",
            "SMALL_MODEL_WEBSHOP", "available_methods", "build_parser", "changed_from_preset", "method_label",
            "parse_args", "preset_label", "setups_for", "worker_threads"]
 
 BASE = "base"
 #: Methods in table order; "base" is the (warm-started) starting point every other method trains from.
 METHOD_ORDER = [BASE, *METHODS]
+#: The methods a run includes unless ``--methods`` says otherwise: every one but the privileged ceilings
+#: (``MethodSpec.oracle``: they read the env's oracle, so they are asked for by name)
+FAIR_METHODS = [m for m in METHOD_ORDER if m == BASE or not METHODS[m].oracle]
 
 
 def method_label(method: str, warm_start: bool = False) -> str:
@@ -94,7 +97,7 @@ class Options:
     warm_start: bool = True
     data_dir: str | None = None
     envs: list[str] = field(default_factory=lambda: ["WebShop"])
-    methods: list[str] = field(default_factory=lambda: list(METHOD_ORDER))
+    methods: list[str] = field(default_factory=lambda: list(FAIR_METHODS))
     reference: str | None = "hero"
     budgets: list[int] = field(default_factory=lambda: [32, 64])
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
@@ -168,8 +171,27 @@ PAPER = {"model": "Qwen/Qwen2.5-7B-Instruct", "device": "cuda", "warm_start": Fa
          "eval_tasks": 0, "group_size": 8, "tasks_per_update": 4, "max_new_tokens": 256, "tool_prompt": "full",
          "lr": 1e-4, "workers": 0, "eval_slots": 32, "snapshots": "budgets", "out": "runs/paper"}
 
+#: ``cpu-long``: the experiment sized to tell the methods apart on 2 CPU cores (docs/results/cpu-long): the
+#: ``cpu`` preset's warm start and WebShop options; GRPO, env-feedback SD, HERO (rules), its shuffled ablation
+#: and the privileged ceiling (HERO (rules) with the oracle's action as every error's target); seeds 0-2;
+#: 50 held-out goals; two nested budgets. A batch is 8 episodes of at most 8 turns (<= 64 turns), so the top
+#: budget of 1024 turns is >= 16 optimizer steps for every method (~17 at the ~7.3 turns per sampled episode
+#: the probe measured on this warm start) and 512 about half. Weights are snapshotted only at the budgets;
+#: no activation checkpointing (on a CPU it recomputes the forward for memory the machine does not need).
+#: Many hours on 2 cores: run it from a frozen commit in its own worktree; a rerun with the same commit and
+#: ``--out`` reuses every finished cell and resumes an interrupted training run from its checkpoint.
+CPU_LONG = {"envs": ["WebShop"], "methods": [BASE, "grpo", "envfb_sd", "hero_rules", "hero_rules_shuffled",
+                                             "hero_rules_oracle"],
+            "reference": "hero_rules", "budgets": [512, 1024], "seeds": [0, 1, 2], "eval_tasks": 50,
+            "env_kwargs": SMALL_MODEL_WEBSHOP, "warm_start_overrides": CPU_WARM_START, "workers": 2,
+            "snapshots": "budgets", "mechanism_episodes": 0, "out": "runs/cpu-long",
+            # a 135M model's activations for one episode fit in memory many times over: recomputing the
+            # forward pass in the backward (activation checkpointing) would only cost time on a CPU
+            "train_overrides": {"gradient_checkpointing": False}}
+
 PRESETS: dict[str, dict[str, Any]] = {
     "paper": PAPER,
+    "cpu-long": CPU_LONG,
     "default": {"envs": ["WebShop"], "methods": [BASE, "envfb_sd", "hero_rules", "hero_rules_shuffled"],
                 "reference": "hero_rules", "mechanism_episodes": 8,
                 "budgets": [32], "seeds": [0], "eval_tasks": 30, "env_kwargs": SMALL_MODEL_WEBSHOP,
@@ -177,7 +199,9 @@ PRESETS: dict[str, dict[str, Any]] = {
     "cpu": {"envs": ["WebShop"], "budgets": [32], "seeds": [0, 1, 2], "eval_tasks": 30,
             "env_kwargs": SMALL_MODEL_WEBSHOP, "warm_start_overrides": CPU_WARM_START, "workers": 2,
             "mechanism_episodes": 20, "out": "runs/cpu"},
-    "quick": {"model": "tiny", "warm_start": False, "envs": ["Lookup", "WebShop"], "budgets": [6, 12],
+    # the smoke test runs every method, the privileged ceiling included
+    "quick": {"model": "tiny", "warm_start": False, "envs": ["Lookup", "WebShop"], "methods": list(METHOD_ORDER),
+              "budgets": [6, 12],
               "seeds": [0, 1], "eval_tasks": 3, "max_turns": 3, "num_products": 100, "max_new_tokens": 12,
               "group_size": 2, "tasks_per_update": 2, "threads": 1, "bootstrap": 500, "out": "runs/quick",
               "mechanism_episodes": 2,
@@ -203,7 +227,8 @@ def build_parser(prog: str = "hero-gym bench") -> argparse.ArgumentParser:
     ap.add_argument("--preset", choices=sorted(PRESETS), default=None,
                     help="default (make bench): SmolLM2 warm-started, WebShop, the base against env-feedback SD, "
                          "HERO (rules) and its shuffled ablation, 1 seed; cpu: WebShop, every method, 3 seeds "
-                         "(hours on a CPU); quick: tiny random model smoke test")
+                         "(hours on a CPU); cpu-long: the sized WebShop experiment with a privileged ceiling "
+                         "(many hours); quick: tiny random model smoke test; paper: GPUs")
     ap.add_argument("--quick", action="store_true", help="same as --preset quick")
     ap.add_argument("--model", help="'smollm2' (embedded default), 'tiny' (random), or an HF id / local path")
     ap.add_argument("--device", help="cpu | cuda (default: cuda if available)")

@@ -72,16 +72,27 @@ def cell_key(env: str, method: str, budget: int, seed: int | None) -> str:
 
 
 def wasted_turns(ep: Any) -> tuple[int, int]:
-    """``(redundant, no_effect)`` turns of an episode, by the rule reflector's verdicts (what the agent
-    could see: the same action again on the same observation; an action that changed nothing)."""
+    """``(redundant, no_effect)`` turns of an episode, from what the agent could see.
+
+    Redundant: the same action (whitespace- and case-normalised text) as an earlier turn in the same
+    state, where the state is the last observation a *valid* action produced (an invalid action changes
+    nothing, so clicking a missing button twice is one redundant turn). No effect: the rule reflector's
+    verdict (a valid action whose observation did not change, or a no-op flag)."""
     from hero_gym.agents.reflector import RuleReflector
 
+    verdicts = RuleReflector().reflect_one(ep)
     redundant = no_effect = 0
-    for r in RuleReflector().reflect_one(ep).values():
-        if r.diagnosis.startswith("Redundant"):
+    seen: set[tuple[str, str]] = set()
+    state = ep.initial_observation
+    for t, turn in enumerate(ep.turns):
+        key = (" ".join(turn.action_text.split()).lower(), state)
+        if key in seen:
             redundant += 1
-        elif "had no effect" in r.diagnosis:
+        elif t in verdicts and "had no effect" in verdicts[t].diagnosis:
             no_effect += 1
+        seen.add(key)
+        if turn.action_error is None:
+            state = turn.observation
     return redundant, no_effect
 
 

@@ -89,6 +89,10 @@ def write_markdown(rows: list[dict], comps: list[dict], prov: dict[str, Any], pa
     n_comp = max((c.get("comparisons", 0) for c in comps), default=0)
     lines = [
         f"# HERO benchmark ({preset_label(o)})", "",
+        *([f"**Partial**: rebuilt from the cells an interrupted (or still running) run had finished when this "
+           f"report was made, from the provenance it recorded at its start ({prov.get('started', 'time unknown')}); "
+           f"missing cells are missing rows, and comparisons use the seeds both methods have.", ""]
+          if prov.get("partial") else []),
         f"- Model: `{o['model']}`{' warm-started by behaviour cloning' if ws else ''}; device {prov['hardware']['device']}",
         "- Envs: " + "; ".join(f"{e} (`{s['env_id']}`, data {s['data']['source']}"
                                + (f" at {s['data']['path']}" if s['data'].get('path') else "")
@@ -108,14 +112,15 @@ def write_markdown(rows: list[dict], comps: list[dict], prov: dict[str, Any], pa
             else f"{prov['hardware']['torch_threads']} threads"),
         f"- Wall time: {prov['wall_seconds'] / 60:.1f} min of compute"
         + (f", {prov['invocation_seconds'] / 60:.1f} min on the clock" if workers > 1 and not prov.get("report_only")
-           and not prov["reused_cells"] else "")
+           and not prov.get("reused_cells") else "")
         + (" (rebuilt with --report-only from the finished cells: every run's training plus every evaluation)"
            if prov.get("report_only") else "")
         + (f" ({prov['reused_cells']} cells reused from {prov['out']} with their original wall time; "
-           f"this invocation {prov['invocation_seconds'] / 60:.1f} min)" if prov["reused_cells"] else ""),
+           f"this invocation {prov['invocation_seconds'] / 60:.1f} min)" if prov.get("reused_cells") else ""),
         f"- Code: {prov['git_commit']}", "",
         f"Means ± standard error over seeds on the same greedy held-out goals. Turns on successes, redundant "
-        f"and no-effect turns per episode (the rule reflector's verdicts on the evaluation episodes) carry a 95% "
+        f"turns per episode (an action repeated in the same state, invalid repeats included) and no-effect turns "
+        f"(the rule reflector's verdict: a valid action that changed nothing) carry a 95% "
         f"CI over every seed's episodes; tokens trained are the action tokens that entered a loss with a "
         f"training signal, scored turns the turns with a teacher note (0 for GRPO), both up to the budget's "
         f"snapshot. The last two columns are {ref_label} minus the row's method in success (percentage "

@@ -19,7 +19,7 @@ Tested with ``trl==1.16.0`` (the version in the locked test set). One training s
    (:func:`hero_gym.agents.scoring.teacher_logits_prefix_cache`); the loss is hero-gym's generalised JSD over the
    student's top-k tokens plus a tail bucket, weighted by importance ratios clipped at ``is_clip``, on model
    tokens only, averaged over the distilled tokens of the whole generation batch. It is computed by the very
-   functions :func:`hero_gym.agents.update.update` runs (``_plan_losses``, ``_teacher_scores``, ``_chunk_loss``),
+   functions :func:`hero_gym.agents.update.update` runs (``plan_losses``, ``teacher_scores``, ``chunk_loss``),
    so the two implementations cannot drift (``tests/adapters/test_trl_trainer.py`` checks equality to 1e-5).
    ``grpo_weight = w > 0`` blends in TRL's own GRPO loss: ``(1 - w) L_distill + w L_grpo``; ``method="grpo"`` is
    plain ``GRPOTrainer``.
@@ -50,8 +50,8 @@ from hero_gym.adapters.trl_episodes import rollout_to_episode
 from hero_gym.agents.methods import get_method
 from hero_gym.agents.scoring import build_layout, student_hidden
 from hero_gym.agents.teachers import SuccessBuffer, TeacherWeights
-from hero_gym.agents.trainer import TrainConfig, _make_reflector, _note_options, reflect
-from hero_gym.agents.update import _chunk_loss, _micro_batches, _plan_losses, _teacher_scores, teacher_contexts_for
+from hero_gym.agents.trainer import TrainConfig, make_reflector, note_options, reflect
+from hero_gym.agents.update import chunk_loss, micro_batches, plan_losses, teacher_scores, teacher_contexts_for
 from hero_gym.chat import ChatRenderer
 from hero_gym.records import Episode
 
@@ -202,7 +202,7 @@ class HEROTrainer(GRPOTrainer):
                                            args.teacher_ema_rate)
         self.add_callback(_TeacherEMA(self.hero_teacher))
         self.hero_policy = _TrainerPolicy(self)
-        self.hero_reflector = reflector if reflector is not None else _make_reflector(
+        self.hero_reflector = reflector if reflector is not None else make_reflector(
             self.hero_spec, self.hero_policy, self.hero_config)
         self.hero_success_buffer = SuccessBuffer()
         self._hero_batch: HeroBatch | None = None
@@ -279,7 +279,7 @@ class HEROTrainer(GRPOTrainer):
         diagnoses that copy a later turn are dropped, as in hero-gym's trainer)."""
         reflections, _dropped = reflect(self.hero_reflector, episodes)
         notes = self.hero_spec.notes(episodes, reflections, self.hero_success_buffer,
-                                     _note_options(self.hero_config, self.state.global_step))
+                                     note_options(self.hero_config, self.state.global_step))
         self.hero_success_buffer.add(episodes)
         return notes
 
@@ -334,20 +334,20 @@ class HEROTrainer(GRPOTrainer):
         eps = [batch.episodes[r] for r in rows]
         notes = [batch.notes[r] for r in rows]
         layout = build_layout(eps)
-        plan = _plan_losses(self.hero_policy, eps, notes, layout, cfg)
+        plan = plan_losses(self.hero_policy, eps, notes, layout, cfg)
         if plan.n_distill == 0 or batch.distill_tokens == 0:
             return torch.zeros((), device=self.accelerator.device, requires_grad=True), 0.0
         plan.distill_denom = batch.distill_tokens
         pad = self.hero_policy.pad_token_id
-        micro = list(_micro_batches(layout, cfg.micro_batch_episodes))
+        micro = list(micro_batches(layout, cfg.micro_batch_episodes))
         # every teacher pass before any student graph exists (the EMA swap writes into the weights in place)
-        scored = [_teacher_scores(model, self.hero_teacher, eps, layout, plan, cidx, tok, pad, cfg)
+        scored = [teacher_scores(model, self.hero_teacher, eps, layout, plan, cidx, tok, pad, cfg)
                   for cidx, tok in micro]
         sums = {"distill": 0.0, "grpo": 0.0}
         total = None
         for (cidx, _tok), tb in zip(micro, scored):
             hidden, head = student_hidden(model, eps, layout, chain_indices=cidx, pad_id=pad)
-            part = _chunked_surrogate(hidden, head, lambda sl, z, tb=tb: _chunk_loss(sl, z, tb, plan, cfg, sums),
+            part = _chunked_surrogate(hidden, head, lambda sl, z, tb=tb: chunk_loss(sl, z, tb, plan, cfg, sums),
                                       cfg.loss_chunk_tokens)
             if part is not None:
                 total = part if total is None else total + part

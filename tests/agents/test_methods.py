@@ -49,7 +49,9 @@ def test_registry_labels_and_flags():
         "grpo": "GRPO", "envfb_sd": "Env-feedback SD",
         "full_demo": "Full-demo (successful rollout, else expert demonstration)", "hero_rules": "HERO (rules)",
         "hero_rules_shuffled": "HERO (rules, shuffled diagnoses)", "hero": "HERO",
-        "hero_shuffled": "HERO (shuffled diagnoses)"}
+        "hero_shuffled": "HERO (shuffled diagnoses)",
+        "hero_rules_oracle": "Ceiling: HERO (rules) + oracle targets (privileged)"}
+    assert [m for m, s in METHODS.items() if s.oracle] == ["hero_rules_oracle"]
     assert METHODS["grpo"].uses_grpo and not METHODS["grpo"].distills
     assert METHODS["hero"].reflector == "model" and METHODS["hero_rules"].reflector == "rules"
     assert METHODS["hero_rules_shuffled"].reflector == "rules" and METHODS["hero_shuffled"].reflector == "model"

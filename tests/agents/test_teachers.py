@@ -136,7 +136,7 @@ def test_legacy_style_renders_given_targets_as_before_and_new_styles_in_env_synt
 
 
 def test_note_style_reaches_the_notes_and_the_config():
-    from hero_gym.agents.trainer import TrainConfig, _make_reflector, _note_options
+    from hero_gym.agents.trainer import TrainConfig, make_reflector, note_options
 
     eps = [_ep("a", False, n=1, eid="e1")]
     refl = [Reflection("e1", {0: _visible_refl()})]
@@ -144,8 +144,8 @@ def test_note_style_reaches_the_notes_and_the_config():
         [[note]] = build_notes("hero_rules", eps, reflections=refl, options=NoteOptions(note_style=style))
         assert note == hero_note(refl[0].get(0), style=style)
     cfg = TrainConfig(method="hero", note_style="legacy")
-    assert _note_options(cfg, 0).note_style == "legacy"
-    assert _make_reflector(cfg.spec, lambda chats: [], cfg).style == "legacy"
-    assert _make_reflector(TrainConfig().spec, lambda chats: [], TrainConfig()).style == "current"
+    assert note_options(cfg, 0).note_style == "legacy"
+    assert make_reflector(cfg.spec, lambda chats: [], cfg).style == "legacy"
+    assert make_reflector(TrainConfig().spec, lambda chats: [], TrainConfig()).style == "current"
     with pytest.raises(ValueError):
         TrainConfig(note_style="fancy")

@@ -146,7 +146,8 @@ def test_resume_after_kill_no_lost_or_duplicated_episodes(tok, tmp_path):
 
 # --------------------------------------------------------------------------- end to end
 
-@pytest.mark.parametrize("method", ["hero_rules", "hero", "hero_shuffled", "grpo", "envfb_sd", "full_demo"])
+@pytest.mark.parametrize("method", ["hero_rules", "hero", "hero_shuffled", "grpo", "envfb_sd", "full_demo",
+                                    "hero_rules_oracle"])
 def test_train_then_evaluate_each_method(tok, tmp_path, method):
     policy = HFPolicy(tiny_model(tok, seed=2), tok)
     cfg = TrainConfig(method=method, env_id=LOOKUP, env_kwargs={"num_items": 4}, turn_budget=8, tasks_per_update=2,
@@ -199,6 +200,69 @@ def test_config_validation():
         TrainConfig(method="ppo")
     with pytest.raises(ValueError):
         TrainConfig(grpo_weight=2.0)
+    with pytest.raises(ValueError, match="turn_budget"):
+        TrainConfig(turn_budget=-1)
+    with pytest.raises(ValueError, match="privileged"):
+        TrainConfig(method="hero_rules_oracle", env_pool="subprocess")
+    with pytest.raises(ValueError, match="privileged"):
+        TrainConfig(method="hero_rules_oracle", reflector="model")
+
+
+def _lookup_call(name, **args):
+    return "<tool_call>" + json.dumps({"name": name, "arguments": args}) + "</tool_call>"
+
+
+def _scripted_episode(env, task, actions):
+    """An episode of ``actions`` on ``env`` with each step's info kept on its turn, as ``collect`` records it."""
+    obs, info = env.reset(seed=task, options={"task_index": task})
+    ep = Episode(env_id=LOOKUP, task_id=info["task_id"], initial_observation=obs, episode_id=f"s{task}")
+    for a in actions:
+        obs, r, term, trunc, info = env.step(a)
+        ep.turns.append(Turn(index=len(ep.turns), action_text=a, observation=obs, reward=r, terminated=term,
+                             truncated=trunc, parsed_action=info.get("parsed_action"),
+                             action_error=info.get("action_error"), info=json.loads(json.dumps(info, default=str))))
+        if term or trunc:
+            ep.success = bool(info.get("success"))
+            break
+    return ep
+
+
+def test_the_ceiling_targets_the_oracle_action_recorded_in_the_state_the_student_reached(tmp_path):
+    """hero_rules_oracle: the training envs record the env's oracle action before every step and the rule
+    reflector makes it the target of every turn judged an error. Controls: a tampered recording changes the
+    target (it is read from the recording, not recomputed), hero_rules on the same episodes has no
+    oracle-given target, and episodes not recorded at all are refused."""
+    from hero_gym.agents.oracle import OracleRecorder
+    from hero_gym.agents.trainer import _make_envs, make_reflector
+
+    cfg = _small(tmp_path, method="hero_rules_oracle", tasks_per_update=1, group_size=1, max_turns=4)
+    (env,) = _make_envs(cfg)
+    assert isinstance(env, OracleRecorder)
+    code = env.unwrapped.table
+    wrong = _lookup_call("lookup", key="zzz")
+    # a bad key twice (the repeat is redundant), then a wrong answer (a failed ending): two errors
+    ep = _scripted_episode(env, 0, [wrong, wrong, _lookup_call("answer", code="000")])
+    env.close()
+    item = ep.initial_observation.removeprefix("What is the code for ").rstrip("?")
+    assert [t.info["oracle_action"] for t in ep.turns] == [f'<tool_call>\n{{"name": "lookup", "arguments": '
+                                                           f'{{"key": "{item}"}}}}\n</tool_call>'] * 3
+    refl = make_reflector(cfg.spec, None, cfg).reflect([ep])[0]
+    assert sorted(t for t, x in refl.turns.items() if x.verdict == "error") == [1, 2]
+    assert all(x.target_source == "given" and f'"{item}"' in x.target_text for x in refl.turns.values())
+    notes = build_notes("hero_rules_oracle", [ep], reflections=[refl])[0]
+    assert notes[0] is None and all(f'"key": "{item}"' in n for n in notes[1:])
+    tampered = ep.model_copy(deep=True)
+    tampered.turns[2].info["oracle_action"] = _lookup_call("answer", code=code[item])
+    t_notes = build_notes("hero_rules_oracle", [tampered], reflections=make_reflector(cfg.spec, None, cfg)
+                          .reflect([tampered]))[0]
+    assert f'"code": "{code[item]}"' in t_notes[2] and t_notes[1] == notes[1]
+    rules = make_reflector(TrainConfig(method="hero_rules").spec, None, cfg).reflect([ep])[0]
+    assert all(x.target_source != "given" for x in rules.turns.values())
+    bare = ep.model_copy(deep=True)
+    for turn in bare.turns:
+        turn.info.pop("oracle_action")
+    with pytest.raises(ValueError, match="OracleRecorder"):
+        make_reflector(cfg.spec, None, cfg).reflect([bare])
 
 
 # --------------------------------------------------------------------------- slow: the real model

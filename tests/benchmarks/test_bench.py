@@ -234,6 +234,35 @@ def test_wasted_turns_reuse_the_rule_verdicts():
     assert bench.summarise_cell([row])["mean_turns_successful"] == 4
 
 
+def test_cpu_long_preset_is_sized_as_the_experiment_asks():
+    """Three seeds, >= 50 goals, groups of 4, nested budgets whose top one is >= 16 optimizer steps even if
+    every episode runs to the turn cap, the privileged ceiling only where asked for (not in the defaults)."""
+    o = bench.parse_args(["--preset", "cpu-long"])
+    turns_per_batch_max = o.tasks_per_update * o.group_size * bench.setups_for(o)["WebShop"].max_turns
+    assert o.seeds == [0, 1, 2] and o.eval_tasks >= 50 and o.group_size >= 4 and o.workers == 2
+    assert len(o.budgets) == 2 and max(o.budgets) // turns_per_batch_max >= 16 and max(o.budgets) == 2 * min(o.budgets)
+    assert "hero_rules_oracle" in o.methods and o.reference == "hero_rules"
+    assert "hero_rules_oracle" not in bench.parse_args(["--preset", "cpu"]).methods
+    assert "hero_rules_oracle" in bench.parse_args(["--preset", "cpu", "--methods", "hero_rules_oracle"]).methods
+
+
+def test_a_repeated_invalid_action_is_a_redundant_turn():
+    """An invalid action changes nothing, so clicking a missing button again (whatever the error message
+    said in between) is redundant; the same click after a valid action moved the page is not."""
+    from hero_gym.records import Episode, Turn
+
+    err = {"kind": "invalid_action", "message": "There is no button '4'."}
+    page = "Instruction: buy a lamp [SEP] Back to Search [SEP] Lamp A [SEP] Lamp B"
+    turns = [Turn(index=0, action_text="click[4]", observation="There is no button '4'.", action_error=err),
+             Turn(index=1, action_text=" Click[4] ", observation="There is no button '4'.", action_error=err),
+             Turn(index=2, action_text="click[Lamp A]", observation="Lamp A [SEP] Buy Now"),
+             Turn(index=3, action_text="click[4]", observation="There is no button '4'.", action_error=err)]
+    ep = Episode(env_id="hero_gym/WebShop-v0", initial_observation=page, turns=turns)
+    assert bench.wasted_turns(ep)[0] == 1
+    ep.turns[1] = turns[1].model_copy(update={"action_text": "click[5]"})
+    assert bench.wasted_turns(ep)[0] == 0          # the control: a different invalid action is not a repeat
+
+
 @pytest.mark.parametrize("argv, msg", [
     (["--envs", "Nope"], "unknown env"),
     (["--methods", "bogus"], "unknown method"),

@@ -120,6 +120,7 @@ def test_report_only_rebuilds(quick_run):
     proc = _run("--report-only", "--out", str(out), cwd=REPO)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (out / "results.md").exists() and "report rebuilt from" in proc.stdout
+    assert "**Partial**" not in (out / "results.md").read_text()   # a finished run's report is not partial
 
 
 def test_report_only_on_an_empty_folder_is_one_clear_error(tmp_path):
@@ -137,6 +138,8 @@ def test_quick_with_warm_start(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     data = json.loads((tmp_path / "ws" / "results.json").read_text())
     ws = data["provenance"]["warm_start"]["Lookup"]
+    # the provenance written for an interrupted run's report names the warm start too
+    assert json.loads((tmp_path / "ws" / "provenance.json").read_text())["warm_start"]["Lookup"]["path"] == ws["path"]
     assert ws["path"] and Path(ws["path"]).is_dir() and ws["config"]["env_id"] == "hero_gym/Lookup-v0"
     assert "| Warm-started base |" in (tmp_path / "ws" / "results.md").read_text()
 
@@ -152,7 +155,10 @@ def test_ctrl_c_prints_one_line_and_keeps_finished_cells(tmp_path, workers):
     out = tmp_path / "out"
     proc = subprocess.Popen([sys.executable, str(SCRIPT), "--quick", "--workers", workers, "--out", str(out)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
-                            start_new_session=True)
+                            start_new_session=True,
+                            # a shell without job control starts background jobs with SIGINT ignored, and
+                            # Python keeps an ignored SIGINT: give the run the terminal's default
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 600
     while time.time() < deadline and proc.poll() is None and not list(out.glob("cells/*/result.json")):
         time.sleep(0.5)
@@ -163,3 +169,9 @@ def test_ctrl_c_prints_one_line_and_keeps_finished_cells(tmp_path, workers):
     assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr, stderr[-3000:]
     assert stderr.strip().splitlines()[-1].startswith("run_all.py: interrupted; finished cells stay")
     assert list(out.glob("cells/*/result.json"))
+    # the interrupted run is reported from the provenance it wrote at its start, marked partial
+    assert not (out / "results.json").exists() and (out / "provenance.json").exists()
+    for _ in range(2):   # the second report reads the partial results.json the first wrote: still partial
+        rep = _run("--report-only", "--out", str(out), cwd=tmp_path)
+        assert rep.returncode == 0, rep.stderr[-3000:]
+        assert "**Partial**" in (out / "results.md").read_text()
