@@ -45,7 +45,6 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-
 from hero_gym.records import Episode
 
 from .oracle import OracleRecorder

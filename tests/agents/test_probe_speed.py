@@ -112,3 +112,27 @@ def test_tree_records_equal_the_reference_records(smol_tokenizer, tiny_lm):
                     assert f["rows"][row][k] == v, (row, k)
     assert fast[1]["rows"]["b"] is None and fast[0]["rows"]["b"]["d_oracle"] is not None
     assert fast[1]["rows"]["a"]["d_oracle"] is None   # no oracle action at that turn
+
+
+def test_cli_reference_scoring_gives_the_same_report(tmp_path):
+    """``--reference-scoring`` (a pass per row) and the default trie path give the same metrics on the same
+    rollouts (same seed and ``--rollout-slots``); the provenance records the per-phase timings and the load."""
+    import json
+
+    from hero_gym.cli import main
+
+    base = ["probe", "hero_gym/Lookup-v0", "--model", "tiny", "--episodes", "3", "--max-turns", "2",
+            "--max-new-tokens", "8", "--model-reflector-episodes", "0", "--bootstrap", "50", "--rollout-slots", "2"]
+    assert main(base + ["--out", str(tmp_path / "tree")]) == 0
+    assert main(base + ["--reference-scoring", "--out", str(tmp_path / "ref")]) == 0
+    tree, ref = (json.loads((tmp_path / d / "probe.json").read_text()) for d in ("tree", "ref"))
+    assert tree["meta"]["config"]["tree_scoring"] and not ref["meta"]["config"]["tree_scoring"]
+    assert tree["meta"]["config"]["rollout_slots"] == 2 and len(tree["meta"]["load_average"]) == 2
+    assert {"rollouts", "scoring", "statistics"} <= set(tree["meta"]["timings"])
+    assert tree["summary"]["turns"] == ref["summary"]["turns"] > 0
+    for row, m in ref["summary"]["rows"].items():
+        for key in ("d_wrong", "d_oracle", "d_right", "signal"):
+            a, b = m[key], tree["summary"]["rows"][row][key]
+            assert a["n"] == b["n"], (row, key)
+            if a["n"]:
+                assert math.isclose(a["value"], b["value"], abs_tol=1e-3), (row, key)
