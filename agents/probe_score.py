@@ -12,6 +12,11 @@ the note in every branch). Many turns' trees are packed into one forward (``grou
 that of a separate causal forward over ``teacher_context_t + action`` per (turn, note, action), checked
 against exactly that in ``tests/agents/test_probe.py``.
 
+:meth:`EpisodeScorer.score_tree` (the probe's default) goes one step further: the queries of *all* rows of a
+turn become one token trie on one cache length, so what rows share (role tokens, the HERO header and
+diagnosis, repeated notes) is encoded once (23% fewer query tokens on WebShop), with the same result
+(``tests/agents/test_probe_speed.py``).
+
 Teacher context = ``ChatRenderer.note_ids(context_t, note)``, the trainer's renderer (no note: the turn's
 own context, i.e. the student's view).
 """
@@ -150,7 +155,6 @@ class EpisodeScorer:
                     if k == 0 and q.keep_dist:
                         dist = lp
                 out[i] = Scored(toks, dist)
-
 
     # ------------------------------------------------------------------ the shared-tree path
 
