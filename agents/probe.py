@@ -87,7 +87,7 @@ class ProbeConfig:
     n_boot: int = 2000
     group_tokens: int = 384   # query tokens (trie nodes on the tree path) per scoring forward
     tree_scoring: bool = True   # all rows of a turn in one token trie (EpisodeScorer.score_tree); False: a pass per row
-    rollout_slots: int = 8   # episodes sampled together (one batched generate per step)
+    rollout_slots: int = 16   # episodes sampled together (one batched generate per step)
 
 
 @dataclass

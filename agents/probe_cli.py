@@ -66,7 +66,7 @@ def build_parser(prog: str = "hero-gym probe") -> argparse.ArgumentParser:
                    help="episodes the model reflector diagnoses (slow on a CPU; 0 = skip HERO's model rows)")
     p.add_argument("--note-styles", nargs="*", default=[], help="extra HERO (rules) rows in these note styles "
                    "(hero_gym.agents.teachers.NOTE_STYLES, e.g. legacy no_echo target_only)")
-    p.add_argument("--rollout-slots", type=int, default=8, help="episodes sampled together (one batched step)")
+    p.add_argument("--rollout-slots", type=int, default=16, help="episodes sampled together (one batched step)")
     p.add_argument("--reference-scoring", action="store_true", help="score one note row per pass (the slower "
                    "reference path; default: all rows of a turn in one token trie, same numbers)")
     p.add_argument("--bootstrap", type=int, default=2000)
