@@ -336,7 +336,7 @@ def make_notes(spec: MethodSpec, episodes: Sequence[Episode], reflections: Seque
     """The method's teacher note for every turn, and this batch's note counts for the metrics."""
     used_before = run.expert_demos.used if run.expert_demos is not None else 0
     notes = spec.notes(episodes, reflections, run.buffer, note_options(run.config, run.counters.iterations,
-                                                                         run.expert_demos))
+                                                                        run.expert_demos))
     counts = {"future_copy_diagnoses_dropped": guard["diagnoses"], "future_copy_targets_dropped": guard["targets"]}
     if spec.name == "full_demo":
         counts["demo_notes"] = sum(bool(row) and row[0] is not None for row in notes)
