@@ -33,7 +33,9 @@ PREDICTIONS = [
      "success", "not >"),
     ("3", "the ceiling (oracle targets) not below HERO (rules) in success", "hero_rules_oracle", "hero_rules",
      "success", "not <"),
-    ("4", "GRPO moves little from the base (success)", "grpo", "base", "success", "="),
+    ("4a", "GRPO moves little from the base (success)", "grpo", "base", "success", "="),
+    ("4b", "GRPO moves little from the base (mean score)", "grpo", "base", "score", "="),
+    ("4c", "GRPO moves little from the base (valid-action rate)", "grpo", "base", "valid_rate", "="),
     ("5", "HERO (rules) fewer redundant turns than env-feedback SD", "hero_rules", "envfb_sd", "redundant_turns", "<"),
 ]
 
@@ -90,8 +92,9 @@ def markdown(rows: list[dict[str, Any]]) -> str:
         scale = 100 if r["metric"] in ("success", "valid_rate") else 1
         unit = " pp" if scale == 100 else ""
         lo, hi = (v * scale for v in r["ci"])
-        lines.append(f"| {r['id']} | {r['prediction']} | {r['budget']} | {r['diff'] * scale:+.1f}{unit} "
-                     f"[{lo:+.1f}, {hi:+.1f}] | {r['pairs']} ({r['goals']}, {r['seeds']}) | {r['verdict']} |")
+        nd = 1 if scale == 100 else 2
+        lines.append(f"| {r['id']} | {r['prediction']} | {r['budget']} | {r['diff'] * scale:+.{nd}f}{unit} "
+                     f"[{lo:+.{nd}f}, {hi:+.{nd}f}] | {r['pairs']} ({r['goals']}, {r['seeds']}) | {r['verdict']} |")
     return "\n".join(lines) + "\n"
 
 
