@@ -24,7 +24,7 @@ def _episode():
 
 
 def test_copies_of_later_turns_are_dropped_and_counted():
-    """Issue 24 item 7: the rule was prompt-only; nothing removed a diagnosis quoting the future."""
+    """The rule was prompt-only; nothing removed a diagnosis quoting the future."""
     ep = _episode()
     refl = Reflection(ep.episode_id, {
         # quotes a later observation at length: dropped

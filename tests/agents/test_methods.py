@@ -15,7 +15,7 @@ def _ep(task, n=3, eid=None):
 
 @pytest.mark.parametrize("method", ["hero_shuffled", "hero_rules_shuffled"])
 def test_shuffled_notes_come_from_other_tasks_on_heros_own_turns(method):
-    """Issue 24 item 2: donors were drawn over the whole batch (a third of the episodes of 2 tasks x 2 rollouts
+    """Donors were drawn over the whole batch (a third of the episodes of 2 tasks x 2 rollouts
     got their same-task sibling's diagnosis) and donor turns that did not exist were masked, so the ablation
     trained other turns than HERO. Now: other tasks only, and exactly HERO's note positions."""
     eps, refl = [], []
@@ -83,7 +83,7 @@ def test_rules_shuffled_on_real_lookup_episodes_keeps_the_rule_positions():
 
 
 def test_expert_demos_play_the_same_training_task_and_only_keep_successes():
-    """Issue 24 item 5: full-demo's fallback when no rollout of the task succeeded."""
+    """Full-demo's fallback when no rollout of the task succeeded."""
     env = hero_gym.make("hero_gym/Lookup-v0", num_items=16, split="train")
     obs, info = env.reset(seed=11, options={"task_index": 5})
     ep = Episode(env_id="hero_gym/Lookup-v0", task_id=info["task_id"], initial_observation=obs, seed=11,

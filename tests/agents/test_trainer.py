@@ -315,7 +315,7 @@ def _ep_with(tok_ids, reward, *, terminated, task="t", stop_reason=None):
 
 
 def test_grpo_scores_env_truncated_episodes_and_leaves_out_only_outside_cuts(tok):
-    """Issue 24 item 1: an episode the env's turn cap truncated keeps its env reward in GRPO (a group with one
+    """An episode the env's turn cap truncated keeps its env reward in GRPO (a group with one
     success and one capped episode used to get zero advantage); only budget / context / env-error cuts are
     left out. A batch without signal takes no optimizer step."""
     from hero_gym.agents.trainer import episode_finished
@@ -377,7 +377,7 @@ def test_a_step_free_iteration_snapshots_a_pointer_to_the_previous_weights(tok, 
 
 
 def test_full_demo_falls_back_to_the_expert_demonstration_of_the_same_task(tok, tmp_path):
-    """Issue 24 item 5: with no successful rollout in the batch, full-demo had no note and took no step (the
+    """With no successful rollout in the batch, full-demo had no note and took no step (the
     committed cpu row: 0 optimizer steps). The env expert's demonstration of the same training task now
     teaches; the metrics count how often. Control: without the fallback, no note and no step."""
     kw = dict(method="full_demo", turn_budget=6, group_size=2, max_turns=2, teacher="live")

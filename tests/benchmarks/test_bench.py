@@ -24,7 +24,7 @@ def _snapshots(root: Path, turns: list[int]) -> dict[int, Path]:
 
 
 def test_snapshot_for_budget_is_the_first_snapshot_at_or_past_the_budget(tmp_path):
-    """Issue 24 item 10: the largest snapshot <= B left the top budget's last batch trained but never evaluated."""
+    """The largest snapshot <= B left the top budget's last batch trained but never evaluated."""
     snaps = _snapshots(tmp_path, [0, 6, 11, 18])
     assert [snapshot_for_budget(tmp_path, b) for b in (0, 1, 6, 10, 11, 12, 18)] == [
         snaps[0], snaps[6], snaps[6], snaps[11], snaps[11], snaps[18], snaps[18]]
@@ -55,7 +55,7 @@ def test_paired_bootstrap_ci_known_cases():
 
 
 def test_cluster_bootstrap_resamples_goals_not_pairs():
-    """Issue 24 item 3: 3 seeds that repeat the same 10 goal outcomes are 10 observations, not 30. Treating the
+    """3 seeds that repeat the same 10 goal outcomes are 10 observations, not 30. Treating the
     30 (seed, goal) pairs as independent gave an interval sqrt(3) too narrow."""
     per_goal = [1, 1, 1, 0, 0, 1, 0, 1, 1, 0]
     d = per_goal * 3
@@ -122,7 +122,7 @@ def test_compare_clusters_goals_adjusts_for_the_family_and_compares_scores():
 
 
 def test_summary_has_tokens_trained_wasted_turns_and_their_intervals():
-    """Issue 24 items 4 and 6: tokens trained / scored turns per method, and turns on successes, redundant and
+    """Tokens trained / scored turns per method, and turns on successes, redundant and
     no-effect turns per episode with goal-clustered CIs."""
     cells = []
     for seed, tokens in ((0, 100), (1, 300)):
@@ -176,7 +176,7 @@ def test_presets_and_overrides():
 
 
 def test_cpu_presets_have_grpo_groups_of_four_and_the_free_rules_ablation():
-    """Issue 24 items 1 and 2: GRPO with groups of 2 rarely sees a reward difference; the shuffled ablations
+    """GRPO with groups of 2 rarely sees a reward difference; the shuffled ablations
     draw donors from other tasks, so a batch needs >= 2 tasks; HERO (rules)' settle-it control costs no model."""
     for preset in ("default", "cpu"):
         o = bench.parse_args(["--preset", preset])
@@ -186,7 +186,7 @@ def test_cpu_presets_have_grpo_groups_of_four_and_the_free_rules_ablation():
 
 
 def test_lookup_trains_and_evaluates_on_disjoint_existing_tasks():
-    """Issue 24 item 8: Lookup was evaluated on its training tasks (no split) and the bench indexed 20 eval
+    """Lookup was evaluated on its training tasks (no split) and the bench indexed 20 eval
     and 50 training tasks of an 8-task table (an index >= 8 raised and was scored as a failure)."""
     import hero_gym
 
@@ -216,7 +216,7 @@ def test_tau_full_demo_gets_a_longer_demonstration_clip():
 
 
 def test_wasted_turns_reuse_the_rule_verdicts():
-    """Issue 24 item 6: redundant (same action on the same observation) and no-effect turns per episode."""
+    """Redundant turns (the same action again in the same state) and no-effect turns per episode."""
     from hero_gym.records import Episode, Turn
 
     call = {"name": "lookup", "arguments": {"key": "apple"}}
