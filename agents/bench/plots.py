@@ -130,7 +130,8 @@ def plot_env(env: str, cells: list[dict], runs: list[dict], prov: dict[str, Any]
     data = prov["envs"][env]["data"]
     fig.suptitle(f"{env} — model {o['model']}{' (warm-started)' if o['warm_start'] else ''} — data {data['source']} "
                  f"({data['fingerprint']}) — seeds {o['seeds']} — {prov['envs'][env]['eval_tasks']} greedy held-out "
-                 f"tasks — {preset_label(o)}", fontsize=10)
+                 f"tasks — {preset_label(o)}" + (" — PARTIAL: unfinished cells missing" if prov.get("partial") else ""),
+                 fontsize=10)
     if notes:
         fig.text(0.01, 0.085, "Identical series (held-out panels: offset along x to stay visible): " + "; ".join(notes),
                  fontsize=7, color="#444", wrap=True)
