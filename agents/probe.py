@@ -88,6 +88,8 @@ class ProbeConfig:
     group_tokens: int = 384   # query tokens (trie nodes on the tree path) per scoring forward
     tree_scoring: bool = True   # all rows of a turn in one token trie (EpisodeScorer.score_tree); False: a pass per row
     rollout_slots: int = 16   # episodes sampled together (one batched generate per step)
+    scoring_workers: int = 0   # episodes scored at once, one torch thread each (0: the torch thread count on a
+    # CPU, 1 on an accelerator)
 
 
 @dataclass
@@ -330,6 +332,8 @@ def run_probe(model: Any, tokenizer: Any, cfg: ProbeConfig, *, progress: bool = 
               episodes: tuple[list[Episode], str, bool] | None = None) -> ProbeResult:
     """Roll the student out, build every row's notes and score them (see the module docstring).
     ``episodes``: the output of :func:`probe_rollouts` for ``cfg`` when already sampled (then not timed)."""
+    import torch
+
     from hero_gym.chat import ChatRenderer
 
     from .policy import HFPolicy
@@ -368,8 +372,9 @@ def run_probe(model: Any, tokenizer: Any, cfg: ProbeConfig, *, progress: bool = 
 
     t2 = time.perf_counter()
     renderer = ChatRenderer(tokenizer, check=False)
+    workers = cfg.scoring_workers or (torch.get_num_threads() if next(model.parameters()).device.type == "cpu" else 1)
     turns = turn_records(model, renderer, eps, notes, oracle_texts, parser, rule, model_refl,
-                         group_tokens=cfg.group_tokens, tree=cfg.tree_scoring, log=log)
+                         group_tokens=cfg.group_tokens, tree=cfg.tree_scoring, workers=workers, log=log)
     seconds["scoring"] = time.perf_counter() - t2
     seconds["total"] = time.perf_counter() - t0
     oracle_info = {"available": has_oracle, "demos": len(demos), "demo_success_rate":

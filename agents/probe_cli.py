@@ -72,6 +72,8 @@ def build_parser(prog: str = "hero-gym probe") -> argparse.ArgumentParser:
     p.add_argument("--bootstrap", type=int, default=2000)
     p.add_argument("--device", default=None)
     p.add_argument("--threads", type=int, default=None, help="torch threads")
+    p.add_argument("--scoring-workers", type=int, default=0, help="episodes scored at once, one torch thread each "
+                   "(default: the torch thread count on a CPU, 1 on an accelerator; same numbers either way)")
     p.add_argument("--out", default=None, help="write probe.md, probe.json, turns.csv, delta.png, examples.md here")
     return p
 
@@ -105,6 +107,8 @@ def main(argv: Sequence[str] | None = None, parser: Any = None) -> int:
     for m in methods:
         if m not in METHODS:
             parser.error(f"unknown method {m!r}; known: {', '.join(METHODS)}")
+    if a.scoring_workers < 0:
+        parser.error(f"--scoring-workers must be >= 0 (0 = automatic), got {a.scoring_workers}")
     if a.threads:
         import torch
 
@@ -137,7 +141,7 @@ def main(argv: Sequence[str] | None = None, parser: Any = None) -> int:
                       max_turns=a.max_turns, tool_prompt=a.tool_prompt,
                       model_reflector_episodes=a.model_reflector_episodes, n_boot=a.bootstrap,
                       note_styles=list(a.note_styles), rollout_slots=a.rollout_slots,
-                      tree_scoring=not a.reference_scoring)
+                      tree_scoring=not a.reference_scoring, scoring_workers=a.scoring_workers)
     import os
 
     load0 = os.getloadavg()[0]

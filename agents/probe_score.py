@@ -307,103 +307,143 @@ def _model_verdict(refl: Any, action_norm: str | None, parser: str) -> tuple[str
 def turn_records(model: Any, renderer: Any, episodes: Sequence[Episode], notes: dict[str, list[list[str | None]]],
                  oracle_texts: Sequence[Sequence[str | None]], parser: str, rule_reflections: Sequence[Any],
                  model_reflections: dict[int, Any], *, group_tokens: int = 384, tree: bool = True,
-                 log: Any = None) -> list[dict[str, Any]]:
+                 workers: int = 1, log: Any = None) -> list[dict[str, Any]]:
     """One record per scorable turn: its kind, the actions, the reflectors' verdicts and, per note row, the
     log-probs of ``a_t`` / ``a*_t`` with the note, their Δ against no note (summed and per token), the
     distillation signal and whether the note quotes the student's argument (``None`` = the row masks it).
 
     ``tree=True`` scores every query of a turn (no note and each row's note) in one token trie
     (:meth:`EpisodeScorer.score_tree`); ``tree=False`` is the reference path, one :meth:`EpisodeScorer.score`
-    call per row. Both give the same records up to float rounding (``tests/agents/test_probe_speed.py``)."""
-    from .probe import _argument_text, normalise_action, turn_kind
+    call per row. Both give the same records up to float rounding (``tests/agents/test_probe_speed.py``).
+
+    ``workers > 1`` scores episodes in that many threads, each running torch on one intra-op thread (episodes
+    are independent; the records keep the episode order and are the same as with one worker). On a CPU this
+    keeps every core busy for the whole pass, where one process's intra-op threads idle in the small
+    operations between matrix products; the caller's thread count is restored afterwards."""
+    prepared = [_prepare(i, ep, renderer, notes, oracle_texts, parser, rule_reflections, model_reflections)
+                for i, ep in enumerate(episodes)]   # tokenising stays on this thread (a tokenizer is not shared)
+    workers = max(1, min(workers, len(episodes)))
+    done = [0]
+
+    def one(i: int) -> list[dict[str, Any]]:
+        recs = _score_episode(model, episodes[i], *prepared[i], notes, i, group_tokens, tree)
+        done[0] += 1
+        if log is not None:
+            log(f"probe: scored episode {i + 1}/{len(episodes)} ({done[0]} done)")
+        return recs
+
+    if workers == 1:
+        return [r for i in range(len(episodes)) for r in one(i)]
+    from concurrent.futures import ThreadPoolExecutor
+
+    threads = torch.get_num_threads()
+    try:
+        with ThreadPoolExecutor(workers, initializer=torch.set_num_threads, initargs=(1,)) as pool:
+            per_episode = list(pool.map(one, range(len(episodes))))
+    finally:
+        torch.set_num_threads(threads)
+    return [r for recs in per_episode for r in recs]
+
+
+def _prepare(i: int, ep: Episode, renderer: Any, notes: dict[str, list[list[str | None]]],
+             oracle_texts: Sequence[Sequence[str | None]], parser: str, rule_reflections: Sequence[Any],
+             model_reflections: dict[int, Any]) -> tuple[list[int], dict[int, dict[str, Any]],
+                                                        dict[int, list[tuple[str, Query]]]]:
+    """Episode ``i``'s scorable turns, their records before scoring, and per turn its queries: ``("", no note)``
+    then ``(row, teacher context with that row's note)`` for every row that has a note there."""
+    from .probe import normalise_action, turn_kind
 
     eot = renderer.end_of_turn_id
-    out: list[dict[str, Any]] = []
-    for i, ep in enumerate(episodes):
-        scorer = EpisodeScorer(model, ep, group_tokens=group_tokens)
-        todo = [t for t, turn in enumerate(ep.turns) if turn.context_token_ids and turn.action_token_ids]
-        if not todo:
-            continue
-        seen: set[str] = set()
-        recs: dict[int, dict[str, Any]] = {}
-        acts: dict[int, list[list[int]]] = {}
+    todo = [t for t, turn in enumerate(ep.turns) if turn.context_token_ids and turn.action_token_ids]
+    seen: set[str] = set()
+    recs: dict[int, dict[str, Any]] = {}
+    acts: dict[int, list[list[int]]] = {}
+    for t in todo:
+        turn = ep.turns[t]
+        a_norm = normalise_action(turn.parsed_action if turn.parsed_action else turn.action_text, parser)
+        o_text = oracle_texts[i][t] if oracle_texts else None
+        o_norm = normalise_action(o_text, parser)
+        key = a_norm if a_norm != "<malformed>" else "raw:" + " ".join(turn.action_text.split()).lower()
+        first = key not in seen
+        seen.add(key)
+        acts[t] = [list(turn.action_token_ids)] + ([renderer.encode(o_text) + [eot]] if o_text else [])
+        rv, rt = _model_verdict(rule_reflections[i].get(t), a_norm, parser)
+        mv, mt = _model_verdict(model_reflections[i].get(t), a_norm, parser) if i in model_reflections \
+            else (None, None)
+        recs[t] = {"episode": i, "episode_id": ep.episode_id, "task_id": ep.task_id, "turn": t,
+                   "kind": turn_kind(turn.action_error, a_norm, o_norm), "first": first,
+                   "action": a_norm, "oracle": o_norm, "action_text": turn.action_text, "oracle_text": o_text,
+                   "observation": turn.observation, "n_action_tokens": len(acts[t][0]),
+                   "n_oracle_tokens": len(acts[t][1]) if o_text else 0,
+                   "rule_verdict": rv, "rule_target": rt, "model_reflected": i in model_reflections,
+                   "model_verdict": mv, "model_target": mt, "rows": {}}
+    queries: dict[int, list[tuple[str, Query]]] = {}   # per turn: ("", base query) then (row, query)
+    for t in todo:
+        queries[t] = [("", Query(t, list(ep.turns[t].context_token_ids), acts[t], keep_dist=True))]
+        for row, row_notes in notes.items():
+            recs[t]["rows"][row] = None
+            note = row_notes[i][t]
+            if note is None:
+                continue
+            try:
+                tctx = renderer.note_ids(ep.turns[t].context_token_ids, note)
+            except ValueError:
+                continue
+            queries[t].append((row, Query(t, tctx, acts[t], keep_dist=True)))
+    return todo, recs, queries
+
+
+def _score_episode(model: Any, ep: Episode, todo: list[int], recs: dict[int, dict[str, Any]],
+                   queries: dict[int, list[tuple[str, Query]]], notes: dict[str, list[list[str | None]]], i: int,
+                   group_tokens: int, tree: bool) -> list[dict[str, Any]]:
+    """Score episode ``i``'s queries (prepared by :func:`_prepare`) and fill its records' rows."""
+    from .probe import _argument_text
+
+    if not todo:
+        return []
+    scorer = EpisodeScorer(model, ep, group_tokens=group_tokens)
+
+    def fill(t: int, row: str, sc: Scored, b: Scored) -> None:
+        arg = _argument_text(recs[t]["action"])
+        n_a, n_o = recs[t]["n_action_tokens"], recs[t]["n_oracle_tokens"]
+        d_a = sc.sums[0] - b.sums[0]
+        d_o = (sc.sums[1] - b.sums[1]) if len(sc.sums) > 1 else None
+        recs[t]["rows"][row] = {
+            "lp_action": sc.sums[0], "lp_oracle": sc.sums[1] if len(sc.sums) > 1 else None,
+            "d_action": d_a, "d_oracle": d_o, "d_action_tok": d_a / n_a,
+            "d_oracle_tok": d_o / n_o if d_o is not None and n_o else None,
+            "signal": _signal(b.dist, sc.dist),
+            "quotes": bool(arg) and arg.lower() in notes[row][i][t].lower()}
+
+    def base_of(t: int, b: Scored) -> None:
+        recs[t]["base_lp_action"] = b.sums[0]
+        recs[t]["base_lp_oracle"] = b.sums[1] if len(b.sums) > 1 else None
+
+    if tree:   # chunks of consecutive turns, each chunk one score_tree call (its distributions then dropped)
+        chunk: list[int] = []
+        size = 0
+        for k, t in enumerate(todo):
+            chunk.append(t)
+            size += sum(len(q.context) - len(ep.turns[t].context_token_ids) + sum(map(len, q.actions))
+                        for _, q in queries[t])
+            if size < group_tokens and k + 1 < len(todo):
+                continue
+            flat = [(t2, row, q) for t2 in chunk for row, q in queries[t2]]
+            scored = scorer.score_tree([q for _, _, q in flat])
+            b_of = {t2: sc for (t2, row, _), sc in zip(flat, scored) if row == ""}
+            for (t2, row, _), sc in zip(flat, scored):
+                if row:
+                    fill(t2, row, sc, b_of[t2])
+                else:
+                    base_of(t2, sc)
+            chunk, size = [], 0
+    else:      # the reference path: one score() call per row, each packing that row's queries of all turns
+        base = scorer.score([queries[t][0][1] for t in todo])
+        b_of = dict(zip(todo, base))
         for t in todo:
-            turn = ep.turns[t]
-            a_norm = normalise_action(turn.parsed_action if turn.parsed_action else turn.action_text, parser)
-            o_text = oracle_texts[i][t] if oracle_texts else None
-            o_norm = normalise_action(o_text, parser)
-            key = a_norm if a_norm != "<malformed>" else "raw:" + " ".join(turn.action_text.split()).lower()
-            first = key not in seen
-            seen.add(key)
-            acts[t] = [list(turn.action_token_ids)] + ([renderer.encode(o_text) + [eot]] if o_text else [])
-            rv, rt = _model_verdict(rule_reflections[i].get(t), a_norm, parser)
-            mv, mt = _model_verdict(model_reflections[i].get(t), a_norm, parser) if i in model_reflections \
-                else (None, None)
-            recs[t] = {"episode": i, "episode_id": ep.episode_id, "task_id": ep.task_id, "turn": t,
-                       "kind": turn_kind(turn.action_error, a_norm, o_norm), "first": first,
-                       "action": a_norm, "oracle": o_norm, "action_text": turn.action_text, "oracle_text": o_text,
-                       "observation": turn.observation, "n_action_tokens": len(acts[t][0]),
-                       "n_oracle_tokens": len(acts[t][1]) if o_text else 0,
-                       "rule_verdict": rv, "rule_target": rt, "model_reflected": i in model_reflections,
-                       "model_verdict": mv, "model_target": mt, "rows": {}}
-        queries: dict[int, list[tuple[str, Query]]] = {}   # per turn: ("", base query) then (row, query)
-        for t in todo:
-            queries[t] = [("", Query(t, list(ep.turns[t].context_token_ids), acts[t], keep_dist=True))]
-            for row, row_notes in notes.items():
-                recs[t]["rows"][row] = None
-                note = row_notes[i][t]
-                if note is None:
-                    continue
-                try:
-                    tctx = renderer.note_ids(ep.turns[t].context_token_ids, note)
-                except ValueError:
-                    continue
-                queries[t].append((row, Query(t, tctx, acts[t], keep_dist=True)))
-
-        def fill(t: int, row: str, sc: Scored, b: Scored) -> None:
-            arg = _argument_text(recs[t]["action"])
-            n_a, n_o = recs[t]["n_action_tokens"], recs[t]["n_oracle_tokens"]
-            d_a = sc.sums[0] - b.sums[0]
-            d_o = (sc.sums[1] - b.sums[1]) if len(sc.sums) > 1 else None
-            recs[t]["rows"][row] = {
-                "lp_action": sc.sums[0], "lp_oracle": sc.sums[1] if len(sc.sums) > 1 else None,
-                "d_action": d_a, "d_oracle": d_o, "d_action_tok": d_a / n_a,
-                "d_oracle_tok": d_o / n_o if d_o is not None and n_o else None,
-                "signal": _signal(b.dist, sc.dist),
-                "quotes": bool(arg) and arg.lower() in notes[row][i][t].lower()}
-
-        def base_of(t: int, b: Scored) -> None:
-            recs[t]["base_lp_action"] = b.sums[0]
-            recs[t]["base_lp_oracle"] = b.sums[1] if len(b.sums) > 1 else None
-
-        if tree:   # chunks of consecutive turns, each chunk one score_tree call (its distributions then dropped)
-            chunk: list[int] = []
-            size = 0
-            for k, t in enumerate(todo):
-                chunk.append(t)
-                size += sum(len(q.context) - len(ep.turns[t].context_token_ids) + sum(map(len, q.actions))
-                            for _, q in queries[t])
-                if size < group_tokens and k + 1 < len(todo):
-                    continue
-                flat = [(t2, row, q) for t2 in chunk for row, q in queries[t2]]
-                scored = scorer.score_tree([q for _, _, q in flat])
-                b_of = {t2: sc for (t2, row, _), sc in zip(flat, scored) if row == ""}
-                for (t2, row, _), sc in zip(flat, scored):
-                    if row:
-                        fill(t2, row, sc, b_of[t2])
-                    else:
-                        base_of(t2, sc)
-                chunk, size = [], 0
-        else:      # the reference path: one score() call per row, each packing that row's queries of all turns
-            base = scorer.score([queries[t][0][1] for t in todo])
-            b_of = dict(zip(todo, base))
-            for t in todo:
-                base_of(t, b_of[t])
-            for row in notes:
-                where = [(t, q) for t in todo for r, q in queries[t] if r == row]
-                for (t, _), sc in zip(where, scorer.score([q for _, q in where])):
-                    fill(t, row, sc, b_of[t])
-        out.extend(recs[t] for t in todo)
-        if log is not None:
-            log(f"probe: scored episode {i + 1}/{len(episodes)}")
-    return out
+            base_of(t, b_of[t])
+        for row in notes:
+            where = [(t, q) for t in todo for r, q in queries[t] if r == row]
+            for (t, _), sc in zip(where, scorer.score([q for _, q in where])):
+                fill(t, row, sc, b_of[t])
+    return [recs[t] for t in todo]

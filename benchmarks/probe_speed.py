@@ -73,6 +73,8 @@ def main() -> None:
                     "episodes are scored)")
     ap.add_argument("--group", type=int, nargs="+", default=[384], help="trie nodes per forward (tree path)")
     ap.add_argument("--skip-reference", action="store_true", help="do not time the per-row reference scoring")
+    ap.add_argument("--workers", type=int, default=1, help="episodes scored at once in the timed scoring passes, "
+                    "one torch thread each (the probe's --scoring-workers)")
     ap.add_argument("--repeat", type=int, default=1, help="scoring runs per path (alternating order)")
     ap.add_argument("--extrapolate", type=int, default=40, help="print the projected time of this many episodes")
     a = ap.parse_args()
@@ -120,7 +122,7 @@ def main() -> None:
         for name, g, tree in (paths if r % 2 == 0 else paths[::-1]):
             t, c = time.perf_counter(), time.process_time()
             recs = turn_records(model, renderer, res.episodes, res.notes, *res.scoring_inputs, group_tokens=g,
-                                tree=tree)
+                                tree=tree, workers=a.workers)
             cost[name].append((time.perf_counter() - t, time.process_time() - c))
             diff = _max_diff(res.turns, recs)
             print(f"  [{r + 1}/{a.repeat}] {name}: {cost[name][-1][0]:.1f} s wall, {cost[name][-1][1]:.1f} s CPU "

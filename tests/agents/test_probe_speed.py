@@ -114,6 +114,29 @@ def test_tree_records_equal_the_reference_records(smol_tokenizer, tiny_lm):
     assert fast[1]["rows"]["a"]["d_oracle"] is None   # no oracle action at that turn
 
 
+def test_scoring_workers_give_the_records_of_one_worker_in_episode_order(smol_tokenizer, tiny_lm):
+    """Episodes scored in two threads (one torch thread each) give the one-thread records, in episode order,
+    and the caller's torch thread count is restored."""
+    r = ChatRenderer(smol_tokenizer)
+    eps = [_episode(r, n) for n in (3, 1, 2, 3)]
+    for k, ep in enumerate(eps):
+        ep.episode_id = f"e{k}"
+    oracle = [["answer[77]"] * len(ep.turns) for ep in eps]
+    notes = {"a": [[f"Hindsight note: turn {t} was wrong." for t in range(len(ep.turns))] for ep in eps],
+             "free": [["The lighthouse keeper wound the clock." for _ in ep.turns] for ep in eps]}
+    refl = [Reflection(ep.episode_id) for ep in eps]
+    threads = torch.get_num_threads()
+    one = turn_records(tiny_lm, r, eps, notes, oracle, "bracket", refl, {}, workers=1)
+    two = turn_records(tiny_lm, r, eps, notes, oracle, "bracket", refl, {}, workers=2)
+    assert torch.get_num_threads() == threads
+    assert [(x["episode_id"], x["turn"]) for x in two] == [(x["episode_id"], x["turn"]) for x in one]
+    assert [x["episode_id"] for x in two] == ["e0"] * 3 + ["e1"] + ["e2"] * 2 + ["e3"] * 3
+    for x, y in zip(one, two):
+        for row in notes:
+            for k in ("d_action", "d_oracle", "signal"):
+                assert math.isclose(x["rows"][row][k], y["rows"][row][k], abs_tol=1e-4), (row, k)
+
+
 def test_cli_reference_scoring_gives_the_same_report(tmp_path):
     """``--reference-scoring`` (a pass per row) and the default trie path give the same metrics on the same
     rollouts (same seed and ``--rollout-slots``); the provenance records the per-phase timings and the load."""
@@ -136,3 +159,11 @@ def test_cli_reference_scoring_gives_the_same_report(tmp_path):
             assert a["n"] == b["n"], (row, key)
             if a["n"]:
                 assert math.isclose(a["value"], b["value"], abs_tol=1e-3), (row, key)
+
+
+def test_cli_refuses_a_negative_worker_count(capsys):
+    """``--scoring-workers -1`` is a usage error that names the flag (before any model is loaded)."""
+    from hero_gym.cli import main
+
+    assert main(["probe", "hero_gym/Lookup-v0", "--model", "tiny", "--scoring-workers", "-1"]) == 2
+    assert "--scoring-workers must be >= 0" in capsys.readouterr().err
