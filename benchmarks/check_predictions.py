@@ -9,6 +9,10 @@ one direction (or "not above" / "not below" / "no difference"); its verdict is *
 excludes 0 in the predicted direction, or does not contradict a "not above"), **contradicted** (it
 excludes 0 in the other direction) or **no difference detected**. Works on a partial
 run: a comparison without cells on both sides is reported as not yet measurable.
+
+A second table reads the HERO paper's own claims the same way (:data:`PAPER_CLAIMS`): HERO above env-feedback
+SD above GRPO at the small budget, fewer unnecessary turns, and the shuffled ablation falling to env-feedback
+SD's level. A claim tied to the small budget is read at the smallest trained budget only.
 """
 
 from __future__ import annotations
@@ -39,6 +43,18 @@ PREDICTIONS = [
     ("5", "HERO (rules) fewer redundant turns than env-feedback SD", "hero_rules", "envfb_sd", "redundant_turns", "<"),
 ]
 
+#: The HERO paper's claims, as (id, text, a, b, metric, claim, small budget only)
+PAPER_CLAIMS = [
+    ("P1", "HERO above env-feedback SD in success at the small budget", "hero_rules", "envfb_sd", "success", ">", True),
+    ("P2", "env-feedback SD above GRPO in success at the small budget", "envfb_sd", "grpo", "success", ">", True),
+    ("P3a", "HERO fewer unnecessary (redundant) turns than env-feedback SD", "hero_rules", "envfb_sd",
+     "redundant_turns", "<", False),
+    ("P3b", "HERO fewer unnecessary (redundant) turns than GRPO", "hero_rules", "grpo", "redundant_turns", "<", False),
+    ("P4a", "shuffled diagnoses fall to env-feedback SD's level in success", "hero_rules_shuffled", "envfb_sd",
+     "success", "=", False),
+    ("P4b", "shuffled diagnoses below HERO in success", "hero_rules_shuffled", "hero_rules", "success", "<", False),
+]
+
 
 def _with_valid_rate(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
     out = []
@@ -66,14 +82,18 @@ def verdict(low: float, high: float, claim: str) -> str:
     raise ValueError(f"unknown claim {claim!r}")
 
 
-def check(folder: Path, n_boot: int = 2000) -> list[dict[str, Any]]:
+def check(folder: Path, n_boot: int = 2000, claims: list[tuple[Any, ...]] | None = None) -> list[dict[str, Any]]:
+    """One row per (claim, budget): ``claims`` are :data:`PREDICTIONS` (the default) or :data:`PAPER_CLAIMS`."""
     cells = _with_valid_rate([json.loads(f.read_text()) for f in sorted(folder.glob("cells/*/result.json"))])
     seeds = sorted({c["seed"] for c in cells if c["seed"] is not None})
+    trained = sorted({c["budget"] for c in cells if c["method"] != "base"})
     rows = []
-    for pid, text, a, b, metric, claim in PREDICTIONS:
+    for pid, text, a, b, metric, claim, *small in (PREDICTIONS if claims is None else claims):
         # compare() takes the reference's budgets; the base stands at every budget
         sub = [c for c in cells if c["method"] in (a, b)]
         comps = [x for x in compare(sub, a, seeds, n_boot, metrics=[metric]) if x["other"] == b] if sub else []
+        if small and small[0]:
+            comps = [x for x in comps if trained and x["budget"] == trained[0]]
         if not comps:
             rows.append({"id": pid, "prediction": text, "budget": None, "verdict": "not measurable yet"})
         for x in comps:
@@ -107,11 +127,13 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     if not any(a.folder.glob("cells/*/result.json")):
         ap.error(f"no finished cells under {a.folder}/cells")
     rows = check(a.folder, a.bootstrap)
-    text = markdown(rows)
+    paper = check(a.folder, a.bootstrap, PAPER_CLAIMS)
+    text = (markdown(rows) + "\n### The HERO paper's claims, read the same way\n\n" + markdown(paper)
+            .replace("| prediction |", "| claim |", 1))
     print(text)
     if a.out:
         a.out.write_text(text)
-    return rows
+    return rows + paper
 
 
 if __name__ == "__main__":
