@@ -83,16 +83,32 @@ class EpisodeScorer:
             self._layers[ci] = _prefix_cache(self.decoder, ids)
         return self._layers[ci]
 
+    def _chain(self, q: Query) -> int:
+        """The prefix chain ``q``'s turn belongs to (a clear error for a query that cannot be scored)."""
+        if q.turn not in self._chain_of:
+            raise ValueError(f"turn {q.turn} has no recorded context ids")
+        if not q.actions or any(not a for a in q.actions):
+            raise ValueError("every query needs at least one non-empty action")
+        return self._chain_of[q.turn]
+
+    def _hidden(self, ids: list[int], pos: list[int], allowed: torch.Tensor,
+                layers: list[tuple[torch.Tensor, torch.Tensor]], P: int) -> torch.Tensor:
+        """Last hidden states ``[len(ids), H]`` of ``ids`` at ``pos`` on top of the cached prefix ``[0, P)``, each
+        query token attending where ``allowed`` (``[len(ids), P + len(ids)]``: cached keys, then the new ones)."""
+        dtype = layers[0][0].dtype
+        mask = torch.zeros((1, 1, *allowed.shape), dtype=dtype).masked_fill_(~allowed, torch.finfo(dtype).min)
+        kw = {"input_ids": torch.tensor([ids], device=self.device),
+              "position_ids": torch.tensor([pos], device=self.device), "attention_mask": mask.to(self.device),
+              "use_cache": True, **cache_kwargs(self.decoder, _prefix_view(layers, 0, P))}
+        with torch.no_grad():
+            return self.decoder(**kw).last_hidden_state[0]
+
     def score(self, queries: Sequence[Query]) -> list[Scored]:
         """One :class:`Scored` per query (same order)."""
         out: list[Scored | None] = [None] * len(queries)
         by_chain: dict[int, list[int]] = {}
         for i, q in enumerate(queries):
-            if q.turn not in self._chain_of:
-                raise ValueError(f"turn {q.turn} has no recorded context ids")
-            if not q.actions or any(not a for a in q.actions):
-                raise ValueError("every query needs at least one non-empty action")
-            by_chain.setdefault(self._chain_of[q.turn], []).append(i)
+            by_chain.setdefault(self._chain(q), []).append(i)
         for ci, idx in by_chain.items():
             seq = self.chains[ci].sequence
             layers = self._cache(ci)
@@ -137,13 +153,8 @@ class EpisodeScorer:
                 allowed[bs:bs + bn, :p] = True
                 allowed[bs:bs + bn, P + start:P + start + n] = True
                 allowed[bs:bs + bn, P + bs:P + bs + bn] = torch.ones(bn, bn, dtype=torch.bool).tril()
-        dtype = layers[0][0].dtype
-        mask = torch.zeros((1, 1, Q, P + Q), dtype=dtype).masked_fill_(~allowed, torch.finfo(dtype).min)
-        kw = {"input_ids": torch.tensor([ids], device=self.device),
-              "position_ids": torch.tensor([pos], device=self.device), "attention_mask": mask.to(self.device),
-              "use_cache": True, **cache_kwargs(self.decoder, _prefix_view(layers, 0, P))}
+        hidden = self._hidden(ids, pos, allowed, layers, P)
         with torch.no_grad():
-            hidden = self.decoder(**kw).last_hidden_state[0]
             for (i, _, _), (start, n, branches, _) in zip(group, blocks):
                 q = queries[i]
                 toks, dist = [], None
@@ -171,11 +182,7 @@ class EpisodeScorer:
         out: list[Scored | None] = [None] * len(queries)
         by_chain: dict[int, dict[int, list[int]]] = {}
         for i, q in enumerate(queries):
-            if q.turn not in self._chain_of:
-                raise ValueError(f"turn {q.turn} has no recorded context ids")
-            if not q.actions or any(not a for a in q.actions):
-                raise ValueError("every query needs at least one non-empty action")
-            by_chain.setdefault(self._chain_of[q.turn], {}).setdefault(q.turn, []).append(i)
+            by_chain.setdefault(self._chain(q), {}).setdefault(q.turn, []).append(i)
         for ci, turns in by_chain.items():
             seq = self.chains[ci].sequence
             layers = self._cache(ci)
@@ -206,17 +213,12 @@ class EpisodeScorer:
             if par >= 0:
                 allowed[n, P:P + n] = allowed[par, P:P + n]
             allowed[n, P + n] = True
-        dtype = layers[0][0].dtype
-        mask = torch.zeros((1, 1, Q, P + Q), dtype=dtype).masked_fill_(~allowed, torch.finfo(dtype).min)
-        kw = {"input_ids": torch.tensor([tree.ids], device=self.device),
-              "position_ids": torch.tensor([tree.pos], device=self.device), "attention_mask": mask.to(self.device),
-              "use_cache": True, **cache_kwargs(self.decoder, _prefix_view(layers, 0, P))}
         rows: list[int] = []
         for i, part_len, paths in tree.queries:
             for a, path in zip(queries[i].actions, paths):
                 rows.extend(path[part_len - 1:part_len - 1 + len(a)])   # the nodes predicting a's tokens
+        hidden = self._hidden(tree.ids, tree.pos, allowed, layers, P)
         with torch.no_grad():
-            hidden = self.decoder(**kw).last_hidden_state[0]
             lp = F.log_softmax(self.head(hidden[rows]).float(), -1)
         at = 0
         for i, _, _ in tree.queries:
