@@ -259,10 +259,12 @@ def _plot(summary: dict[str, Any], path: Path, meta: dict[str, Any]) -> None:
             continue
         for y, row in enumerate(rows):
             d = summary["rows"][row][key]
+            color = f"C{y % 10}"   # one colour per row in every panel, whichever rows have turns of this kind
             if d["n"] and d["lo"] == d["lo"]:
-                ax.errorbar(d["value"], y, xerr=[[d["value"] - d["lo"]], [d["hi"] - d["value"]]], fmt="o", capsize=3)
+                ax.errorbar(d["value"], y, xerr=[[d["value"] - d["lo"]], [d["hi"] - d["value"]]], fmt="o", capsize=3,
+                            color=color)
             elif d["n"]:
-                ax.plot(d["value"], y, "o")
+                ax.plot(d["value"], y, "o", color=color)
         ax.axvline(0, color="grey", lw=0.8)
         ax.set_title(label, fontsize=9)
     axes[0].set_yticks(range(len(rows)), [ROW_LABELS.get(r, r) for r in rows], fontsize=8)

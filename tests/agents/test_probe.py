@@ -240,3 +240,29 @@ def test_cli_probe(tmp_path, capsys):
     assert (tmp_path / "o" / "probe.md").exists()
     assert main(["probe", "hero_gym/Nope-v0"]) == 2
     assert main(["probe", "hero_gym/Lookup-v0", "--methods", "nope"]) == 2
+
+
+def test_delta_plot_keeps_each_rows_colour_when_an_earlier_row_has_no_turns(tmp_path, monkeypatch):
+    """A row without right turns leaves a gap in the right panel; the rows after it keep their own colour (the
+    colour they have in the other panels), not the colour of the row before them."""
+    import matplotlib
+    from matplotlib.colors import to_hex
+    from matplotlib.figure import Figure
+
+    from hero_gym.agents.probe_report import _plot
+
+    matplotlib.use("Agg")
+    seen = {}
+    monkeypatch.setattr(Figure, "savefig", lambda self, *a, **k: seen.setdefault("fig", self))
+    cell = {"value": -1.0, "lo": -2.0, "hi": 0.0, "n": 5}
+    rows = {r: {"d_wrong": dict(cell), "d_oracle": dict(cell), "d_right": dict(cell)} for r in ("a", "b", "c")}
+    rows["b"]["d_right"] = {"value": None, "lo": None, "hi": None, "n": 0}
+    _plot({"rows": rows}, tmp_path / "delta.png", {"env_id": "x", "config": {}})
+    left, _, right = seen["fig"].axes
+
+    def colours(ax):
+        return {round(line.get_ydata()[0]): to_hex(line.get_color()) for line in ax.lines
+                if len(line.get_ydata()) == 1 and line.get_marker() == "o"}
+
+    assert colours(right) == {0: to_hex("C0"), 2: to_hex("C2")}
+    assert colours(right)[2] == colours(left)[2]
