@@ -20,13 +20,16 @@ chat template's end-of-turn token (``<|im_end|>`` for ChatML), at any ``Sampling
 
 Across calls, a :class:`KVCache` per conversation (``generate(..., kv_caches=...)``, kept per env slot by
 :func:`hero_gym.agents.rollout.collect`) carries the keys/values of the tokens already seen, so a multi-turn
-rollout encodes each turn's new tokens only instead of its whole context.
+rollout encodes each turn's new tokens only instead of its whole context. Within a call, the prefix that
+several rows need and their caches lack (the system prompt of episodes starting together) is encoded once
+and shared (``HFPolicy(share_prefix=...)``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import os
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -193,6 +196,10 @@ class HFPolicy:
             grouped by length so that short contexts are not padded to long ones. Bounds prefill memory.
         max_cached_tokens: at most this many tokens kept in the env slots' KV caches between turns during a
             rollout (:func:`hero_gym.agents.rollout.collect`).
+        share_prefix: in :meth:`generate` with ``kv_caches``, encode the prefix that all rows share and at
+            least two of their caches lack (e.g. the system prompt of episodes starting in the same call)
+            once, as one row, and start those caches from it (the same tensors, read only), instead of
+            encoding it in every row. Same ids up to float rounding; ``False`` encodes it per row.
 
     Each limit left ``None`` comes from :func:`decode_limits`: on CUDA sized from the device's free memory
     when the policy is built (after the model is on the device); on CPU 64 rows, 65,536 tokens and no cache
@@ -210,8 +217,10 @@ class HFPolicy:
         max_batch_size: int | None = None,
         max_batch_tokens: int | None = None,
         max_cached_tokens: int | None = None,
+        share_prefix: bool = True,
     ):
         self.tokenizer = tokenizer
+        self.share_prefix = bool(share_prefix)
         self.device = torch.device(device) if device is not None else default_device()
         model = model.to(self.device)
         if dtype is not None:
@@ -365,6 +374,8 @@ class HFPolicy:
         was_training = self.model.training
         self.model.eval()
         try:
+            if self.share_prefix:
+                self._seed_shared_prefix(contexts, caches)
             out: list[Generation | None] = [None] * len(contexts)
             for chunk in self._chunks([len(c) + caps[i] for i, c in enumerate(contexts)]):
                 gens = self._generate_chunk([contexts[i] for i in chunk], [caps[i] for i in chunk], sampling, gen,
@@ -414,6 +425,40 @@ class HFPolicy:
                 stacked.append((k, v))
             past = DynamicCache(stacked)
         return input_ids.to(self.device), attn.to(self.device), pos.to(self.device), past
+
+    SHARED_PREFIX_MIN_TOKENS = 16
+    """The shortest common prefix :meth:`generate` encodes once for several rows (``share_prefix``)."""
+
+    def _seed_shared_prefix(self, contexts: Sequence[Sequence[int]], caches: Sequence[KVCache | None]) -> None:
+        """Start the caches that lack the prefix all cached rows share from one encoding of it.
+
+        The prefix is the longest one common to every row with a cache (at most all but each context's last
+        token). When at least two of those caches supply less of it than it is long, it is run through the
+        model once as a single row and each such cache is set to it; :meth:`_prefill_inputs` then reuses
+        it like any cached prefix. Caches already covering more of their context are left alone."""
+        rows = [i for i, c in enumerate(caches) if c is not None]
+        if len(rows) < 2:
+            return
+        shared = os.path.commonprefix([list(contexts[i]) for i in rows])  # lexicographic min vs max: linear
+        n = min(len(shared), min(len(contexts[i]) for i in rows) - 1)
+        if n < self.SHARED_PREFIX_MIN_TOKENS:
+            return
+        lacking = [i for i in rows if (caches[i].reusable(contexts[i]) if caches[i].layers else 0) < n]
+        if len(lacking) < 2:
+            return
+        from transformers.cache_utils import DynamicLayer
+
+        ids = torch.tensor([shared[:n]], dtype=torch.long, device=self.device)
+        out = _forward(self.model, 1, input_ids=ids, attention_mask=torch.ones_like(ids),
+                       position_ids=torch.arange(n, device=self.device)[None], use_cache=True,
+                       **cache_kwargs(self.model, None))
+        layers = getattr(output_cache(out), "layers", None)
+        if not layers or any(type(layer) is not DynamicLayer for layer in layers):
+            return  # sliding-window or other caches: every row encodes its own context
+        self.encoded_tokens += n
+        kv = [(layer.keys, layer.values) for layer in layers]
+        for i in lacking:
+            caches[i].ids, caches[i].layers = list(shared[:n]), list(kv)
 
     @staticmethod
     def _save_row(cache: KVCache, past: Any, row: int, attn: torch.Tensor, ids: list[int]) -> None:

@@ -251,6 +251,9 @@ def _plot(summary: dict[str, Any], path: Path, meta: dict[str, Any]) -> None:
     panels = [("d_wrong", "Δ log p(wrong a_t)"), ("d_oracle", "Δ log p(oracle a*_t), wrong turns"),
               ("d_right", "Δ log p(right a_t)")]
     fig, axes = plt.subplots(1, 3, figsize=(13, 0.5 * len(rows) + 1.6), sharey=True)
+    # one colour per row in every panel, whichever rows have turns of this kind: the default cycle up to
+    # 10 rows, tab20's 20 colours beyond (rows past 20 repeat a colour with another marker)
+    palette = [f"C{i}" for i in range(10)] if len(rows) <= 10 else list(plt.get_cmap("tab20").colors)
     for ax, (key, label) in zip(axes, panels):
         if not any(summary["rows"][row][key]["n"] for row in rows):
             ax.text(0.5, 0.5, "no turns of this kind", ha="center", va="center", transform=ax.transAxes, fontsize=9)
@@ -259,12 +262,12 @@ def _plot(summary: dict[str, Any], path: Path, meta: dict[str, Any]) -> None:
             continue
         for y, row in enumerate(rows):
             d = summary["rows"][row][key]
-            color = f"C{y % 10}"   # one colour per row in every panel, whichever rows have turns of this kind
+            color, marker = palette[y % len(palette)], "osD^v"[y // len(palette) % 5]
             if d["n"] and d["lo"] == d["lo"]:
-                ax.errorbar(d["value"], y, xerr=[[d["value"] - d["lo"]], [d["hi"] - d["value"]]], fmt="o", capsize=3,
-                            color=color)
+                ax.errorbar(d["value"], y, xerr=[[d["value"] - d["lo"]], [d["hi"] - d["value"]]], fmt=marker,
+                            capsize=3, color=color)
             elif d["n"]:
-                ax.plot(d["value"], y, "o", color=color)
+                ax.plot(d["value"], y, marker, color=color)
         ax.axvline(0, color="grey", lw=0.8)
         ax.set_title(label, fontsize=9)
     axes[0].set_yticks(range(len(rows)), [ROW_LABELS.get(r, r) for r in rows], fontsize=8)

@@ -11,8 +11,9 @@ Usage: ``python benchmarks/policy_speed.py [--batch 8] [--new-tokens 48] [--thre
   ``--batch`` single-context calls, reporting generated tokens per second for each;
 * rollouts: ``collect`` of ``--episodes`` WebShop test episodes of at most ``--turns`` turns (``--num-envs``
   side by side, greedy, the default LoRA as in training), once re-encoding every context (``kv_cache=False``)
-  and once with the KV cache, reporting context tokens run through the model per episode
-  (``HFPolicy.encoded_tokens``), wall and CPU time, the speed-ups, and whether both runs sampled the same ids.
+  once with the KV cache, and once with the KV cache and the prefix of episodes starting together encoded once
+  (``HFPolicy.share_prefix``), reporting context tokens run through the model per episode
+  (``HFPolicy.encoded_tokens``), wall and CPU time, the speed-ups, and whether every run sampled the same ids.
   ``--driver random`` (default) steps the env with a scripted random agent's actions (``expert``: the
   scripted expert's) while the model generates every reply, so the contexts hold real result and product
   pages as in a warm-started rollout; ``--driver model`` sends the model's own replies (an untrained model
@@ -109,38 +110,42 @@ def rollout_rows(policy, episodes: int, num_envs: int, turns: int, new_tokens: i
 
     sc = SamplingConfig(max_new_tokens=new_tokens, temperature=0.0)
     runs = {}
-    for cached in (False, True):
+    for mode in ("re-encoding", "KV cache", "KV cache + shared prefix"):
         envs = [hero_gym.make("hero_gym/WebShop-v0", max_turns=turns, split="test", **(env_kwargs or {}))
                 for _ in range(num_envs)]
         if driver != "model":
             envs = [scripted(e, driver, seed=i) for i, e in enumerate(envs)]
+        policy.share_prefix = mode.endswith("shared prefix")
         before = policy.encoded_tokens
         t0, c0 = time.perf_counter(), time.process_time()
-        eps = collect(policy, envs, n_episodes=episodes, sampling=sc, kv_cache=cached,
+        eps = collect(policy, envs, n_episodes=episodes, sampling=sc, kv_cache=mode != "re-encoding",
                       tool_prompt=TOOL_PROMPTS[tool_prompt])
-        runs[cached] = (eps, policy.encoded_tokens - before, time.perf_counter() - t0, time.process_time() - c0)
-    (plain, enc_p, t_p, cpu_p), (fast, enc_c, t_c, cpu_c) = runs[False], runs[True]
+        runs[mode] = (eps, policy.encoded_tokens - before, time.perf_counter() - t0, time.process_time() - c0)
+    plain, enc_p, t_p, cpu_p = runs["re-encoding"]
     n_turns = sum(ep.num_turns for ep in plain)
     final_ctx = max(ep.metadata["context_tokens"] for ep in plain)
-    same = all([t.action_token_ids for t in a.turns] == [t.action_token_ids for t in b.turns]
-               for a, b in zip(plain, fast))
     cfg = policy.base_model.config
     head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
     kv_bytes = 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * head_dim * policy.dtype.itemsize
     setting = (f"{episodes} WebShop test episodes, {num_envs} envs, <= {turns} turns, greedy, <= {new_tokens} new "
                f"tokens, env actions from: {driver}, env kwargs {env_kwargs or {}}, {tool_prompt} tool prompt")
-    return [("rollouts", setting),
+    rows = [("rollouts", setting),
             ("turns / longest final context", f"{n_turns} turns / {final_ctx} tokens"),
-            ("tokens generated per turn", f"{sum(len(t.action_token_ids) for ep in plain for t in ep.turns) / n_turns:.0f}"),
-            ("context tokens encoded per episode: re-encoding", f"{enc_p / episodes:.0f}"),
-            ("context tokens encoded per episode: KV cache", f"{enc_c / episodes:.0f} ({enc_p / enc_c:.1f}x fewer)"),
-            ("rollout wall time: re-encoding", f"{t_p:.1f} s ({t_p / n_turns:.2f} s/turn)"),
-            ("rollout wall time: KV cache", f"{t_c:.1f} s ({t_c / n_turns:.2f} s/turn)"),
-            ("rollout speed-up (wall time)", f"{t_p / t_c:.1f}x"),
-            ("rollout CPU time: re-encoding / KV cache", f"{cpu_p:.1f} s / {cpu_c:.1f} s"),
-            ("rollout speed-up (CPU time)", f"{cpu_p / cpu_c:.1f}x"),
-            ("same sampled ids with and without the cache", "yes" if same else "NO"),
-            ("KV cache per slot at the longest context", f"{final_ctx * kv_bytes / 2**20:.0f} MiB")]
+            ("tokens generated per turn", f"{sum(len(t.action_token_ids) for ep in plain for t in ep.turns) / n_turns:.0f}")]
+    for mode, (eps, enc, t, cpu) in runs.items():
+        fewer = "" if mode == "re-encoding" else f" ({enc_p / enc:.1f}x fewer)"
+        rows.append((f"context tokens encoded per episode: {mode}", f"{enc / episodes:.0f}{fewer}"))
+    for mode, (eps, enc, t, cpu) in runs.items():
+        speed = "" if mode == "re-encoding" else f", {t_p / t:.2f}x"
+        rows.append((f"rollout wall time: {mode}", f"{t:.1f} s ({t / n_turns:.2f} s/turn{speed})"))
+    for mode, (eps, enc, t, cpu) in runs.items():
+        speed = "" if mode == "re-encoding" else f", {cpu_p / cpu:.2f}x"
+        rows.append((f"rollout CPU time: {mode}", f"{cpu:.1f} s{speed}"))
+    same = all([t.action_token_ids for t in a.turns] == [t.action_token_ids for t in b.turns]
+               for eps, *_ in runs.values() for a, b in zip(plain, eps))
+    rows += [("same sampled ids in every run", "yes" if same else "NO"),
+             ("KV cache per slot at the longest context", f"{final_ctx * kv_bytes / 2**20:.0f} MiB")]
+    return rows
 
 
 def main() -> None:

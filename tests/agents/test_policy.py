@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import math
+import os
 import time
 
 import pytest
 import torch
 
 from hero_gym.agents.models import default_device, default_dtype, find_smollm2_gguf
-from hero_gym.agents.policy import HFPolicy, SamplingConfig, _filter_logits
+from hero_gym.agents.policy import HFPolicy, KVCache, SamplingConfig, _filter_logits
 from hero_gym.agents.scoring import student_logits
 from hero_gym.chat import ChatRenderer
 from hero_gym.records import Episode, Turn
@@ -314,7 +315,6 @@ def test_kv_caches_encode_only_new_tokens_and_match_full_contexts(tiny_policy, s
     """Two rounds of a conversation per row: the second round, given the first round's caches, encodes only
     the tokens after the cached prefix and samples what a full re-encode samples. Rows mix cached, uncached
     and a cache whose ids diverge from the context (only the common prefix is reused)."""
-    from hero_gym.agents.policy import KVCache
 
     r = ChatRenderer(smol_tokenizer)
     ctxs = contexts(smol_tokenizer, 4)
@@ -364,3 +364,42 @@ def test_inverse_cdf_sampling_draws_from_the_distribution():
     assert torch.allclose(freq, target, atol=0.02) and torch.allclose(ref_freq, target, atol=0.02)
     # unnormalised rows are scaled, not truncated
     assert sample_tokens(torch.tensor([[0.0, 3.0]]), gen).item() == 1
+
+
+def test_a_prefix_shared_by_new_conversations_is_encoded_once(make_tiny_policy, smol_tokenizer):
+    """Rows whose caches lack the prefix they all share (new episodes with one system prompt) get it
+    encoded once: the same ids and log-probs as re-encoding every row, ``encoded_tokens`` lower by the
+    prefix for every row but one, and the caches end as usual. Control: ``share_prefix=False`` encodes it
+    per row, and a shared prefix shorter than the minimum is not split off."""
+    r = ChatRenderer(smol_tokenizer)
+    system = "You are a careful assistant in a long shared system prompt. " * 4
+    qs = ["hi", "What is the code for apple?", "one two three", "ok?"]
+    ctxs = [r.prompt_ids([{"role": "system", "content": system}, {"role": "user", "content": q}]) for q in qs]
+    common = len(os.path.commonprefix(ctxs))
+    assert common > HFPolicy.SHARED_PREFIX_MIN_TOKENS
+    sc = SamplingConfig(max_new_tokens=6, temperature=0.0)
+    policy = make_tiny_policy(lora=None)
+    reference = policy.generate(ctxs, sc)
+    assert len({tuple(g.token_ids) for g in reference}) > 1
+    encoded = {}
+    for share in (True, False):
+        policy.share_prefix = share
+        caches = [KVCache(), KVCache(), None, KVCache()]
+        before = policy.encoded_tokens
+        out = policy.generate(ctxs, sc, kv_caches=caches)
+        encoded[share] = policy.encoded_tokens - before
+        for a, b in zip(out, reference):
+            assert a.token_ids == b.token_ids
+            assert max(abs(x - y) for x, y in zip(a.logprobs, b.logprobs)) < 1e-4
+        for c, ctx, g in zip(caches, ctxs, out):
+            if c is not None:
+                assert c.ids == ctx + g.token_ids[:-1]
+                assert c.layers[0][0].shape[2] == len(c.ids)
+    assert encoded[False] == sum(len(c) for c in ctxs)
+    assert encoded[True] == encoded[False] - 2 * common  # three cached rows, the prefix encoded once
+    short = contexts(smol_tokenizer, 4)  # "Be brief." prompts: a short common prefix is not worth a pass
+    assert len(os.path.commonprefix(short)) < HFPolicy.SHARED_PREFIX_MIN_TOKENS
+    policy.share_prefix = True
+    before = policy.encoded_tokens
+    policy.generate(short, sc, kv_caches=[KVCache() for _ in short])
+    assert policy.encoded_tokens - before == sum(len(c) for c in short)

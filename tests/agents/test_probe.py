@@ -266,3 +266,25 @@ def test_delta_plot_keeps_each_rows_colour_when_an_earlier_row_has_no_turns(tmp_
 
     assert colours(right) == {0: to_hex("C0"), 2: to_hex("C2")}
     assert colours(right)[2] == colours(left)[2]
+
+
+def test_delta_plot_gives_each_of_more_than_ten_rows_its_own_colour(tmp_path, monkeypatch):
+    """Past the default cycle's 10 colours the rows still differ (the default cycle would give row 10 row 0's
+    colour, the control)."""
+    import matplotlib
+    from matplotlib.colors import to_hex
+    from matplotlib.figure import Figure
+
+    from hero_gym.agents.probe_report import _plot
+
+    matplotlib.use("Agg")
+    seen = {}
+    monkeypatch.setattr(Figure, "savefig", lambda self, *a, **k: seen.setdefault("fig", self))
+    cell = {"value": -1.0, "lo": -2.0, "hi": 0.0, "n": 5}
+    rows = {f"r{i}": {"d_wrong": dict(cell), "d_oracle": dict(cell), "d_right": dict(cell)} for i in range(12)}
+    _plot({"rows": rows}, tmp_path / "delta.png", {"env_id": "x", "config": {}})
+    left = seen["fig"].axes[0]
+    styles = {round(line.get_ydata()[0]): (to_hex(line.get_color()), line.get_marker()) for line in left.lines
+              if len(line.get_ydata()) == 1}
+    assert len(styles) == 12 and len(set(styles.values())) == 12
+    assert to_hex("C10") == to_hex("C0")  # the control: the default cycle repeats after 10

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 
 import pytest
@@ -241,24 +242,28 @@ def test_smollm2_rollouts_on_lookup_are_token_exact():
 
 
 def test_kv_cache_rollouts_equal_re_encoding(make_tiny_policy, smol_tokenizer):
-    """Greedy rollouts give the same ids with and without the per-slot KV cache: several envs in a batch,
-    multi-turn, episodes ending at different turns and new ones starting in the freed slots."""
+    """Greedy rollouts give the same ids with and without the per-slot KV cache (and with the prefix shared
+    by episodes starting together encoded once): several envs in a batch, multi-turn, episodes ending at
+    different turns and new ones starting in the freed slots."""
     sc = SamplingConfig(max_new_tokens=6, temperature=0.0)
     runs = {}
-    for cached in (False, True):
+    for cached, share in ((False, False), (True, False), (True, True)):
         policy = make_tiny_policy(lora="default")
+        policy.share_prefix = share
         envs = [LookupEnv(max_turns=2), LookupEnv(max_turns=4), LookupEnv(max_turns=3)]
         eps = collect(policy, envs, n_episodes=5, sampling=sc, kv_cache=cached)
-        runs[cached] = (eps, policy.encoded_tokens)
-    (plain, plain_encoded), (fast, fast_encoded) = runs[False], runs[True]
+        runs[cached, share] = (eps, policy.encoded_tokens)
+    (plain, plain_encoded), (fast, fast_encoded) = runs[False, False], runs[True, False]
+    shared, shared_encoded = runs[True, True]
     assert [ep.num_turns for ep in plain] != [plain[0].num_turns] * 5  # some episodes end earlier
     assert sum(ep.num_turns for ep in plain) > 10
     assert len({tuple(t.action_token_ids) for ep in plain for t in ep.turns}) > 3  # not degenerate
-    for a, b in zip(plain, fast):
-        assert [t.context_token_ids for t in a.turns] == [t.context_token_ids for t in b.turns]
-        assert [t.action_token_ids for t in a.turns] == [t.action_token_ids for t in b.turns]
-        for ta, tb in zip(a.turns, b.turns):
-            assert max(abs(x - y) for x, y in zip(ta.action_logprobs, tb.action_logprobs)) < 1e-4
+    for other in (fast, shared):
+        for a, b in zip(plain, other):
+            assert [t.context_token_ids for t in a.turns] == [t.context_token_ids for t in b.turns]
+            assert [t.action_token_ids for t in a.turns] == [t.action_token_ids for t in b.turns]
+            for ta, tb in zip(a.turns, b.turns):
+                assert max(abs(x - y) for x, y in zip(ta.action_logprobs, tb.action_logprobs)) < 1e-4
     # re-encoding runs every context through the model; the cache only the tokens after the cached prefix
     # (the previous context + the reply but its last token)
     assert plain_encoded == sum(len(t.context_token_ids) for ep in plain for t in ep.turns)
@@ -266,6 +271,11 @@ def test_kv_cache_rollouts_equal_re_encoding(make_tiny_policy, smol_tokenizer):
         len(b.context_token_ids) - len(a.context_token_ids) - len(a.action_token_ids) + 1
         for ep in fast for a, b in zip(ep.turns, ep.turns[1:]))
     assert fast_encoded == expected < plain_encoded / 2
+    # the three first episodes start in one call: the prefix their first contexts share is encoded once
+    first = [ep.turns[0].context_token_ids for ep in shared[:3]]
+    common = len(os.path.commonprefix(first))
+    assert common >= 16
+    assert shared_encoded <= fast_encoded - 2 * common
 
 
 def test_kv_cache_is_skipped_for_policies_without_one(smol_tokenizer):
