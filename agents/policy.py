@@ -452,10 +452,10 @@ class HFPolicy:
         out = _forward(self.model, 1, input_ids=ids, attention_mask=torch.ones_like(ids),
                        position_ids=torch.arange(n, device=self.device)[None], use_cache=True,
                        **cache_kwargs(self.model, None))
+        self.encoded_tokens += n
         layers = getattr(output_cache(out), "layers", None)
         if not layers or any(type(layer) is not DynamicLayer for layer in layers):
             return  # sliding-window or other caches: every row encodes its own context
-        self.encoded_tokens += n
         kv = [(layer.keys, layer.values) for layer in layers]
         for i in lacking:
             caches[i].ids, caches[i].layers = list(shared[:n]), list(kv)
