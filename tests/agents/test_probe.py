@@ -242,9 +242,9 @@ def test_cli_probe(tmp_path, capsys):
     assert main(["probe", "hero_gym/Lookup-v0", "--methods", "nope"]) == 2
 
 
-def test_delta_plot_keeps_each_rows_colour_when_an_earlier_row_has_no_turns(tmp_path, monkeypatch):
-    """A row without right turns leaves a gap in the right panel; the rows after it keep their own colour (the
-    colour they have in the other panels), not the colour of the row before them."""
+def _delta_plot_markers(rows, tmp_path, monkeypatch):
+    """Render the probe's delta plot of ``rows`` (each row the same cell in every panel unless given) and return,
+    per panel, ``{row position: (colour hex, marker)}`` of its point markers."""
     import matplotlib
     from matplotlib.colors import to_hex
     from matplotlib.figure import Figure
@@ -254,37 +254,33 @@ def test_delta_plot_keeps_each_rows_colour_when_an_earlier_row_has_no_turns(tmp_
     matplotlib.use("Agg")
     seen = {}
     monkeypatch.setattr(Figure, "savefig", lambda self, *a, **k: seen.setdefault("fig", self))
-    cell = {"value": -1.0, "lo": -2.0, "hi": 0.0, "n": 5}
-    rows = {r: {"d_wrong": dict(cell), "d_oracle": dict(cell), "d_right": dict(cell)} for r in ("a", "b", "c")}
-    rows["b"]["d_right"] = {"value": None, "lo": None, "hi": None, "n": 0}
     _plot({"rows": rows}, tmp_path / "delta.png", {"env_id": "x", "config": {}})
-    left, _, right = seen["fig"].axes
+    return [{round(line.get_ydata()[0]): (to_hex(line.get_color()), line.get_marker()) for line in ax.lines
+             if len(line.get_ydata()) == 1 and line.get_marker() != "|"}  # not the error bars' caps
+            for ax in seen["fig"].axes]
 
-    def colours(ax):
-        return {round(line.get_ydata()[0]): to_hex(line.get_color()) for line in ax.lines
-                if len(line.get_ydata()) == 1 and line.get_marker() == "o"}
 
-    assert colours(right) == {0: to_hex("C0"), 2: to_hex("C2")}
-    assert colours(right)[2] == colours(left)[2]
+DELTA_CELL = {"value": -1.0, "lo": -2.0, "hi": 0.0, "n": 5}
+
+
+def test_delta_plot_keeps_each_rows_colour_when_an_earlier_row_has_no_turns(tmp_path, monkeypatch):
+    """A row without right turns leaves a gap in the right panel; the rows after it keep their own colour (the
+    colour they have in the other panels), not the colour of the row before them."""
+    from matplotlib.colors import to_hex
+
+    rows = {r: {k: dict(DELTA_CELL) for k in ("d_wrong", "d_oracle", "d_right")} for r in ("a", "b", "c")}
+    rows["b"]["d_right"] = {"value": None, "lo": None, "hi": None, "n": 0}
+    left, _, right = _delta_plot_markers(rows, tmp_path, monkeypatch)
+    assert right == {0: (to_hex("C0"), "o"), 2: (to_hex("C2"), "o")}
+    assert right[2] == left[2]
 
 
 def test_delta_plot_gives_each_of_more_than_ten_rows_its_own_colour(tmp_path, monkeypatch):
     """Past the default cycle's 10 colours the rows still differ (the default cycle would give row 10 row 0's
     colour, the control)."""
-    import matplotlib
     from matplotlib.colors import to_hex
-    from matplotlib.figure import Figure
 
-    from hero_gym.agents.probe_report import _plot
-
-    matplotlib.use("Agg")
-    seen = {}
-    monkeypatch.setattr(Figure, "savefig", lambda self, *a, **k: seen.setdefault("fig", self))
-    cell = {"value": -1.0, "lo": -2.0, "hi": 0.0, "n": 5}
-    rows = {f"r{i}": {"d_wrong": dict(cell), "d_oracle": dict(cell), "d_right": dict(cell)} for i in range(12)}
-    _plot({"rows": rows}, tmp_path / "delta.png", {"env_id": "x", "config": {}})
-    left = seen["fig"].axes[0]
-    styles = {round(line.get_ydata()[0]): (to_hex(line.get_color()), line.get_marker()) for line in left.lines
-              if len(line.get_ydata()) == 1}
-    assert len(styles) == 12 and len(set(styles.values())) == 12
+    rows = {f"r{i}": {k: dict(DELTA_CELL) for k in ("d_wrong", "d_oracle", "d_right")} for i in range(12)}
+    left = _delta_plot_markers(rows, tmp_path, monkeypatch)[0]
+    assert len(left) == 12 and len(set(left.values())) == 12
     assert to_hex("C10") == to_hex("C0")  # the control: the default cycle repeats after 10
