@@ -269,6 +269,10 @@ def _plot(summary: dict[str, Any], path: Path, meta: dict[str, Any]) -> None:
             elif d["n"]:
                 ax.plot(d["value"], y, marker, color=color)
         ax.axvline(0, color="grey", lw=0.8)
+        # zero is the reference: keep it off the frame, with a margin on both sides
+        lo, hi = ax.get_xlim()
+        pad = 0.05 * (hi - lo)
+        ax.set_xlim(min(lo, -pad), max(hi, pad))
         ax.set_title(label, fontsize=9)
     axes[0].set_yticks(range(len(rows)), [ROW_LABELS.get(r, r) for r in rows], fontsize=8)
     axes[0].invert_yaxis()

@@ -242,11 +242,10 @@ def test_cli_probe(tmp_path, capsys):
     assert main(["probe", "hero_gym/Lookup-v0", "--methods", "nope"]) == 2
 
 
-def _delta_plot_markers(rows, tmp_path, monkeypatch):
-    """Render the probe's delta plot of ``rows`` (each row the same cell in every panel unless given) and return,
-    per panel, ``{row position: (colour hex, marker)}`` of its point markers."""
+def _delta_plot(rows, tmp_path, monkeypatch):
+    """Render the probe's delta plot of ``rows`` (each row the same cell in every panel unless given) and return
+    the figure it would have saved."""
     import matplotlib
-    from matplotlib.colors import to_hex
     from matplotlib.figure import Figure
 
     from hero_gym.agents.probe_report import _plot
@@ -255,9 +254,16 @@ def _delta_plot_markers(rows, tmp_path, monkeypatch):
     seen = {}
     monkeypatch.setattr(Figure, "savefig", lambda self, *a, **k: seen.setdefault("fig", self))
     _plot({"rows": rows}, tmp_path / "delta.png", {"env_id": "x", "config": {}})
+    return seen["fig"]
+
+
+def _delta_plot_markers(rows, tmp_path, monkeypatch):
+    """Per panel of the delta plot of ``rows``, ``{row position: (colour hex, marker)}`` of its point markers."""
+    from matplotlib.colors import to_hex
+
     return [{round(line.get_ydata()[0]): (to_hex(line.get_color()), line.get_marker()) for line in ax.lines
              if len(line.get_ydata()) == 1 and line.get_marker() != "|"}  # not the error bars' caps
-            for ax in seen["fig"].axes]
+            for ax in _delta_plot(rows, tmp_path, monkeypatch).axes]
 
 
 DELTA_CELL = {"value": -1.0, "lo": -2.0, "hi": 0.0, "n": 5}
@@ -284,3 +290,16 @@ def test_delta_plot_gives_each_of_more_than_ten_rows_its_own_colour(tmp_path, mo
     left = _delta_plot_markers(rows, tmp_path, monkeypatch)[0]
     assert len(left) == 12 and len(set(left.values())) == 12
     assert to_hex("C10") == to_hex("C0")  # the control: the default cycle repeats after 10
+
+
+def test_delta_plot_keeps_zero_inside_every_panel(tmp_path, monkeypatch):
+    """Zero is the reference line: with every estimate on one side of it (all negative, all positive) it is drawn
+    inside the panel with a margin, not on the frame. The control is the case that put it on the frame: the
+    interval ending just short of zero, within matplotlib's own 5 % margin."""
+    rows = {r: {"d_wrong": {"value": -3.0, "lo": -18.0, "hi": -0.85, "n": 5},
+                "d_oracle": {"value": 3.0, "lo": 0.85, "hi": 18.0, "n": 5},
+                "d_right": {"value": -2.0, "lo": float("nan"), "hi": float("nan"), "n": 1}} for r in ("a", "b")}
+    for ax in _delta_plot(rows, tmp_path, monkeypatch).axes:
+        lo, hi = ax.get_xlim()
+        assert lo < 0 < hi
+        assert min(-lo, hi) >= 0.04 * (hi - lo)
