@@ -340,10 +340,14 @@ class Bench:
                 checkpoint_dir=str(rdir / "train"), tool_prompt=self.opts.tool_prompt, seed=run.seed,
                 progress=False, **{"demo_max_chars": setup.demo_max_chars, **self.snapshot_settings(), **self.train_overrides(),
                                    "method": run.method})
-            metrics = list(train(policy, cfg, rollout_policy=self.source.rollout(setup)).metrics)
+            result = train(policy, cfg, rollout_policy=self.source.rollout(setup))
+            metrics = list(result.metrics)
             snaps = list_snapshots(cfg.checkpoint_dir)
+            # an interrupted run resumed from its checkpoint has no run.json yet: the iterations it restored
+            # count with the time they took (their metrics rows), else the run's compute is undercounted
+            restored = sum(m.get("seconds", {}).get("iteration", 0.0) for m in metrics[:result.resumed_from_iteration])
             meta = {**asdict(run), "fingerprint": rfp, "turn_budget": top,
-                    "train_seconds": (meta["train_seconds"] if meta else 0.0) + time.perf_counter() - t0,
+                    "train_seconds": (meta["train_seconds"] if meta else restored) + time.perf_counter() - t0,
                     "snapshots": {str(t): str(p.relative_to(rdir)) for t, p in sorted(snaps.items())},
                     "metrics": [{k: m[k] for k in ("update", "iteration", "optimizer_steps", "turns_used",
                                                    "success_rate", "mean_reward", "tokens_trained",

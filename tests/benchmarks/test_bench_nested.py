@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -79,6 +80,44 @@ def test_each_budget_reads_the_first_snapshot_at_or_past_it(tmp_path, monkeypatc
     assert f"stale/runs/Lookup__envfb_sd__s0__{old_fp}" in b3.kept_aside
     assert sum(a.startswith("stale/cells/") for a in b3.kept_aside) == 2
     assert (rdir / "fingerprint").read_text() != old_fp
+
+
+def test_a_run_resumed_from_its_checkpoint_counts_the_training_it_restored(tmp_path, monkeypatch):
+    """A run interrupted between sittings resumes from its checkpoint; its recorded training time covers the
+    iterations the checkpoint restored, not only the last invocation's. The restored iterations are made slow
+    (1.5 s each), so a run.json that counted only the resumed invocation would fall short of them."""
+    import time
+
+    from hero_gym.agents import trainer
+
+    real_update, real_collect, calls = trainer.update, trainer.collect_batch, []
+
+    def slow_update(*a, **k):
+        time.sleep(1.5)
+        return real_update(*a, **k)
+
+    def interrupted_collect(*a, **k):
+        calls.append(1)
+        if len(calls) == 3:   # after two checkpointed iterations
+            raise KeyboardInterrupt
+        return real_collect(*a, **k)
+
+    o = _opts(tmp_path)
+    o.budgets = [40]
+    with monkeypatch.context() as m:
+        m.setattr(trainer, "update", slow_update)
+        m.setattr(trainer, "collect_batch", interrupted_collect)
+        with pytest.raises(KeyboardInterrupt):
+            bench.Bench(o, tmp_path, log=lambda line: None).run_cells(bench.Run("Lookup", "envfb_sd", 0), lambda c: None)
+    rdir = tmp_path / "runs" / "Lookup__envfb_sd__s0"
+    assert not (rdir / "run.json").exists()
+
+    run = bench.Bench(o, tmp_path, log=lambda line: None).run_cells(bench.Run("Lookup", "envfb_sd", 0), lambda c: None)
+    rows = [json.loads(x) for x in (rdir / "train" / "metrics.jsonl").read_text().splitlines() if x.strip()]
+    restored = sum(r["seconds"]["iteration"] for r in rows[:2])
+    assert len(rows) > 2 and restored >= 3.0
+    assert run["train_seconds"] >= sum(r["seconds"]["iteration"] for r in rows)
+    assert json.loads((rdir / "run.json").read_text())["train_seconds"] == run["train_seconds"]
 
 
 @pytest.fixture
