@@ -191,8 +191,19 @@ def collect_finished(out: Path, opts: Options) -> tuple[list[dict], list[dict]]:
     for f in sorted((out / "runs").glob("*/run.json")):
         r = json.loads(f.read_text())
         if r["env"] in opts.envs and r["method"] in opts.methods and r["seed"] in opts.seeds:
-            runs.append(r)
+            runs.append({**r, "train_seconds": max(r["train_seconds"], _iteration_seconds(f.parent))})
     return cells, runs
+
+
+def _iteration_seconds(run_dir: Path) -> float:
+    """The training time a run's metrics log records, iteration by iteration (the trainer's ``train/`` log,
+    or the copy ``benchmarks/sync_cells.py`` commits beside ``run.json``; 0 without one). A run resumed from
+    its checkpoint by an older bench recorded only its last invocation in ``run.json``."""
+    for log in (run_dir / "train" / "metrics.jsonl", run_dir / "metrics.jsonl"):
+        if log.exists():
+            return sum(float(json.loads(line).get("seconds", {}).get("iteration", 0.0))
+                       for line in log.read_text().splitlines() if line.strip())
+    return 0.0
 
 
 def report(out: Path, opts: Options, cells: list[dict], runs: list[dict], prov: dict[str, Any]) -> str:

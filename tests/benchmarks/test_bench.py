@@ -358,3 +358,24 @@ def test_report_only_rebuilds_from_saved_cells(tmp_path):
     merged = json.loads((out / "results.json").read_text())["provenance"]
     assert merged["options"]["seeds"] == [0, 1] and merged["options"]["reference"] == "hero_rules"
     assert merged["wall_seconds"] == pytest.approx(1.0 * len(cells)) and merged["report_only"]
+
+
+def test_report_counts_a_runs_training_from_its_metrics_log_when_run_json_counts_less(tmp_path):
+    """A run that an older bench resumed from its checkpoint recorded only its last invocation in run.json;
+    the report takes the per-iteration times of its metrics log (in the run's ``train/`` folder, or the copy
+    committed beside run.json) when they add up to more. Without a log, run.json stands."""
+    from hero_gym.agents.bench.report import collect_finished
+
+    opts = bench.Options(preset="quick", envs=["Lookup"], methods=["grpo"], budgets=[4], seeds=[0, 1, 2],
+                         out=str(tmp_path))
+    rows = [{"iteration": i, "seconds": {"iteration": 4.0}} for i in (1, 2, 3)]
+    for seed, where in ((0, "train"), (1, "."), (2, None)):
+        d = tmp_path / "runs" / f"Lookup__grpo__s{seed}"
+        d.mkdir(parents=True)
+        (d / "run.json").write_text(json.dumps({"env": "Lookup", "method": "grpo", "seed": seed,
+                                                "train_seconds": 5.0, "metrics": []}))
+        if where is not None:
+            (d / where).mkdir(exist_ok=True)
+            (d / where / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    _, runs = collect_finished(tmp_path, opts)
+    assert [r["train_seconds"] for r in runs] == [12.0, 12.0, 5.0]
