@@ -126,6 +126,11 @@ def summarise_cell(per_task: list[dict[str, Any]]) -> dict[str, Any]:
             "n_eval_episodes": len(per_task)}
 
 
+def iteration_seconds(rows: Sequence[dict[str, Any]]) -> float:
+    """The training time the trainer's metrics rows record: the sum of each iteration's ``seconds["iteration"]``."""
+    return sum(float(r.get("seconds", {}).get("iteration", 0.0)) for r in rows)
+
+
 class Bench:
     """Runs the matrix of one :class:`Options` into ``out``."""
 
@@ -345,7 +350,7 @@ class Bench:
             snaps = list_snapshots(cfg.checkpoint_dir)
             # an interrupted run resumed from its checkpoint has no run.json yet: the iterations it restored
             # count with the time they took (their metrics rows), else the run's compute is undercounted
-            restored = sum(m.get("seconds", {}).get("iteration", 0.0) for m in metrics[:result.resumed_from_iteration])
+            restored = iteration_seconds(metrics[:result.resumed_from_iteration])
             meta = {**asdict(run), "fingerprint": rfp, "turn_budget": top,
                     "train_seconds": (meta["train_seconds"] if meta else restored) + time.perf_counter() - t0,
                     "snapshots": {str(t): str(p.relative_to(rdir)) for t, p in sorted(snaps.items())},

@@ -12,6 +12,7 @@ from typing import Any
 
 from .plots import plot_env
 from .presets import BASE, Options, method_label, preset_label, worker_threads
+from .protocol import iteration_seconds
 from .stats import compare, summarise
 
 __all__ = ["collect_finished", "report", "write_csv", "write_markdown"]
@@ -201,8 +202,7 @@ def _iteration_seconds(run_dir: Path) -> float:
     its checkpoint by an older bench recorded only its last invocation in ``run.json``."""
     for log in (run_dir / "train" / "metrics.jsonl", run_dir / "metrics.jsonl"):
         if log.exists():
-            return sum(float(json.loads(line).get("seconds", {}).get("iteration", 0.0))
-                       for line in log.read_text().splitlines() if line.strip())
+            return iteration_seconds([json.loads(line) for line in log.read_text().splitlines() if line.strip()])
     return 0.0
 
 
